@@ -1,0 +1,199 @@
+"""The ``braintseg`` command line.
+
+Command bodies only parse options, load the config and call one ``run_*`` function.  Nothing
+here imports Keras or TensorFlow at module level, so ``braintseg --help`` is instant; heavy
+modules are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from braintseg import __version__
+from braintseg.errors import BraintsegError, Interrupted
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: exit code of ``train`` after a SIGTERM/SIGUSR1 checkpoint: "requeue me and resume"
+REQUEUE_EXIT_CODE = 75
+
+
+class _State:
+    debug = False
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn BraintsegError into a one-line message and exit 1 (re-raise with --debug)."""
+    try:
+        yield
+    except Interrupted as exc:
+        click.echo(f"braintseg: {exc}", err=True)
+        sys.exit(REQUEUE_EXIT_CODE)
+    except BraintsegError as exc:
+        if _State.debug:
+            raise
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        if _State.debug:
+            raise
+        click.echo("braintseg: interrupted", err=True)
+        sys.exit(130)
+
+
+def config_options(fn: F) -> F:
+    """``-c/--config FILE`` and repeatable ``--set KEY=VALUE``."""
+    fn = click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set train.epochs=1 (repeatable).",
+    )(fn)
+    return click.option(
+        "-c", "--config", "config_path", metavar="FILE",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="YAML config (see configs/default.yaml); defaults are the original method's.",
+    )(fn)
+
+
+def _load(config_path: Path | None, overrides: tuple[str, ...]) -> Any:
+    from braintseg.config import load_config
+
+    return load_config(config_path, overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="braintseg")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for user errors too.")
+def cli(verbose: int, quiet: bool, debug: bool) -> None:
+    """braintseg: attention-guided 2D U-Net brain tumour segmentation for BraTS MRI.
+
+    \b
+    Typical use:
+      braintseg prepare  -i BRATS_DIR -o store.h5
+      braintseg train    -i store.h5 --fold 0 -o runs/axial_f0
+      braintseg predict  -m runs/axial_f0 -m runs/sagittal_f0 -i CASES_DIR -o preds/
+      braintseg evaluate -p preds/ -t CASES_DIR -o metrics.csv
+    """
+    from braintseg.log import setup_logging
+
+    _State.debug = debug
+    setup_logging(-1 if quiet else verbose)
+
+
+@cli.command()
+def info() -> None:
+    """Print versions, the Keras backend, visible GPUs and HDF5/Blosc versions."""
+    from braintseg.info import collect_info
+
+    with user_errors():
+        for key, value in collect_info().items():
+            click.echo(f"{key:<22} {value}")
+
+
+@cli.command()
+@config_options
+@click.option("-i", "--input", "input_dir", required=True,
+              type=click.Path(path_type=Path), help="BraTS root: case folders anywhere below it.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The HDF5 store to write (folds.json is written beside it).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes reading cases [default: all cores].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip bad cases with a warning (listed in <store>.skipped.txt) instead of failing.")
+@click.option("--no-labels", is_flag=True, help="Allow cases without a seg file (inference-only).")
+def prepare(
+    config_path: Path | None, overrides: tuple[str, ...], input_dir: Path, output: Path,
+    workers: int | None, overwrite: bool, skip_invalid: bool, no_labels: bool,
+) -> None:
+    """Crop, normalise and pack BraTS NIfTI cases into one PyTables store with k-fold splits."""
+    with user_errors():
+        from braintseg.prepare import run_prepare
+
+        cfg = _load(config_path, overrides)
+        path = run_prepare(cfg, input_dir, output, workers=workers, overwrite=overwrite,
+                           skip_invalid=skip_invalid, require_labels=not no_labels)
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@config_options
+@click.option("-i", "--input", "store", required=True, type=click.Path(path_type=Path),
+              help="Store written by `braintseg prepare`.")
+@click.option("--fold", type=click.IntRange(min=0), required=True,
+              help="Cross-validation fold used for validation.")
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder (config, logs, checkpoints, model.keras).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start afresh in a folder that holds a run.")
+def train(
+    config_path: Path | None, overrides: tuple[str, ...], store: Path, fold: int,
+    run_dir: Path, resume: bool, overwrite: bool,
+) -> None:
+    """Train one cross-validation fold.
+
+    On SIGTERM or SIGUSR1 (Slurm's warning before walltime) training finishes the current step,
+    saves a checkpoint and exits with code 75; `--resume` then continues at the next epoch.
+    """
+    with user_errors():
+        from braintseg.train import run_train
+
+        cfg = _load(config_path, overrides)
+        run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite)
+        click.echo(f"finished {run_dir}")
+
+
+@cli.command()
+@click.option("-m", "--model", "run_dirs", required=True, multiple=True,
+              type=click.Path(path_type=Path),
+              help="Run folder (repeat to ensemble folds and views).")
+@click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="Folder of case folders, one case folder, or a store.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--probabilities", is_flag=True, help="Also write class probabilities (float16).")
+@click.option("--tta", is_flag=True, help="Average over flips (test-time augmentation).")
+@click.option("--cases", default=None, help="Comma-separated case ids (store input).")
+@click.option("--fold", type=click.IntRange(min=0), default=None,
+              help="Predict this fold's validation cases (store input).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override predict.* keys, e.g. --set predict.min_component_size=50.")
+def predict(
+    run_dirs: tuple[Path, ...], input_path: Path, out_dir: Path, probabilities: bool, tta: bool,
+    cases: str | None, fold: int | None, overrides: tuple[str, ...],
+) -> None:
+    """Predict 3D label volumes in the original geometry (NIfTI, source affine and header)."""
+    with user_errors():
+        from braintseg.predict import run_predict
+
+        written = run_predict(
+            list(run_dirs), input_path, out_dir, overrides=overrides,
+            probabilities=probabilities, tta=tta,
+            cases=[c for c in cases.split(",") if c] if cases else None, fold=fold,
+        )
+        click.echo(f"wrote {len(written)} predictions to {out_dir}")
+
+
+@cli.command()
+@click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path))
+@click.option("-t", "--truth", required=True, type=click.Path(path_type=Path),
+              help="Folder of BraTS case folders or <case>.nii.gz label files, or a store.")
+@click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
+              help="Per-case CSV [default: PRED_DIR/metrics.csv]; summary written beside it.")
+def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
+    """Score predictions: Dice, HD95, sensitivity, specificity for WT, TC and ET."""
+    with user_errors():
+        from braintseg.evaluate import format_summary, run_evaluate
+
+        summary = run_evaluate(pred_dir, truth, output)
+        click.echo(format_summary(summary))
+
+
+def main() -> None:  # pragma: no cover - console entry alias
+    cli()

@@ -1,0 +1,345 @@
+"""One typed configuration: YAML file + ``--set key=value`` overrides → frozen dataclasses.
+
+Precedence: dedicated CLI flag > ``--set`` > YAML file > dataclass default.  Unknown keys and
+values of the wrong type raise :class:`~braintseg.errors.ConfigError` naming the key and, for
+typos, the nearest valid key.  ``configs/default.yaml`` lists every key with a comment and equals
+the defaults below (a test checks this).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from braintseg.errors import ConfigError
+
+View = Literal["axial", "sagittal", "coronal"]
+VIEWS: tuple[str, ...] = ("axial", "sagittal", "coronal")
+MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+REGIONS: tuple[str, ...] = ("wt", "tc", "et")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How BraTS cases become a store (read by ``prepare`` and, for new cases, ``predict``)."""
+
+    crop: tuple[int, int, int, int, int, int] | Literal["auto"] = (42, 194, 29, 221, 2, 146)
+    n_folds: int = 5
+    holdout_fraction: float = 0.0
+    seed: int = 100
+    normalization: Literal["zscore", "none"] = "zscore"
+    clip_percentiles: tuple[float, float] = (1.0, 99.0)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """PyTables store layout."""
+
+    compression: str = "blosc:lz4"
+    complevel: int = 5
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network (defaults: the original attention-guided 2D U-Net)."""
+
+    name: Literal["attention_unet", "unet"] = "attention_unet"
+    levels: int = 3
+    start_channels: int = 64
+    norm: Literal["batch", "group", "instance"] = "batch"
+    dropout: float = 0.0
+    noise_stddev: float = 0.01
+    output: Literal["classes", "regions"] = "classes"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, input pipeline and checkpointing (defaults: the original's settings)."""
+
+    view: View = "axial"
+    batch_size: int = 16
+    epochs: int = 100
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    learning_rate: float = 0.008
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    ce_weight: float = 1.25
+    mixed_precision: Literal["off", "mixed_bfloat16", "mixed_float16"] = "off"
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
+    seed: int = 100
+    flip: bool = True
+    rotate_degrees: float = 0.0
+    zoom: float = 0.0
+    tumour_oversampling: float = 0.0
+    monitor: Literal["val_dice_mean", "val_loss"] = "val_dice_mean"
+    cache: Literal["auto", "ram", "stream"] = "auto"
+    cache_max_gb: float = 16.0
+    prefetch: int = 4
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Inference and optional post-processing (off by default)."""
+
+    batch_size: int = 32
+    tta: bool = False
+    min_component_size: int = 0
+    et_to_ncr_threshold: int = 0
+    output_pattern: str = "{case}.nii.gz"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; written as ``config.yaml`` next to every output."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """Return a copy with some keys changed, e.g. ``cfg.replace(train={"epochs": 2})``."""
+        raw = to_dict(self)
+        for name, values in sections.items():
+            if name not in raw:
+                raise ConfigError(_unknown(name, list(raw), "config"))
+            raw[name].update(values)
+        return from_dict(raw)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _unknown(key: str, valid: Sequence[str], where: str) -> str:
+    hint = difflib.get_close_matches(key.split(".")[-1], list(valid), n=1)
+    msg = f"unknown key '{key}' in {where}"
+    if hint:
+        prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        msg += f" (did you mean '{prefix}{hint[0]}'?)"
+    else:
+        msg += f"; valid keys: {', '.join(valid)}"
+    return msg
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        return f"list of {len(args)} {_type_name(args[0])}s"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(key, arg, value)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {_type_name(tp)}; received {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key} must be null; received {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{key} must be one of {_type_name(tp)}; received {value!r}")
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            n = len(value) if isinstance(value, (list, tuple)) else "a scalar"
+            raise ConfigError(f"{key} must be {_type_name(tp)}; received {n} values: {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only the annotations above are used
+        raise TypeError(f"unsupported annotation {tp!r} for {key}")
+    raise ConfigError(f"{key} must be {_type_name(tp)}; received {value!r}")
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(_unknown(full, list(fields), where))
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{full} must be a mapping of keys; received {value!r}")
+            kwargs[key] = _build(tp, value, f"{full}.", where)  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(full, tp, value)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    """Check relations between values; raise ConfigError with what was expected."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if d.crop != "auto":
+        x0, x1, y0, y1, z0, z1 = d.crop
+        if min(d.crop) < 0 or x1 <= x0 or y1 <= y0 or z1 <= z0:
+            raise ConfigError(
+                f"data.crop must be 6 ints x0,x1,y0,y1,z0,z1 with 0 <= start < stop; "
+                f"received {list(d.crop)}"
+            )
+    if d.n_folds < 2:
+        raise ConfigError(f"data.n_folds must be >= 2; received {d.n_folds}")
+    if not 0.0 <= d.holdout_fraction < 1.0:
+        raise ConfigError(f"data.holdout_fraction must be in [0, 1); received {d.holdout_fraction}")
+    lo, hi = d.clip_percentiles
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ConfigError(f"data.clip_percentiles must satisfy 0 <= lo < hi <= 100; received {[lo, hi]}")
+    if not 1 <= m.levels <= 6:
+        raise ConfigError(f"model.levels must be between 1 and 6; received {m.levels}")
+    if m.start_channels < 1:
+        raise ConfigError(f"model.start_channels must be >= 1; received {m.start_channels}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1); received {m.dropout}")
+    for key in ("batch_size", "epochs", "prefetch"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1; received {getattr(t, key)}")
+    for key in ("steps_per_epoch", "validation_steps"):
+        value = getattr(t, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"train.{key} must be null or >= 1; received {value}")
+    if t.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate must be > 0; received {t.learning_rate}")
+    if not 0.0 <= t.tumour_oversampling <= 1.0:
+        raise ConfigError(f"train.tumour_oversampling must be in [0, 1]; received {t.tumour_oversampling}")
+    if cfg.predict.batch_size < 1:
+        raise ConfigError(f"predict.batch_size must be >= 1; received {cfg.predict.batch_size}")
+    if "{case}" not in cfg.predict.output_pattern or "/" in cfg.predict.output_pattern:
+        raise ConfigError(
+            "predict.output_pattern must contain '{case}' and no '/'; "
+            f"received {cfg.predict.output_pattern!r}"
+        )
+    return cfg
+
+
+def from_dict(raw: Mapping[str, Any], where: str = "config") -> Config:
+    """Build and validate a Config from nested dicts (as read from YAML)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping of sections; received {type(raw).__name__}")
+    return validate(_build(Config, raw, "", where))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dicts/lists (YAML-safe) for a Config or one of its sections."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _set_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=1); received {item!r}")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if len(parts) != 2 or parts[0] not in sections:
+        raise ConfigError(
+            _unknown(key, sections, "--set") if parts[0] not in sections
+            else f"--set key must be SECTION.KEY (e.g. train.epochs); received {key!r}"
+        )
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({exc})") from None
+    raw.setdefault(parts[0], {})
+    if not isinstance(raw[parts[0]], dict):
+        raise ConfigError(f"section '{parts[0]}' must be a mapping")
+    raw[parts[0]][parts[1]] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; errors name the file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections; received {type(raw).__name__}")
+    return raw
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Config | None = None,
+) -> Config:
+    """YAML file (optional) → ``--set`` overrides → validated frozen Config.
+
+    Args:
+        path: a YAML file with any subset of the sections/keys of ``configs/default.yaml``.
+        overrides: strings ``"section.key=value"``; values are parsed with ``yaml.safe_load``.
+        base: start from this config instead of the defaults (e.g. a run's saved config).
+
+    Raises:
+        ConfigError: unknown key (with a did-you-mean hint), wrong type, invalid value.
+    """
+    raw = to_dict(base) if base is not None else {}
+    where = str(path) if path is not None else "config"
+    if path is not None:
+        for section, values in read_yaml(path).items():
+            if isinstance(values, dict) and isinstance(raw.get(section), dict):
+                raw[section].update(values)
+            else:
+                raw[section] = values
+    for item in overrides:
+        _set_override(raw, item)
+        where = f"{where} / --set" if "--set" not in where else where
+    return from_dict(raw, where)
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML (atomically: temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,58 @@
+"""``braintseg info``: versions, Keras backend, GPUs, HDF5/Blosc versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+
+from braintseg import __version__
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _gpus(backend: str) -> str:
+    try:
+        if backend == "jax":
+            import jax
+
+            devs = [d for d in jax.devices() if d.platform == "gpu"]
+            return ", ".join(str(d) for d in devs) or "none"
+        if backend == "torch":
+            import torch
+
+            n = torch.cuda.device_count()
+            return ", ".join(torch.cuda.get_device_name(i) for i in range(n)) or "none"
+        import tensorflow as tf
+
+        return ", ".join(d.name for d in tf.config.list_physical_devices("GPU")) or "none"
+    except Exception as exc:  # noqa: BLE001 - info must never fail
+        return f"unknown ({type(exc).__name__}: {exc})"
+
+
+def collect_info() -> dict[str, str]:
+    """Return a flat, printable mapping of environment facts."""
+    import tables
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    info = {
+        "braintseg": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "keras backend": backend,
+    }
+    for dist in ("keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy", "tables",
+                 "h5py", "nibabel", "scipy"):
+        info[dist] = _version(dist)
+    info["hdf5"] = tables.hdf5_version
+    info["blosc"] = tables.which_lib_version("blosc")[1] if tables.which_lib_version("blosc") else "none"
+    blosc2 = tables.which_lib_version("blosc2")
+    info["blosc2"] = blosc2[1] if blosc2 else "none"
+    info["cpus"] = str(os.cpu_count())
+    info["gpus"] = _gpus(backend)
+    return info

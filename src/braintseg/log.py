@@ -1,0 +1,42 @@
+"""Logging set-up and progress bars.
+
+Only :mod:`braintseg.cli` calls :func:`setup_logging`; library modules use
+``logging.getLogger(__name__)`` and :func:`progress`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_QUIET = False
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Configure the ``braintseg`` logger: -1 quiet (warnings), 0 info, 1+ debug."""
+    global _QUIET
+    _QUIET = verbosity < 0
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    logger = logging.getLogger("braintseg")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def progress(
+    items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it"
+) -> Iterator[T]:
+    """Wrap ``items`` in a tqdm bar on a terminal; a plain iterator otherwise (Slurm logs)."""
+    if _QUIET or not sys.stderr.isatty():
+        yield from items
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(items, total=total, desc=desc, unit=unit, dynamic_ncols=True)
