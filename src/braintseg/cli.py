@@ -115,9 +115,9 @@ def prepare(
 ) -> None:
     """Crop, normalise and pack BraTS NIfTI cases into one PyTables store with k-fold splits."""
     with user_errors():
+        cfg = _load(config_path, overrides)
         from braintseg.prepare import run_prepare
 
-        cfg = _load(config_path, overrides)
         path = run_prepare(cfg, input_dir, output, workers=workers, overwrite=overwrite,
                            skip_invalid=skip_invalid, require_labels=not no_labels)
         click.echo(f"wrote {path}")
@@ -143,9 +143,9 @@ def train(
     saves a checkpoint and exits with code 75; `--resume` then continues at the next epoch.
     """
     with user_errors():
+        cfg = _load(config_path, overrides)
         from braintseg.train import run_train
 
-        cfg = _load(config_path, overrides)
         run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite)
         click.echo(f"finished {run_dir}")
 

@@ -149,11 +149,15 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in canonical form."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
+        errors = []
         for arg in get_args(tp):
             try:
                 return _coerce(key, arg, value)
-            except ConfigError:
-                continue
+            except ConfigError as exc:
+                errors.append((arg, exc))
+        for arg, exc in errors:  # a list given for a tuple field: the tuple's message is clearest
+            if get_origin(arg) is tuple and isinstance(value, (list, tuple)):
+                raise exc
         raise ConfigError(f"{key} must be {_type_name(tp)}; received {value!r}")
     if tp is type(None):
         if value is None:
@@ -278,7 +282,7 @@ def _set_override(raw: dict[str, Any], item: str) -> None:
     sections = [f.name for f in dataclasses.fields(Config)]
     if len(parts) != 2 or parts[0] not in sections:
         raise ConfigError(
-            _unknown(key, sections, "--set") if parts[0] not in sections
+            _unknown(parts[0], sections, f"--set {key}") if parts[0] not in sections
             else f"--set key must be SECTION.KEY (e.g. train.epochs); received {key!r}"
         )
     try:
