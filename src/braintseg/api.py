@@ -1,0 +1,114 @@
+"""The Python API: the CLI's pipeline steps as functions, for notebooks and scripts.
+
+``from braintseg import prepare, train, predict, evaluate, demo, load_config`` gives the very
+functions the ``braintseg`` commands call (``run_prepare``, ``run_train``, ``run_predict``,
+``run_evaluate``, ``run_demo``), taking the same :class:`~braintseg.config.Config` object.
+Importing ``braintseg`` stays cheap: a step's module (and Keras with it) is imported on the
+step's first call.
+
+Example (the demo's steps; see ``scripts/demo_api.py``)::
+
+    from braintseg import demo, evaluate, load_config, predict, prepare, sample_data_dir, train
+
+    cfg = load_config("configs/demo.yaml", ["train.epochs=2"])  # YAML + --set style overrides
+    cases = sample_data_dir()                                    # 4 bundled real BraTS cases
+    store = prepare(cfg, cases, "demo/store.h5")                 # NIfTI -> HDF5 store + folds
+    train(cfg, store, 0, "demo/run")                             # fold 0 -> demo/run/model.keras
+    predict(["demo/run"], cases / "BraTS-GLI-00000-000", "demo/predictions")
+    summary = evaluate("demo/predictions", cases, "demo/metrics.csv")
+    result = demo("demo-all-in-one")                             # or all of the above at once
+
+Why the machinery below: ``braintseg.prepare`` is both the name of a submodule and of the API
+function.  Python's import system sets the package attribute to the *module* whenever the
+submodule is first imported (e.g. by the CLI), which would make ``from braintseg import prepare``
+return a module that cannot be called.  So the package's class intercepts that assignment and
+makes the step modules callable: calling the module calls its ``run_*`` function, looked up at
+call time (so monkeypatching ``braintseg.prepare.run_prepare`` affects every caller).  Before the
+submodule is imported, ``from braintseg import prepare`` returns a :class:`LazyStep` that imports
+it on first use.  Either way, ``prepare(...)`` is ``braintseg.prepare.run_prepare(...)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from typing import Any
+
+#: API name -> (submodule, function the CLI calls)
+STEPS: dict[str, tuple[str, str]] = {
+    "prepare": ("braintseg.prepare", "run_prepare"),
+    "train": ("braintseg.train", "run_train"),
+    "predict": ("braintseg.predict", "run_predict"),
+    "evaluate": ("braintseg.evaluate", "run_evaluate"),
+    "demo": ("braintseg.demo", "run_demo"),
+}
+
+#: other public names, resolved lazily: name -> (module, attribute)
+EXPORTS: dict[str, tuple[str, str]] = {
+    "load_config": ("braintseg.config", "load_config"),
+    "Config": ("braintseg.config", "Config"),
+    "sample_data_dir": ("braintseg.demo", "sample_data_dir"),
+    "format_summary": ("braintseg.evaluate", "format_summary"),
+}
+
+_MODULE_TO_RUN = {module: run for module, run in STEPS.values()}
+
+
+def step_function(name: str) -> Any:
+    """The function behind API step ``name`` (imports its module), e.g. ``run_prepare``."""
+    module, run = STEPS[name]
+    return getattr(importlib.import_module(module), run)
+
+
+class StepModule(types.ModuleType):
+    """Class given to the step submodules: calling the module calls its ``run_*`` function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, _MODULE_TO_RUN[self.__name__])(*args, **kwargs)
+
+
+class LazyStep:
+    """Stands for a step whose module is not imported yet; imports it on first use.
+
+    Calls go to the module's ``run_*`` function; attribute access goes to the module itself
+    (``braintseg.evaluate.format_summary`` works either way).
+    """
+
+    def __init__(self, name: str) -> None:
+        module, run = STEPS[name]
+        self.__name__ = name
+        self.__qualname__ = name
+        self.__module__ = "braintseg"
+        self.__doc__ = f"Lazy alias of :func:`{module}.{run}` (imported on first call)."
+        self._module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return step_function(self.__name__)(*args, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self._module), attr)
+
+    def __repr__(self) -> str:
+        return f"<braintseg step {self.__name__!r} (lazy: {self._module} not imported yet)>"
+
+
+class Package(types.ModuleType):
+    """Class of the ``braintseg`` package module: makes step submodules callable on import."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in STEPS and isinstance(value, types.ModuleType):
+            if value.__name__ == STEPS[name][0] and type(value) is types.ModuleType:
+                value.__class__ = StepModule
+        super().__setattr__(name, value)
+
+
+def lazy_attribute(package: types.ModuleType, name: str) -> Any:
+    """Resolve a public name of the package that is not loaded yet (module ``__getattr__``)."""
+    if name in STEPS:
+        return LazyStep(name)
+    if name in EXPORTS:
+        module, attr = EXPORTS[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {package.__name__!r} has no attribute {name!r}")
