@@ -1,0 +1,304 @@
+"""The PyTables slice store (schema version 1): written by ``prepare``, read by everything else.
+
+Layout (one copy of every voxel; all cases share one crop box, so one shape):
+
+* ``/images``  EArray ``(N, X, Y, Z, C)`` float16|float32, normalised, chunks ``(1, e, e, e, C)``
+  (small cubes, so a block of slices in *any* view reads whole chunks and nothing else);
+* ``/labels``  EArray ``(N, X, Y, Z)`` uint8 internal labels {0,1,2,3}, same chunk grid;
+* ``/tumour/{axial,coronal,sagittal}`` EArray ``(N, S)`` int32: labelled voxels per slice;
+* ``/case_meta`` VLArray of UTF-8 JSON, one row per case (geometry, header, sources, stats);
+* root attrs: ``schema_version`` (int), ``complete`` (bool), ``braintseg_json`` (JSON text with
+  case ids, grades, conventions, folds, crop box, config).  Nothing is pickled.
+
+Views: ``axial`` index z → ``(X, Y)``; ``coronal`` index y → ``(X, Z)``; ``sagittal`` index x →
+``(Y, Z)``.  Slices are returned channel-last: images ``(n, H, W, C)``, labels ``(n, H, W)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tables
+from numpy.typing import NDArray
+
+from braintseg.data.folds import Folds
+from braintseg.data.preprocess import VIEW_AXIS, view_axis
+from braintseg.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+#: edge of the cubic chunks (chosen by scripts/bench_prepare.py --layouts)
+CHUNK_EDGE = 16
+#: HDF5 chunk cache per open store (decompressed chunks); one slab of chunks in any view fits
+CHUNK_CACHE_BYTES = 64 * 2**20
+
+
+@dataclass
+class PreparedCase:
+    """One cropped, normalised case ready to append.
+
+    Attributes:
+        images: ``(X, Y, Z, C)`` in the store dtype.  labels: ``(X, Y, Z)`` uint8 or None.
+        meta: JSON-serialisable per-case metadata.
+    """
+
+    case_id: str
+    images: NDArray[Any]
+    labels: NDArray[np.uint8] | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def make_filters(compression: str, complevel: int) -> tables.Filters:
+    """``"blosc:lz4"``, ``"blosc2:zstd"``, ``"zlib"``, ``"none"``; ``+bitshuffle`` optional.
+
+    Raises:
+        ConfigError: unknown compressor (names ``store.compression`` and the valid ones).
+    """
+    lib, _, opt = compression.partition("+")
+    if lib == "none":
+        return tables.Filters(complevel=0)
+    valid = sorted(tables.filters.all_complibs)
+    if lib not in valid or opt not in ("", "bitshuffle"):
+        raise ConfigError(f"store.compression must be one of {valid} (optionally +bitshuffle); "
+                          f"received {compression!r}")
+    return tables.Filters(complevel=complevel, complib=lib, shuffle=not opt,
+                          bitshuffle=bool(opt))
+
+
+class StoreWriter:
+    """Append cases to a new store under a temporary name; ``finish`` renames it into place.
+
+    Use as a context manager: leaving the block without ``finish`` deletes the temporary file.
+    """
+
+    def __init__(self, path: Path, volume_shape: tuple[int, int, int], n_channels: int,
+                 compression: str = "blosc:lz4", complevel: int = 5, dtype: str = "float16",
+                 expected_cases: int = 100, chunk_edge: int = CHUNK_EDGE) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.shape, self.n_channels = tuple(volume_shape), n_channels
+        self.filters = make_filters(compression, complevel)
+        self.dtype, self.expected, self.edge = np.dtype(dtype), max(expected_cases, 1), chunk_edge
+        self.case_ids: list[str] = []
+        self.metas: list[dict[str, Any]] = []
+        self._h: tables.File | None = None
+
+    def __enter__(self) -> StoreWriter:
+        h = self._h = tables.open_file(str(self.tmp), "w")
+        h.root._v_attrs.schema_version = SCHEMA_VERSION
+        h.root._v_attrs.complete = False
+        e, shp = self.edge, self.shape
+        chunk = tuple(min(e, s) for s in shp)
+        h.create_earray("/", "images", tables.Atom.from_dtype(self.dtype),
+                        (0, *shp, self.n_channels), filters=self.filters,
+                        chunkshape=(1, *chunk, self.n_channels), expectedrows=self.expected)
+        h.create_earray("/", "labels", tables.UInt8Atom(), (0, *shp), filters=self.filters,
+                        chunkshape=(1, *chunk), expectedrows=self.expected)
+        h.create_group("/", "tumour")
+        for view, axis in VIEW_AXIS.items():
+            h.create_earray("/tumour", view, tables.Int32Atom(), (0, shp[axis]),
+                            expectedrows=self.expected)
+        h.create_vlarray("/", "case_meta", tables.VLStringAtom(), filters=self.filters)
+        return self
+
+    def append(self, case: PreparedCase) -> None:
+        """Write one case: images, labels (zeros when None), tumour counts, metadata."""
+        h = self._h
+        if h is None:
+            raise RuntimeError("StoreWriter.append outside its with-block")
+        if case.images.shape != (*self.shape, self.n_channels):
+            raise DataError(f"case {case.case_id}: cropped shape {case.images.shape} differs "
+                            f"from the store's {(*self.shape, self.n_channels)}")
+        h.root.images.append(np.asarray(case.images, self.dtype)[None])
+        labels = case.labels if case.labels is not None else np.zeros(self.shape, np.uint8)
+        h.root.labels.append(labels[None])
+        tumour = labels > 0
+        for view, axis in VIEW_AXIS.items():
+            other = tuple(a for a in range(3) if a != axis)
+            counts = tumour.sum(axis=other, dtype=np.int32)
+            getattr(h.root.tumour, view).append(counts[None])
+        meta = dict(case.meta, case_id=case.case_id, has_labels=case.labels is not None)
+        h.root.case_meta.append(json.dumps(meta).encode())
+        self.case_ids.append(case.case_id)
+        self.metas.append(meta)
+
+    def finish(self, folds: Folds | None, info: dict[str, Any]) -> Path:
+        """Write the store header, close, rename onto ``path`` (replacing it); return path."""
+        h = self._h
+        if h is None:
+            raise RuntimeError("StoreWriter.finish outside its with-block")
+        header = {
+            "schema_version": SCHEMA_VERSION, "case_ids": self.case_ids,
+            "volume_shape": list(self.shape), "n_channels": self.n_channels,
+            "image_dtype": self.dtype.name,
+            "grades": {m["case_id"]: m.get("grade") for m in self.metas},
+            "conventions": {m["case_id"]: m.get("convention") for m in self.metas},
+            "has_labels": all(m["has_labels"] for m in self.metas),
+            "folds": folds.folds if folds else [], "holdout": folds.holdout if folds else [],
+            "folds_seed": folds.seed if folds else None, **info,
+        }
+        h.root._v_attrs.braintseg_json = json.dumps(header)
+        h.root._v_attrs.complete = True
+        h.close()
+        self._h = None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self._h is not None:
+            self._h.close()
+            self._h = None
+        self.tmp.unlink(missing_ok=True)
+
+
+class SliceStore:
+    """Read-only access to a store; the HDF5 handle is opened lazily in each process.
+
+    Pickles as its path only, so it can be sent to worker processes; after a fork the child
+    opens its own handle.  Attributes are read once at construction (file closed afterwards).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._h: tables.File | None = None
+        self._pid = -1
+        header, metas, tumour = _read_header(self.path)
+        self._header, self._metas, self._tumour = header, metas, tumour
+        self.case_ids: list[str] = list(header["case_ids"])
+        self.n_cases = len(self.case_ids)
+        self.volume_shape: tuple[int, int, int] = tuple(header["volume_shape"])  # type: ignore
+        self.n_channels: int = int(header["n_channels"])
+        self.crop_box: tuple[int, ...] = tuple(header["crop_box"])
+        self.folds: list[list[str]] = [list(f) for f in header["folds"]]
+        self.holdout: list[str] = list(header["holdout"])
+        self.has_labels: bool = bool(header["has_labels"])
+        self.conventions: dict[str, str] = dict(header["conventions"])
+        self.grades: dict[str, str | None] = dict(header["grades"])
+        self.schema_version: int = int(header["schema_version"])
+        self.config: dict[str, Any] = dict(header.get("config", {}))
+
+    # -- pickling / process safety
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(Path(state["path"]))  # type: ignore[misc]
+
+    def _handle(self) -> tables.File:
+        if self._h is None or self._pid != os.getpid():
+            self._h = tables.open_file(str(self.path), "r", chunk_cache_size=CHUNK_CACHE_BYTES,
+                                       chunk_cache_nelmts=100_003)
+            self._pid = os.getpid()
+        return self._h
+
+    def close(self) -> None:
+        """Close this process's handle (reopened on next use)."""
+        if self._h is not None and self._pid == os.getpid():
+            self._h.close()
+        self._h = None
+
+    def __enter__(self) -> SliceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SliceStore({str(self.path)!r}, n_cases={self.n_cases})"
+
+    # -- reading
+    def _index(self, i: int) -> int:
+        if not -self.n_cases <= i < self.n_cases:
+            raise DataError(f"case index {i} out of range for {self.path} "
+                            f"({self.n_cases} cases: 0..{self.n_cases - 1})")
+        return i % self.n_cases
+
+    def index_of(self, case_id: str) -> int:
+        """Row of ``case_id``; DataError if the store lacks it."""
+        try:
+            return self.case_ids.index(case_id)
+        except ValueError:
+            raise DataError(f"case {case_id!r} is not in {self.path}") from None
+
+    def _labels_or_none(self, i: int, arr: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
+        return arr if self._metas[i]["has_labels"] else None
+
+    def read_case(self, i: int) -> tuple[NDArray[Any], NDArray[np.uint8] | None]:
+        """``(images (X, Y, Z, C) float16|float32, labels (X, Y, Z) uint8 or None)``."""
+        i = self._index(i)
+        h = self._handle()
+        return h.root.images[i], self._labels_or_none(i, h.root.labels[i])
+
+    def read_slices(
+        self, i: int, view: str, start: int, stop: int
+    ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
+        """Slices ``start:stop`` of case ``i`` in ``view`` (fast when chunk-aligned).
+
+        Returns:
+            ``(images (n, H, W, C), labels (n, H, W) uint8)``, C-contiguous; labels are zeros for
+            a case without labels.
+        """
+        i, axis = self._index(i), view_axis(view)
+        size = self.volume_shape[axis]
+        if not 0 <= start < stop <= size:
+            raise DataError(f"slices {start}:{stop} out of range 0:{size} for view {view}")
+        sel: list[Any] = [i, slice(None), slice(None), slice(None)]
+        sel[1 + axis] = slice(start, stop)
+        h = self._handle()
+        img, lab = h.root.images[tuple(sel)], h.root.labels[tuple(sel)]
+        if axis:
+            img, lab = np.moveaxis(img, axis, 0), np.moveaxis(lab, axis, 0)
+        return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+
+    def read_view(self, i: int, view: str) -> tuple[NDArray[Any], NDArray[np.uint8]]:
+        """All slices of case ``i`` in ``view``: ``(images (S, H, W, C), labels (S, H, W))``."""
+        return self.read_slices(i, view, 0, self.volume_shape[view_axis(view)])
+
+    def case_meta(self, i: int) -> dict[str, Any]:
+        """Per-case metadata: original shape, affine, header (hex), crop box, source files,
+        convention, grade, normalisation stats."""
+        return dict(self._metas[self._index(i)])
+
+    def tumour_slices(self, i: int, view: str) -> NDArray[np.int64]:
+        """Indices of slices in ``view`` that contain any label > 0 (from the stored table)."""
+        return np.flatnonzero(self._tumour[view][self._index(i)] > 0)
+
+    def fold_cases(self, fold: int) -> tuple[list[str], list[str]]:
+        """``(train ids, validation ids)`` for ``fold``; DataError listing the valid range."""
+        folds = Folds(self.folds, self.holdout, len(self.folds), 0, 0.0)
+        return folds.fold_cases(fold)
+
+
+def _read_header(
+    path: Path,
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, NDArray[np.int32]]]:
+    if not path.is_file():
+        raise DataError(f"store {path} does not exist; create it with `braintseg prepare`")
+    try:
+        h = tables.open_file(str(path), "r")
+    except (tables.HDF5ExtError, OSError, ValueError) as exc:
+        raise DataError(f"{path} is not an HDF5 file ({type(exc).__name__})") from None
+    with h:
+        attrs = h.root._v_attrs
+        if "braintseg_json" not in attrs._v_attrnames or not bool(attrs["complete"]):
+            raise DataError(f"{path} is not a finished braintseg store (prepare did not complete)")
+        version = int(attrs["schema_version"])
+        if version != SCHEMA_VERSION:
+            raise DataError(f"{path} has store schema version {version}; this braintseg reads "
+                            f"version {SCHEMA_VERSION} (run `braintseg prepare` again)")
+        header = json.loads(str(attrs["braintseg_json"]))
+        metas = [json.loads(bytes(row).decode()) for row in h.root.case_meta.read()]
+        tumour = {v: h.get_node("/tumour", v).read() for v in VIEW_AXIS}
+    return header, metas, tumour
+
+
+def open_store(path: Path) -> SliceStore:
+    """Open a store read-only; DataError if missing, not a store, or another schema version."""
+    return SliceStore(Path(path))

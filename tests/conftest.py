@@ -1,0 +1,50 @@
+"""Shared pytest fixtures (others add theirs here with small edits).
+
+* ``synthetic_root``: 4 synthetic BraTS cases (48x48x32; HGG/LGG nesting, one BraTS-2023 case
+  with float32 seg, one oblique affine), built once per session.
+* ``smoke_cfg``: ``configs/smoke.yaml`` (crop auto, model.levels 2, 2 folds).
+* ``synthetic_store``: a store prepared from ``synthetic_root`` with ``smoke_cfg`` (session).
+* ``shared_brats``: the real BraTS cases in /work/shared/data/brats, or skip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from braintseg.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BRATS = REPO.parent / "shared" / "data" / "brats"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from braintseg.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synthetic_brats")
+    write_dataset(root, n_cases=4, shape=(48, 48, 32))
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg() -> Config:
+    return load_config(REPO / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(
+    synthetic_root: Path, smoke_cfg: Config, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    from braintseg.prepare import run_prepare
+
+    out = tmp_path_factory.mktemp("synthetic_store") / "store.h5"
+    return run_prepare(smoke_cfg, synthetic_root, out, workers=1)
+
+
+@pytest.fixture(scope="session")
+def shared_brats() -> Path:
+    if not SHARED_BRATS.is_dir():
+        pytest.skip(f"real BraTS data not present at {SHARED_BRATS}")
+    return SHARED_BRATS
