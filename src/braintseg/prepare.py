@@ -27,7 +27,15 @@ from braintseg import __version__
 from braintseg.config import MODALITIES, Config, DataConfig, dump_config, to_dict
 from braintseg.data.folds import Folds, folds_path, make_folds, write_folds
 from braintseg.data.nifti import CaseFiles, header_to_hex, load_case, read_header, scan_cases
-from braintseg.data.preprocess import auto_crop_box, crop, nonzero_box, normalize, validate_box
+from braintseg.data.preprocess import (
+    apply_normalization,
+    auto_crop_box,
+    crop,
+    nonzero_box,
+    normalization_stats,
+    normalize,
+    validate_box,
+)
 from braintseg.data.store import PreparedCase, StoreWriter
 from braintseg.errors import BraintsegError, DataError
 from braintseg.log import progress
@@ -76,14 +84,17 @@ def prepare_case(files: CaseFiles, root: Path, box: Sequence[int], data: DataCon
     """Worker: load, check, normalise (whole brain), crop one case; a Failure when skipping."""
     try:
         loaded = load_case(files)
-        images, stats = normalize(loaded.images, data.clip_percentiles, data.normalization,
-                                  MODALITIES)
+        if data.normalization == "zscore":  # statistics over the whole brain, applied to the crop
+            stats = normalization_stats(loaded.images, data.clip_percentiles, MODALITIES)
+            images = apply_normalization(crop(loaded.images, box), stats, dtype)
+        else:
+            images, stats = normalize(loaded.images, method="none", modalities=MODALITIES)
+            images = np.ascontiguousarray(crop(images, box), dtype=dtype)
     except DataError as exc:
         msg = str(exc) if str(exc).startswith("case ") else f"case {files.case_id}: {exc}"
         return _fail_or_raise(DataError(msg), files, skip)
     labels = None if loaded.labels is None else np.ascontiguousarray(crop(loaded.labels, box))
-    return PreparedCase(files.case_id, np.ascontiguousarray(crop(images, box), dtype=dtype),
-                        labels, case_meta(files, root, loaded, box, stats))
+    return PreparedCase(files.case_id, images, labels, case_meta(files, root, loaded, box, stats))
 
 
 def case_box(files: CaseFiles, skip: bool) -> tuple[str, Any] | Failure:

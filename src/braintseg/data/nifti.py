@@ -58,7 +58,8 @@ class LoadedCase:
     """One case in memory.
 
     Attributes:
-        images: ``(X, Y, Z, 4)`` float32, channels FLAIR, T1, T1ce, T2.
+        images: ``(X, Y, Z, 4)`` float32, channels FLAIR, T1, T1ce, T2 (Fortran order like
+            the NIfTI data, so each channel is contiguous; use ``np.ascontiguousarray`` for C).
         labels: ``(X, Y, Z)`` uint8 internal labels {0,1,2,3}, or None without a seg file.
         affine: ``(4, 4)`` float64 voxel-to-world of the FLAIR file.
         header: the FLAIR file's ``Nifti1Header``.
@@ -213,13 +214,14 @@ def load_case(files: CaseFiles) -> LoadedCase:
     cid = files.case_id
     ref_img, ref = _read(files.images["flair"], cid)
     shape, affine = ref.shape, np.asarray(ref_img.affine, np.float64)
-    images = np.empty((*shape, len(MODALITIES)), np.float32)
+    # Fortran order like the NIfTI data on disk: each channel is one contiguous block, no transpose
+    images = np.empty((*shape, len(MODALITIES)), np.float32, order="F")
     for c, modality in enumerate(MODALITIES):
         path = files.images[modality]
         img, data = (ref_img, ref) if c == 0 else _read(path, cid)
         _check_geometry(cid, path, data.shape, img.affine, shape, affine, files.images["flair"])
         images[..., c] = data
-        if not np.isfinite(images[..., c]).all():
+        if data.dtype.kind == "f" and not np.isfinite(images[..., c]).all():
             raise DataError(f"case {cid}: {path.name} contains NaN or Inf intensities")
     labels = None
     if files.seg is not None:

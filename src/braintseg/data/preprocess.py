@@ -67,8 +67,8 @@ def to_internal(raw: NDArray[Any], convention: str) -> NDArray[np.uint8]:
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         bad = sorted({int(arr.min()), int(arr.max())} - set(mapping))
         raise DataError(f"label values {bad} outside {sorted(mapping)} ({convention})")
-    small = arr.astype(np.uint8, copy=False)
-    counts = np.bincount(small.ravel(), minlength=256)
+    small = arr.astype(np.uint8, copy=False, order="K")
+    counts = np.bincount(small.ravel(order="K"), minlength=256)
     bad = [v for v in np.flatnonzero(counts) if int(v) not in mapping]
     if bad:
         raise DataError(
@@ -87,6 +87,64 @@ def to_source(internal: NDArray[Any], convention: str) -> NDArray[np.uint8]:
 
 
 # --------------------------------------------------------------------------- normalisation
+
+
+def normalization_stats(
+    images: NDArray[np.floating],
+    clip_percentiles: Sequence[float] = (1.0, 99.0),
+    modalities: Sequence[str] = ("flair", "t1", "t1ce", "t2"),
+) -> list[dict[str, Any]]:
+    """Per-channel statistics of brain (nonzero) voxels after percentile clipping.
+
+    Args:
+        images: ``(X, Y, Z, C)`` intensities; 0 marks background.
+        clip_percentiles: ``(lo, hi)`` percentiles of the brain voxels to clip to.
+        modalities: channel names, used in the statistics and messages.
+
+    Returns:
+        one dict per channel ``{modality, n_brain, clip_lo, clip_hi, mean, std}``.
+
+    Raises:
+        DataError: a channel has no nonzero voxel, or constant brain intensity.
+    """
+    stats = []
+    for c, name in enumerate(modalities):
+        chan = np.asarray(images[..., c], dtype=np.float32).ravel(order="K")  # memory order
+        brain = chan[chan != 0]
+        if brain.size == 0:
+            raise DataError(f"modality '{name}' is all zero; expected a brain image")
+        lo, hi = np.percentile(brain, clip_percentiles)
+        brain = np.clip(brain, lo, hi)
+        mean, std = float(brain.mean(dtype=np.float64)), float(brain.std(dtype=np.float64))
+        if not std > 0:
+            raise DataError(f"modality '{name}' has constant brain intensity {mean}")
+        stats.append({"modality": name, "n_brain": int(brain.size), "clip_lo": float(lo),
+                      "clip_hi": float(hi), "mean": mean, "std": std})
+    return stats
+
+
+def apply_normalization(
+    images: NDArray[np.floating], stats: Sequence[dict[str, Any]], dtype: Any = np.float32
+) -> NDArray[Any]:
+    """``(clip(v, lo, hi) - mean) / std`` on nonzero voxels, 0 elsewhere.
+
+    Args:
+        images: ``(X, Y, Z, C)`` (any crop of the volume the stats came from).
+        stats: from :func:`normalization_stats`, one per channel.
+        dtype: output dtype (float32 or float16).
+
+    Returns:
+        C-contiguous ``(X, Y, Z, C)`` array of ``dtype``.
+    """
+    out = np.empty(images.shape, dtype)
+    for c, st in enumerate(stats):
+        chan = images[..., c]
+        value = np.clip(chan, st["clip_lo"], st["clip_hi"], dtype=np.float32)  # keeps memory order
+        value -= st["mean"]
+        value *= np.float32(1.0 / st["std"])
+        np.multiply(value, chan != 0, out=value)
+        out[..., c] = value
+    return out
 
 
 def normalize(
@@ -110,30 +168,16 @@ def normalize(
     Raises:
         DataError: a channel has no nonzero voxel, or constant brain intensity.
     """
-    out = np.asarray(images, dtype=np.float32)
     if method == "none":
-        return out.copy(), [{"modality": m, "method": "none"} for m in modalities]
+        for c, name in enumerate(modalities):
+            if not np.any(images[..., c]):
+                raise DataError(f"modality '{name}' is all zero; expected a brain image")
+        return (np.ascontiguousarray(images, dtype=np.float32),
+                [{"modality": m, "method": "none"} for m in modalities])
     if method != "zscore":
         raise ConfigError(f"data.normalization must be 'zscore' or 'none'; received {method!r}")
-    out = np.empty(out.shape, np.float32)
-    stats = []
-    for c, name in enumerate(modalities):
-        chan = np.asarray(images[..., c], dtype=np.float32)
-        mask = chan != 0
-        brain = chan[mask]
-        if brain.size == 0:
-            raise DataError(f"modality '{name}' is all zero; expected a brain image")
-        lo, hi = np.percentile(brain, clip_percentiles)
-        brain = np.clip(brain, lo, hi)
-        mean, std = float(brain.mean(dtype=np.float64)), float(brain.std(dtype=np.float64))
-        if not std > 0:
-            raise DataError(f"modality '{name}' has constant brain intensity {mean}")
-        plane = np.zeros(chan.shape, np.float32)
-        plane[mask] = (brain - mean) / std
-        out[..., c] = plane
-        stats.append({"modality": name, "n_brain": int(mask.sum()), "clip_lo": float(lo),
-                      "clip_hi": float(hi), "mean": mean, "std": std})
-    return out, stats
+    stats = normalization_stats(images, clip_percentiles, modalities)
+    return apply_normalization(images, stats), stats
 
 
 # --------------------------------------------------------------------------- crop boxes

@@ -207,6 +207,12 @@ class SliceStore:
     def __enter__(self) -> SliceStore:
         return self
 
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: nothing left to do
+            pass
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
