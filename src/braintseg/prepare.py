@@ -149,8 +149,9 @@ def _resolve_box(cfg: Config, cases: list[CaseFiles], workers: int, skip: bool,
         try:
             shapes[files.case_id] = read_header(files.images["flair"], files.case_id)[0]
             if len(shapes[files.case_id]) != 3:
-                raise DataError(f"case {files.case_id}: {files.images['flair'].name} has shape "
-                                f"{shapes[files.case_id]}; expected a 3D volume")
+                shp = shapes[files.case_id]
+                raise DataError(f"case {files.case_id}: {files.images['flair'].name} has "
+                                f"{len(shp)}D shape {shp}; expected a 3D volume")
         except DataError as exc:
             failures.append(_fail_or_raise(exc, files, skip))
     cases = [c for c in cases if c.case_id in shapes and len(shapes[c.case_id]) == 3]
@@ -257,6 +258,10 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
         if not skip_invalid:
             raise DataError(msg)
         failures.append((cid, msg))
+    if cases and all(c.seg is not None for c in cases):  # fold feasibility, before any work
+        d = cfg.data
+        make_folds([c.case_id for c in cases], {c.case_id: c.grade for c in cases},
+                   d.n_folds, d.seed, d.holdout_fraction)
     workers = max(1, min(workers or os.cpu_count() or 1, len(cases) or 1))
     box, cases = _resolve_box(cfg, cases, workers, skip_invalid, failures)
     if not cases:

@@ -140,7 +140,7 @@ def scan_cases(
     if not root.is_dir():
         raise DataError(f"input folder {root} does not exist or is not a folder")
     cases, problems = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
         if not any(_match(n) for n in filenames):
             continue
