@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ SCHEMA_VERSION = 1
 CHUNK_EDGE = 16
 #: HDF5 chunk cache per open store (decompressed chunks); one slab of chunks in any view fits
 CHUNK_CACHE_BYTES = 64 * 2**20
+#: HDF5/PyTables is not thread-safe: every read of an open store happens under this lock
+HDF5_LOCK = threading.RLock()
 
 
 @dataclass
@@ -169,7 +172,8 @@ class SliceStore:
         self.path = Path(path)
         self._h: tables.File | None = None
         self._pid = -1
-        header, metas, tumour = _read_header(self.path)
+        with HDF5_LOCK:
+            header, metas, tumour = _read_header(self.path)
         self._header, self._metas, self._tumour = header, metas, tumour
         self.case_ids: list[str] = list(header["case_ids"])
         self.n_cases = len(self.case_ids)
@@ -201,7 +205,8 @@ class SliceStore:
     def close(self) -> None:
         """Close this process's handle (reopened on next use)."""
         if self._h is not None and self._pid == os.getpid():
-            self._h.close()
+            with HDF5_LOCK:
+                self._h.close()
         self._h = None
 
     def __enter__(self) -> SliceStore:
@@ -239,8 +244,9 @@ class SliceStore:
     def read_case(self, i: int) -> tuple[NDArray[Any], NDArray[np.uint8] | None]:
         """``(images (X, Y, Z, C) float16|float32, labels (X, Y, Z) uint8 or None)``."""
         i = self._index(i)
-        h = self._handle()
-        return h.root.images[i], self._labels_or_none(i, h.root.labels[i])
+        with HDF5_LOCK:
+            h = self._handle()
+            return h.root.images[i], self._labels_or_none(i, h.root.labels[i])
 
     def read_slices(
         self, i: int, view: str, start: int, stop: int
@@ -257,8 +263,9 @@ class SliceStore:
             raise DataError(f"slices {start}:{stop} out of range 0:{size} for view {view}")
         sel: list[Any] = [i, slice(None), slice(None), slice(None)]
         sel[1 + axis] = slice(start, stop)
-        h = self._handle()
-        img, lab = h.root.images[tuple(sel)], h.root.labels[tuple(sel)]
+        with HDF5_LOCK:
+            h = self._handle()
+            img, lab = h.root.images[tuple(sel)], h.root.labels[tuple(sel)]
         if axis:
             img, lab = np.moveaxis(img, axis, 0), np.moveaxis(lab, axis, 0)
         return np.ascontiguousarray(img), np.ascontiguousarray(lab)
