@@ -1,0 +1,92 @@
+"""Predict's outputs, each written atomically (temporary name beside the target, then rename).
+
+* ``<case>.nii.gz``: uint8 labels via :func:`braintseg.data.nifti.save_labels`;
+* ``<case>_prob.nii.gz``: ``(X, Y, Z, K)`` float32 probabilities (NIfTI-1 has no float16);
+* ``predictions.csv`` and ``predict_config.yaml`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import yaml
+from numpy.typing import NDArray
+
+from braintseg.errors import DataError
+
+#: predictions.csv columns; voxel counts use the internal labels (ET = 3 in both conventions)
+CSV_COLUMNS = ("case", "convention", "file", "seconds", "voxels_background", "voxels_ncr",
+               "voxels_edema", "voxels_et")
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    """Create ``out_dir`` if needed and check that files can be created in it.
+
+    Raises:
+        DataError: it is a file, cannot be created, or is not writable (names the folder).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output {out_dir} is a file; expected a folder for the predictions")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(f"output folder {out_dir} is not writable ({exc.strerror})") from None
+    return out_dir
+
+
+def _atomic(path: Path, write: Any) -> Path:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"cannot write {path} ({exc.strerror})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_probabilities(probs: NDArray[np.floating], reference_header: Any,
+                       affine: NDArray[np.float64], path: Path) -> Path:
+    """Write ``(X, Y, Z, K)`` probabilities as float32 NIfTI in the source geometry.
+
+    The source header is copied (pixdim, units, qform/sform and their codes); ``dim[4] = K``.
+    """
+    header = reference_header.copy()
+    header.set_data_dtype(np.float32)
+    img = nib.Nifti1Image(np.asarray(probs, np.float32), affine, header=header)
+    img.set_qform(affine, code=int(reference_header["qform_code"]))
+    img.set_sform(affine, code=int(reference_header["sform_code"]))
+    img.header.set_slope_inter(1.0, 0.0)
+    return _atomic(Path(path), lambda tmp: nib.save(img, str(tmp)))
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """``predictions.csv`` with :data:`CSV_COLUMNS`, one row per case."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    """A YAML mapping (``yaml.safe_dump``), atomically."""
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
