@@ -1,0 +1,322 @@
+"""Slice batches from the store for Keras: a single reader thread per dataset prefetches.
+
+:class:`SliceDataset` yields ``(x, y)``: ``x`` float16 ``(B, H, W, C)`` (channels FLAIR, T1,
+T1ce, T2), ``y`` uint8 ``(B, H, W)`` internal labels {0 background, 1 NCR/NET, 2 edema, 3 ET}
+(no one-hot here: the loss and metrics one-hot inside).
+
+Batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``: the epoch's *plan* (which slice
+goes to which position) is drawn from ``np.random.default_rng([seed, e])`` and augmentation from
+``[seed, e, i]``.  So a batch read ahead by the reader thread equals one read directly when Keras
+asks out of order, and a resumed run sees the same batches as an uninterrupted one.
+
+Modes (``cache``):
+
+* ``"ram"``: every slice of the cases is read once (``read_view``) into contiguous arrays
+  ``(N, H, W, C)`` float16 and ``(N, H, W)`` uint8; batches are fancy-indexed.
+* ``"stream"``: chunk-aligned blocks of consecutive slices (``read_slices``); the epoch shuffles
+  the blocks of all cases, groups them into windows of ``buffer_blocks`` blocks and shuffles the
+  slices inside a window (block shuffle), so memory is bounded by one window, not the store.
+* ``"auto"``: RAM when the arrays fit ``cache_max_gb``, else stream.
+
+Keras 3 calls ``__getitem__(0), (1), …`` in order from one thread when ``workers=1`` and
+``use_multiprocessing=False`` (``fit(shuffle=False)``); the reader thread runs ``prefetch``
+batches ahead of that index, so reading and decompression overlap the accelerator step.  Every
+HDF5 call goes through :data:`braintseg.data.store.HDF5_LOCK`, so a training and a validation
+dataset in one process never touch HDF5 at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+import numpy as np
+from numpy.typing import NDArray
+
+from braintseg.data.augment import Augmenter
+from braintseg.data.preprocess import view_axis
+from braintseg.data.store import CHUNK_EDGE, SliceStore
+from braintseg.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+Cache = Literal["auto", "ram", "stream"]
+_STORES: dict[tuple[str, int], SliceStore] = {}
+_STORES_LOCK = threading.Lock()
+_EMPTY: NDArray[np.int64] = np.zeros(0, np.int64)
+
+
+def shared_store(path: Path) -> SliceStore:
+    """One :class:`SliceStore` per path and process (the handle opens lazily in each process)."""
+    import os
+
+    key = (str(Path(path).resolve()), os.getpid())
+    with _STORES_LOCK:
+        if key not in _STORES:
+            _STORES[key] = SliceStore(Path(path))
+        return _STORES[key]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where every position of an epoch comes from.
+
+    RAM: ``source[p]`` is a row of the cache.  Stream: ``source[p]`` is a block index and
+    ``offset[p]`` the slice within it; ``window[b]`` is the window that reads block ``b``.
+    """
+
+    source: NDArray[np.int64]
+    offset: NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
+    window: NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
+
+
+class _Reader:
+    """A thread that makes batches ``start, start+1, …`` of one epoch into a bounded queue."""
+
+    def __init__(self, ds: SliceDataset, epoch: int, start: int, depth: int) -> None:
+        self.epoch, self.next = epoch, start
+        self.queue: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=depth)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ds,), daemon=True,
+                                       name="braintseg-reader")
+        self.thread.start()
+
+    def _run(self, ds: SliceDataset) -> None:
+        blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]] = {}
+        for i in range(self.next, len(ds)):
+            try:
+                item: Any = ds._make_batch(self.epoch, i, blocks)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                item = exc
+            while not self.stop_event.is_set():
+                try:
+                    self.queue.put((i, item), timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if self.stop_event.is_set() or isinstance(item, BaseException):
+                return
+
+    def get(self) -> Any:
+        while True:
+            try:
+                i, item = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    raise RuntimeError("the slice reader thread stopped unexpectedly") from None
+                continue
+            self.next = i + 1
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join()
+
+
+class SliceDataset(keras.utils.PyDataset):
+    """2D slices of some cases of a store, in one view, as shuffled, augmented batches.
+
+    Args:
+        store_path: a store written by ``braintseg prepare``.
+        case_ids: cases to read (e.g. a fold's training ids).
+        view: ``axial`` (z → (X, Y)), ``coronal`` (y → (X, Z)) or ``sagittal`` (x → (Y, Z)).
+        batch_size: slices per batch; the last batch may be smaller.
+        shuffle: shuffle per epoch (training); False keeps case/slice order (validation).
+        seed: plan and augmentation seed.
+        augment: an :class:`Augmenter` or None (no augmentation).
+        cache: ``"ram"``, ``"stream"`` or ``"auto"`` (RAM when it fits ``cache_max_gb``).
+        prefetch: batches the reader thread keeps ready.
+        tumour_oversampling: probability that a position is replaced by a random slice with
+            tumour (from the same window in stream mode); 0 disables it.
+        max_batches: cap on batches per epoch (``train.steps_per_epoch``).
+        block_slices: slices per stream block (the store's chunk edge).
+        buffer_blocks: blocks per shuffle window (stream mode).
+
+    Raises:
+        DataError: unknown case id or view.  ConfigError: bad batch size or cache mode.
+    """
+
+    def __init__(
+        self, store_path: Path, case_ids: list[str], view: str, batch_size: int, *,
+        shuffle: bool = True, seed: int = 0, augment: Augmenter | None = None,
+        cache: Cache = "auto", cache_max_gb: float = 16.0, prefetch: int = 4,
+        tumour_oversampling: float = 0.0, max_batches: int | None = None,
+        block_slices: int = CHUNK_EDGE, buffer_blocks: int = 32,
+    ) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        if batch_size < 1 or prefetch < 1 or block_slices < 1 or buffer_blocks < 1:
+            raise ConfigError(f"batch_size, prefetch, block_slices and buffer_blocks must be >= 1;"
+                              f" received {batch_size}, {prefetch}, {block_slices}, "
+                              f"{buffer_blocks}")
+        if not case_ids:
+            raise DataError(f"no cases to read from {store_path} (view {view})")
+        self.store = shared_store(store_path)
+        axis = view_axis(view)
+        self.view, self.batch_size, self.shuffle, self.seed = view, batch_size, shuffle, seed
+        self.rows = [self.store.index_of(c) for c in case_ids]
+        self.case_ids = list(case_ids)
+        shape = self.store.volume_shape
+        self.slices_per_case = shape[axis]
+        hw = tuple(s for a, s in enumerate(shape) if a != axis)
+        self.input_shape: tuple[int, int, int] = (hw[0], hw[1], self.store.n_channels)
+        self.n_slices = len(self.rows) * self.slices_per_case
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.prefetch, self.oversampling = prefetch, tumour_oversampling
+        self.max_batches, self.block, self.buffer_blocks = max_batches, block_slices, buffer_blocks
+        self.tumour = np.concatenate(
+            [np.isin(np.arange(self.slices_per_case), self.store.tumour_slices(r, view))
+             for r in self.rows])
+        self.mode = self._choose_mode(cache, cache_max_gb)
+        self.epoch = 0
+        self._lock = threading.RLock()  # consumer state (reader, epoch)
+        self._plan_lock = threading.Lock()  # the epoch plan (also used by the reader thread)
+        self._plan: tuple[int, _Plan] | None = None
+        self._reader: _Reader | None = None
+        self._blocks = [(k, s, min(s + self.block, self.slices_per_case))
+                        for k in range(len(self.rows))
+                        for s in range(0, self.slices_per_case, self.block)]
+        self._block_base = np.array([k * self.slices_per_case + s for k, s, _ in self._blocks])
+        self._block_len = np.array([e - s for _, s, e in self._blocks])
+        if self.mode == "ram":
+            self._load_ram()
+
+    # -- set-up
+    def _choose_mode(self, cache: str, cache_max_gb: float) -> str:
+        if cache not in ("auto", "ram", "stream"):
+            raise ConfigError(f"train.cache must be auto, ram or stream; received {cache!r}")
+        if cache != "auto":
+            return cache
+        h, w, c = self.input_shape
+        nbytes = self.n_slices * h * w * (2 * c + 1)
+        return "ram" if nbytes <= cache_max_gb * 1e9 else "stream"
+
+    def _load_ram(self) -> None:
+        shape = (self.n_slices, *self.input_shape)
+        self._x = np.empty(shape, np.float16)
+        self._y = np.empty(shape[:3], np.uint8)
+        s = self.slices_per_case
+        for k, row in enumerate(self.rows):
+            x, y = self.store.read_view(row, self.view)
+            self._x[k * s:(k + 1) * s], self._y[k * s:(k + 1) * s] = x, y
+        logger.debug("cached %d %s slices in RAM (%.2f GB)", self.n_slices, self.view,
+                     (self._x.nbytes + self._y.nbytes) / 1e9)
+
+    # -- Keras PyDataset interface
+    def __len__(self) -> int:
+        n = math.ceil(self.n_slices / self.batch_size)
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def __getitem__(self, i: int) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} out of range 0..{len(self) - 1}")
+        with self._lock:
+            r = self._reader
+            if r is None or r.epoch != self.epoch or r.next != i:
+                self._stop_reader()
+                r = self._reader = _Reader(self, self.epoch, i, self.prefetch)
+            return r.get()
+
+    def on_epoch_end(self) -> None:
+        """Advance to the next epoch (a new plan)."""
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the plan of ``epoch`` from now on (a resumed run starts at its next epoch)."""
+        with self._lock:
+            if epoch != self.epoch:
+                self._stop_reader()
+                self.epoch = epoch
+
+    def close(self) -> None:
+        """Stop the reader thread (the store handle stays open for this process)."""
+        with self._lock:
+            self._stop_reader()
+
+    def _stop_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+
+    # -- batches
+    def batch(self, epoch: int, i: int) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
+        """Batch ``i`` of ``epoch`` read directly (no reader thread)."""
+        return self._make_batch(epoch, i, {})
+
+    def _make_batch(
+        self, epoch: int, i: int, blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]]
+    ) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
+        plan = self._plan_for(epoch)
+        p0, p1 = i * self.batch_size, min((i + 1) * self.batch_size, self.n_slices)
+        if self.mode == "ram":
+            rows = plan.source[p0:p1]
+            x, y = self._x[rows], self._y[rows]
+        else:
+            x, y = self._gather_stream(plan, p0, p1, blocks)
+        if self.augment is not None:
+            x, y = self.augment(x, y, np.random.default_rng([self.seed, epoch, i, 1]))
+        return x, y
+
+    def _gather_stream(
+        self, plan: _Plan, p0: int, p1: int,
+        blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]],
+    ) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
+        src, off = plan.source[p0:p1], plan.offset[p0:p1]
+        first_window = plan.window[src].min()
+        for b in [b for b in blocks if plan.window[b] < first_window]:
+            del blocks[b]  # a finished window: free its blocks
+        x = np.empty((p1 - p0, *self.input_shape), np.float16)
+        y = np.empty((p1 - p0, *self.input_shape[:2]), np.uint8)
+        for j, (b, o) in enumerate(zip(src.tolist(), off.tolist(), strict=True)):
+            if b not in blocks:
+                k, s0, s1 = self._blocks[b]
+                blocks[b] = self.store.read_slices(self.rows[k], self.view, s0, s1)
+            x[j], y[j] = blocks[b][0][o], blocks[b][1][o]
+        return x, y
+
+    def _plan_for(self, epoch: int) -> _Plan:
+        with self._plan_lock:
+            if self._plan is None or self._plan[0] != epoch:
+                rng = np.random.default_rng([self.seed, epoch])
+                plan = self._ram_plan(rng) if self.mode == "ram" else self._stream_plan(rng)
+                self._plan = (epoch, plan)
+            return self._plan[1]
+
+    def _oversample(self, order: NDArray[np.int64], tumour: NDArray[np.bool_],
+                    rng: np.random.Generator) -> NDArray[np.int64]:
+        """Replace each position by a random tumour position (among ``order``) with p."""
+        if not (self.shuffle and self.oversampling > 0 and tumour.any()):
+            return order
+        pool = np.flatnonzero(tumour)
+        mask = rng.random(order.size) < self.oversampling
+        order = order.copy()
+        order[mask] = rng.choice(pool, int(mask.sum()))
+        return order
+
+    def _ram_plan(self, rng: np.random.Generator) -> _Plan:
+        order = rng.permutation(self.n_slices) if self.shuffle else np.arange(self.n_slices)
+        return _Plan(self._oversample(order, self.tumour, rng))
+
+    def _stream_plan(self, rng: np.random.Generator) -> _Plan:
+        n_blocks = len(self._blocks)
+        block_order = rng.permutation(n_blocks) if self.shuffle else np.arange(n_blocks)
+        sources, offsets = [], []
+        window = np.empty(n_blocks, np.int64)
+        for w, start in enumerate(range(0, n_blocks, self.buffer_blocks)):
+            members = block_order[start:start + self.buffer_blocks]
+            window[members] = w
+            src = np.repeat(members, self._block_len[members])
+            off = np.concatenate([np.arange(n) for n in self._block_len[members]])
+            ids = self._block_base[src] + off
+            local = rng.permutation(src.size) if self.shuffle else np.arange(src.size)
+            local = self._oversample(local, self.tumour[ids], rng)
+            sources.append(src[local])
+            offsets.append(off[local])
+        return _Plan(np.concatenate(sources), np.concatenate(offsets), window)
