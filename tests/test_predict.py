@@ -1,0 +1,271 @@
+"""``braintseg predict`` on synthetic NIfTI cases and a store, with tiny untrained run folders.
+
+Run folders are made here the way ``train`` writes them (``model.keras``, ``config.yaml``,
+``run.json``) so that these tests do not depend on training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from braintseg.cli import cli
+from braintseg.config import dump_config, load_config
+from braintseg.errors import ConfigError, DataError
+from braintseg.inference.cases import check_case_id
+from braintseg.synthetic import write_case
+
+SHAPE = (48, 48, 32)
+BOX = (8, 40, 8, 40, 0, 32)  # 32 x 32 x 32: every view's slice is 32 x 32 (divisible by 4)
+OBLIQUE = np.array([[-0.9, 0.1, 0.0, 90.0], [0.1, -1.1, 0.05, 120.0], [0.0, 0.0, 1.5, -60.0],
+                    [0, 0, 0, 1]])
+CASE23, CASE18 = "BraTS-GLI-00007-000", "Brats18_TEST_1"
+
+
+def make_run(folder: Path, view: str, box=BOX, seed: int = 0, et_bias: float = 0.0,
+             extra: tuple[str, ...] = ()) -> Path:
+    """A run folder with an untrained tiny model (levels 2, 4 start channels)."""
+    import keras
+
+    from braintseg.data.preprocess import VIEW_AXIS, box_shape
+    from braintseg.model import build_model
+
+    cfg = load_config(None, ["model.levels=2", "model.start_channels=4", f"train.view={view}",
+                             "predict.batch_size=8", "model.noise_stddev=0.0", *extra])
+    keras.utils.set_random_seed(seed)
+    sizes = [s for a, s in enumerate(box_shape(box)) if a != VIEW_AXIS[view]]
+    model = build_model(cfg.model, (*sizes, 4))
+    if et_bias:
+        logits = model.get_layer("logits")
+        logits.bias.assign(np.array([0.0, 0.0, 0.0, et_bias], np.float32))
+    folder.mkdir(parents=True)
+    model.save(folder / "model.keras")
+    dump_config(cfg, folder / "config.yaml")
+    (folder / "run.json").write_text(json.dumps({
+        "schema_version": 1, "store": "synthetic.h5", "fold": 0, "view": view,
+        "input_shape": [*sizes, 4], "n_channels": 4, "crop_box": list(box)}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    out = {v: make_run(root / v, v, seed=i) for i, v in enumerate(("axial", "sagittal", "coronal"))}
+    out["et"] = make_run(root / "et", "axial", et_bias=50.0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cases")
+    write_case(root, CASE23, SHAPE, seed=3, convention="brats2023", affine=OBLIQUE,
+               seg_dtype="float32")
+    write_case(root, CASE18, SHAPE, seed=4, convention="brats2018")
+    return root
+
+
+def _read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img
+
+
+def _probs(run_dirs: list[Path], cases: Path, out: Path, **kw) -> dict[str, np.ndarray]:
+    from braintseg.predict import run_predict
+
+    run_predict(run_dirs, cases, out, probabilities=True, **kw)
+    return {c: _read(out / f"{c}_prob.nii.gz")[0] for c in (CASE23, CASE18)}
+
+
+def test_geometry_and_convention_of_2023_case(runs, cases, tmp_path) -> None:
+    from braintseg.predict import run_predict
+
+    written = run_predict([runs["axial"]], cases / CASE23, tmp_path / "out", probabilities=True)
+    assert [p.name for p in written] == [f"{CASE23}.nii.gz"]
+    labels, img = _read(written[0])
+    src = nib.load(str(cases / CASE23 / f"{CASE23}-t2f.nii.gz"))
+    assert labels.shape == SHAPE and labels.dtype == np.uint8
+    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    for form in ("qform", "sform"):
+        np.testing.assert_allclose(getattr(img.header, f"get_{form}")(),
+                                   getattr(src.header, f"get_{form}")(), atol=1e-5)
+        assert int(img.header[f"{form}_code"]) == int(src.header[f"{form}_code"]) == 1
+    np.testing.assert_allclose(img.header.get_zooms(), src.header.get_zooms(), atol=1e-6)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    probs, pimg = _read(tmp_path / "out" / f"{CASE23}_prob.nii.gz")
+    assert probs.shape == (*SHAPE, 4)
+    np.testing.assert_allclose(pimg.affine, src.affine, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+    # labels are the argmax of the probabilities, in the 2023 convention (identity mapping)
+    np.testing.assert_array_equal(labels, np.argmax(probs, -1))
+    x0, x1, y0, y1, z0, z1 = BOX
+    outside = np.ones(SHAPE, bool)
+    outside[x0:x1, y0:y1, z0:z1] = False
+    assert (labels[outside] == 0).all() and (probs[outside][:, 0] == 1).all()
+
+
+def test_label_conventions_with_an_et_model(runs, cases, tmp_path) -> None:
+    """A model biased to ET everywhere: ET is 3 in the 2023 case and 4 in the 2018 case."""
+    from braintseg.predict import run_predict
+
+    run_predict([runs["et"]], cases, tmp_path)
+    x0, x1, y0, y1, z0, z1 = BOX
+    for case, et in ((CASE23, 3), (CASE18, 4)):
+        labels = _read(tmp_path / f"{case}.nii.gz")[0]
+        assert set(np.unique(labels)) == {0, et}
+        assert (labels[x0:x1, y0:y1, z0:z1] == et).all()
+        assert (labels > 0).sum() == 32**3
+    rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
+    assert [r["case"] for r in rows] == [CASE23, CASE18]
+    assert all(int(r["voxels_et"]) == 32**3 and float(r["seconds"]) > 0 for r in rows)
+    assert all(int(r["voxels_background"]) == np.prod(SHAPE) - 32**3 for r in rows)
+
+
+def test_multi_view_ensemble_is_the_mean_of_single_runs(runs, cases, tmp_path) -> None:
+    views = ["axial", "sagittal", "coronal"]
+    singles = [_probs([runs[v]], cases, tmp_path / v) for v in views]
+    both = _probs([runs[v] for v in views], cases, tmp_path / "ensemble")
+    for case in (CASE23, CASE18):
+        mean = np.mean([s[case] for s in singles], axis=0)
+        np.testing.assert_allclose(both[case], mean, atol=1e-5)
+        # the runs really differ, so the check above is not vacuous
+        assert np.abs(singles[0][case] - singles[1][case]).max() > 1e-3
+    record = yaml.safe_load((tmp_path / "ensemble" / "predict_config.yaml").read_text())
+    assert [r["view"] for r in record["runs"]] == views
+    assert record["tta"] is False and record["postprocessing"]["enabled"] is False
+
+
+def test_tta_is_flip_equivariant(runs, tmp_path) -> None:
+    """Flipping the input along H (x for axial) flips the TTA prediction exactly."""
+    from braintseg.predict import run_predict
+
+    root = tmp_path / "in"
+    folder = write_case(root, "Brats18_A_1", SHAPE, seed=5)
+    flipped = root / "Brats18_B_1"
+    flipped.mkdir()
+    for path in folder.iterdir():
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)[::-1, ::-1]  # flip x and y (H and W of axial slices)
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine, img.header),
+                 flipped / path.name.replace("_A_", "_B_"))
+    results = {}
+    for tta in (False, True):
+        out = tmp_path / f"tta{tta}"
+        run_predict([runs["axial"]], root, out, probabilities=True, tta=tta)
+        a = _read(out / "Brats18_A_1_prob.nii.gz")[0]
+        b = _read(out / "Brats18_B_1_prob.nii.gz")[0][::-1, ::-1]
+        results[tta] = np.abs(a - b).max()
+    assert results[True] < 1e-4
+    assert results[False] > 1e-3  # the untrained model alone is not symmetric
+
+
+def test_store_input_with_fold_matches_nifti_input(synthetic_store, synthetic_root,
+                                                   tmp_path) -> None:
+    from braintseg.data.store import open_store
+    from braintseg.predict import run_predict
+
+    store = open_store(synthetic_store)
+    run = make_run(tmp_path / "run", "coronal", box=tuple(store.crop_box))
+    val = store.fold_cases(1)[1]
+    written = run_predict([run], synthetic_store, tmp_path / "s", fold=1, probabilities=True)
+    assert sorted(p.name for p in written) == sorted(f"{c}.nii.gz" for c in val)
+    case = val[0]
+    run_predict([run], synthetic_root, tmp_path / "n", cases=[case], probabilities=True)
+    from_store, img = _read(tmp_path / "s" / f"{case}_prob.nii.gz")
+    from_nifti, nimg = _read(tmp_path / "n" / f"{case}_prob.nii.gz")
+    np.testing.assert_array_equal(from_store, from_nifti)  # normalised exactly as prepare does
+    meta = store.case_meta(store.index_of(case))
+    assert from_store.shape[:3] == tuple(meta["original_shape"])
+    np.testing.assert_allclose(img.affine, np.array(meta["affine"]), atol=1e-5)
+
+
+def test_postprocessing_set_and_recorded_via_cli(runs, cases, tmp_path) -> None:
+    out = tmp_path / "pp"
+    result = CliRunner().invoke(cli, [
+        "predict", "-m", str(runs["et"]), "-i", str(cases), "-o", str(out), "--cases", CASE18,
+        "--set", "predict.et_to_ncr_threshold=100000", "--set",
+        "predict.output_pattern='{case}_seg.nii.gz'"])
+    assert result.exit_code == 0, result.output
+    labels = _read(out / f"{CASE18}_seg.nii.gz")[0]
+    assert set(np.unique(labels)) == {0, 1}  # every ET voxel relabelled NCR
+    record = yaml.safe_load((out / "predict_config.yaml").read_text())
+    assert record["postprocessing"]["et_to_ncr_threshold"] == 100000
+    assert record["postprocessing"]["enabled"] is True
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _copy_run(src: Path, dst: Path, **run_json) -> Path:
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "run.json").read_text()) | run_json
+    (dst / "run.json").write_text(json.dumps(meta))
+    return dst
+
+
+def _bad(run_dirs, input_path, out: Path, error=DataError, match: str = "", **kw) -> None:
+    from braintseg.predict import run_predict
+
+    with pytest.raises(error, match=match) as info:
+        run_predict(run_dirs, input_path, out, **kw)
+    assert "\n" not in str(info.value)
+    assert not out.is_dir() or not any(out.iterdir()), "nothing may be written"
+
+
+def test_bad_runs(runs, cases, tmp_path) -> None:
+    out = tmp_path / "out"
+    _bad([tmp_path / "nope"], cases, out, match="does not exist")
+    (tmp_path / "empty").mkdir()
+    _bad([tmp_path / "empty"], cases, out, match="not a braintseg run: missing model.keras")
+    chans = _copy_run(runs["axial"], tmp_path / "c3", n_channels=3)
+    _bad([runs["axial"], chans], cases, out, ConfigError, match="n_channels differs")
+    box = _copy_run(runs["sagittal"], tmp_path / "box", crop_box=[8, 40, 8, 40, 0, 28])
+    _bad([runs["axial"], box], cases, out, ConfigError, match="crop_box differs")
+    regions = make_run(tmp_path / "regions", "axial", extra=("model.output=regions",))
+    _bad([runs["axial"], regions], cases, out, ConfigError, match="model.output differs")
+    _bad([runs["axial"]], cases, out, ConfigError, match="only --set predict",
+         overrides=["train.epochs=3"])
+
+
+def test_bad_cases_and_outputs(runs, cases, tmp_path) -> None:
+    run, out = [runs["axial"]], tmp_path / "out"
+    missing = tmp_path / "missing"
+    shutil.copytree(cases / CASE18, missing / CASE18)
+    (missing / CASE18 / f"{CASE18}_t1.nii.gz").unlink()
+    _bad(run, missing, out, match=f"case {CASE18}: missing modality 't1'")
+    small = tmp_path / "small"
+    write_case(small, "Brats18_SMALL_1", (30, 48, 32), seed=1)
+    _bad(run, small, out, match="does not contain the training crop box")
+    odd = tmp_path / "odd"
+    write_case(odd, "bad..case", SHAPE, seed=1)
+    _bad(run, odd, out, match="would write outside")
+    _bad(run, cases, out, match="not found", cases=["nope"])
+    _bad(run, cases, out, ConfigError, match="needs a store", fold=0)
+    _bad(run, tmp_path / "absent", out, match="does not exist")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _bad(run, cases, blocker / "sub", match="not writable")
+    _bad(run, cases, blocker, match="is a file")
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("case_id", ["../x", "a/b", "..", ".", "", "a\\b", ".hidden"])
+def test_unsafe_case_ids_rejected(case_id: str, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="would write outside"):
+        check_case_id(case_id, "{case}.nii.gz", tmp_path)
+    assert check_case_id("Brats18_1", "{case}.nii.gz", tmp_path) == tmp_path / "Brats18_1.nii.gz"
+
+
+def test_cli_bad_input_is_one_line(tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["predict", "-m", str(tmp_path / "nope"), "-i",
+                                      str(tmp_path), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "run folder" in lines[0] and "does not exist" in lines[0]
