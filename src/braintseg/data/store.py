@@ -108,7 +108,8 @@ class StoreWriter:
         for view, axis in VIEW_AXIS.items():
             h.create_earray("/tumour", view, tables.Int32Atom(), (0, shp[axis]),
                             expectedrows=self.expected)
-        h.create_vlarray("/", "case_meta", tables.VLStringAtom(), filters=self.filters)
+        h.create_vlarray("/", "case_meta", tables.VLStringAtom(),
+                         filters=tables.Filters(complevel=5, complib="zlib"))
         return self
 
     def append(self, case: PreparedCase) -> None:
