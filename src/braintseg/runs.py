@@ -1,0 +1,127 @@
+"""The run folder written by ``braintseg train`` (read by ``predict``).
+
+Layout of ``RUN_DIR``::
+
+    config.yaml      resolved config (braintseg.config.dump_config)
+    run.json         store path, fold, view, input shape (H, W, C), channels, crop box,
+                     store schema version, training/validation case ids
+    history.csv      one row per finished epoch (Keras CSVLogger; appended on resume)
+    tensorboard/     TensorBoard logs
+    model.keras      best model by train.monitor (Keras native format)
+    last.keras       last checkpoint, with the optimizer state
+    checkpoint/state.json   resume state: epochs finished, best monitor value, seed
+    DONE             written when all epochs finished
+
+Every file is written under a temporary name beside the target and renamed on success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from braintseg.config import Config, to_dict
+from braintseg.errors import DataError
+
+#: config sections and run.json keys that must match for ``--resume``
+RESUME_SECTIONS: tuple[str, ...] = ("data", "model")
+RESUME_RUN_KEYS: tuple[str, ...] = ("store", "fold", "view", "input_shape")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths of one run folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "model.keras"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.keras"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "checkpoint" / "state.json"
+
+    @property
+    def done(self) -> Path:
+        return self.root / "DONE"
+
+    def artefacts(self) -> list[Path]:
+        """Everything a run writes (what ``--overwrite`` removes)."""
+        return [self.config, self.run_json, self.history, self.tensorboard, self.best,
+                self.last, self.state.parent, self.done]
+
+    def started(self) -> bool:
+        """True when the folder holds (part of) a run."""
+        return any(p.exists() for p in self.artefacts())
+
+    def clear(self) -> None:
+        """Remove the run's artefacts (and nothing else in the folder)."""
+        for p in self.artefacts():
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary name beside ``path``, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object; DataError naming the file if missing or invalid."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object; received {type(data).__name__}")
+    return data
+
+
+def resume_differences(
+    saved_cfg: Config, cfg: Config, saved_run: dict[str, Any], run: dict[str, Any]
+) -> list[str]:
+    """Keys that differ between a saved run and a resume request (model/data config, store,
+    fold, view, input shape), as ``"key: saved -> requested"`` strings."""
+    diffs: list[str] = []
+    old, new = to_dict(saved_cfg), to_dict(cfg)
+    for section in RESUME_SECTIONS:
+        for key in sorted(set(old[section]) | set(new[section])):
+            a, b = old[section].get(key), new[section].get(key)
+            if a != b:
+                diffs.append(f"{section}.{key}: {a!r} -> {b!r}")
+    for key in RESUME_RUN_KEYS:
+        if saved_run.get(key) != run.get(key):
+            diffs.append(f"{key}: {saved_run.get(key)!r} -> {run.get(key)!r}")
+    return diffs
