@@ -1,0 +1,233 @@
+"""The Slurm job scripts on a real one-node Slurm (scripts/slurm_local.sh).
+
+The cluster is started once for this module (munged, slurmctld, slurmd with state and logs in a
+temporary folder) and stopped by pid afterwards.  Tests skip when the Slurm binaries are absent
+or when not running as root.  Two kinds of tests:
+
+* the job scripts' mechanics with a stand-in trainer (a small Python program that trains
+  "epochs" by sleeping, checkpoints on USR1/TERM and exits 75, as ``braintseg train`` does);
+* the real thing: ``train.sbatch`` running ``braintseg train`` receives the walltime warning,
+  requeues itself and resumes; ``submit_cv.sh`` runs prepare → train → predict → evaluate.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_LOCAL = REPO / "scripts" / "slurm_local.sh"
+SUBMIT_CV = REPO / "scripts" / "submit_cv.sh"
+SLURM_DIR = REPO / "slurm"
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
+PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+#: options that turn the GPU job scripts into CPU jobs on the GRES-less test cluster
+CPU_OPTS = ["--gres=none", "--cpus-per-task=1", "--mem=1G"]
+
+slurm_mark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Start the local Slurm; yield the environment for sbatch & co; stop it afterwards."""
+    missing = [b for b in BINARIES if shutil.which(b, path=PATH) is None]
+    if missing:
+        pytest.skip(f"Slurm binaries not on PATH: {', '.join(missing)} "
+                    "(apt-get install slurmctld slurmd slurm-client munge)")
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm needs root (slurmd starts jobs as their user)")
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    env.update(PATH=PATH, SLURM_CONF=str(folder / "slurm.conf"))
+    start = subprocess.run(["bash", str(SLURM_LOCAL), "start", str(folder)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        yield env
+    finally:
+        subprocess.run(["bash", str(SLURM_LOCAL), "stop", str(folder)], env=env, timeout=120)
+
+
+def sbatch(env: dict[str, str], *args: str, cwd: Path | None = None) -> str:
+    """Submit; return the job id."""
+    out = subprocess.run(["sbatch", "--parsable", *args], env=env, cwd=cwd,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def jobs(env: dict[str, str], job_id: str) -> list[dict[str, str]]:
+    """``scontrol show job`` records (one per array task) as dicts."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line]
+
+
+def wait(env: dict[str, str], job_ids: list[str], timeout: float) -> None:
+    """Wait until none of ``job_ids`` is pending or running (they stay visible afterwards)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = [r for j in job_ids for r in jobs(env, j)]
+        if all(r["JobState"] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING")
+               for r in records):
+            return
+        time.sleep(1)
+    pytest.fail(f"jobs {job_ids} not finished after {timeout} s: "
+                f"{[(r['JobId'], r['JobState'], r.get('Reason')) for r in records]}")
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def epochs(history: Path) -> list[int]:
+    """The ``epoch`` column of a Keras CSV log."""
+    if not history.exists():
+        return []
+    with history.open() as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+# --------------------------------------------------------------------------- stand-in trainer
+
+FAKE_TRAIN = r'''
+"""Stand-in for `braintseg train`: epochs of STEPS sleeps; USR1/TERM -> checkpoint, exit 75."""
+import csv, json, os, signal, sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+assert args[0] == "train", args
+run = Path(args[args.index("-o") + 1])
+sets = dict(a.split("=", 1) for i, a in enumerate(args) if i and args[i - 1] == "--set")
+total = int(sets.get("train.epochs", "4"))
+stop = []
+signal.signal(signal.SIGUSR1, lambda s, f: stop.append(s))
+signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
+state = run / "checkpoint" / "state.json"
+if "--resume" in args:
+    start = json.loads(state.read_text())["next_epoch"]
+else:
+    if run.exists() and any(run.iterdir()) and "--overwrite" not in args:
+        sys.exit(f"{run} holds a run; use --resume or --overwrite")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "history.csv").write_text("epoch,loss\n")
+    start = 0
+with open(run / "invocations.txt", "a") as fh:
+    fh.write(" ".join(args) + f" restart={os.environ.get('SLURM_RESTART_COUNT', '0')}\n")
+for epoch in range(start, total):
+    for _ in range(4):
+        time.sleep(0.25)
+        if stop:
+            break
+    if stop:  # the unfinished epoch is dropped; resume starts it again
+        print(f"signal {stop[0]}: checkpoint at epoch {epoch}", flush=True)
+        sys.exit(75)
+    with open(run / "history.csv", "a") as fh:
+        fh.write(f"{epoch},{1.0 / (epoch + 1):.4f}\n")
+    state.parent.mkdir(exist_ok=True)
+    state.write_text(json.dumps({"next_epoch": epoch + 1}))
+(run / "DONE").write_text("done\n")
+'''
+
+
+@pytest.fixture()
+def fake_env(slurm: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Environment for train.sbatch with the stand-in trainer, 2 folds of one view."""
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    return slurm | {"BRAINTSEG": f"{sys.executable} {fake}", "STORE": str(tmp_path / "s.h5"),
+                    "CV_DIR": str(tmp_path / "cv"), "N_FOLDS": "2", "VIEWS": "axial"}
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_trivial_job_output_lands_and_exit_codes_are_reported(slurm, tmp_path):
+    ok = sbatch(slurm, "-o", str(tmp_path / "ok-%j.out"), "--wrap", "echo hello $SLURM_JOB_ID")
+    bad = sbatch(slurm, "-o", str(tmp_path / "bad.out"), "--wrap", "exit 3")
+    wait(slurm, [ok, bad], timeout=60)
+    assert (tmp_path / f"ok-{ok}.out").read_text().strip() == f"hello {ok}"
+    assert jobs(slurm, ok)[0]["JobState"] == "COMPLETED"
+    assert (jobs(slurm, bad)[0]["JobState"], jobs(slurm, bad)[0]["ExitCode"]) == ("FAILED", "3:0")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_usr1_requeues_the_array_task_which_resumes_and_afterok_waits(fake_env, tmp_path):
+    cv = Path(fake_env["CV_DIR"])
+    env = fake_env | {"SET": "train.epochs=8"}
+    array = sbatch(env, *CPU_OPTS, "--array=0-1", "-o", str(tmp_path / "t-%A_%a.out"),
+                   str(SLURM_DIR / "train.sbatch"))
+    after = sbatch(env, f"--dependency=afterok:{array}", "-o", str(tmp_path / "after.out"),
+                   "--wrap", "date +%s.%N")
+    history = cv / "runs" / "axial_f0" / "history.csv"
+    wait_for(lambda: len(epochs(history)) >= 2, 60, "two epochs of task 0")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{array}_0"], env=env, check=True)
+    wait(env, [array, after], timeout=120)
+
+    tasks = {r["ArrayTaskId"]: r for r in jobs(env, array)}
+    assert {t: (r["JobState"], r["Restarts"]) for t, r in tasks.items()} == {
+        "0": ("COMPLETED", "1"), "1": ("COMPLETED", "0")}
+    for fold in (0, 1):
+        assert epochs(cv / "runs" / f"axial_f{fold}" / "history.csv") == list(range(8))
+        assert (cv / "runs" / f"axial_f{fold}" / "DONE").exists()
+    calls = (cv / "runs" / "axial_f0" / "invocations.txt").read_text().splitlines()
+    assert len(calls) == 2 and "--resume" not in calls[0] and "--resume" in calls[1], calls
+    assert "--fold 0" in calls[0] and "train.view=axial" in calls[0] and calls[1].endswith("=1")
+    log = (tmp_path / f"t-{array}_0.out").read_text()  # --open-mode=append keeps both runs
+    assert "got SIGUSR1" in log and f"requeueing {array}_0" in log and "restart 1" in log
+    # afterok held the dependent job until the requeued task had completed
+    assert jobs(env, after)[0]["JobState"] == "COMPLETED"
+    ended = history.stat().st_mtime
+    assert float((tmp_path / "after.out").read_text()) >= ended
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_walltime_warning_signal_requeues_until_all_epochs_are_done(fake_env, tmp_path):
+    cv = Path(fake_env["CV_DIR"])
+    env = fake_env | {"SET": "train.epochs=40"}  # ~40 s of training, a 60 s limit per run
+    job = sbatch(env, *CPU_OPTS, "--array=1", "--time=1", "--signal=B:USR1@40",
+                 "-o", str(tmp_path / "w-%A_%a.out"), str(SLURM_DIR / "train.sbatch"))
+    wait(env, [job], timeout=240)
+    (task,) = jobs(env, job)
+    assert task["JobState"] == "COMPLETED", task
+    assert int(task["Restarts"]) >= 1, "the warning signal never caused a requeue"
+    assert epochs(cv / "runs" / "axial_f1" / "history.csv") == list(range(40))
+    log = (tmp_path / f"w-{job}_1.out").read_text()
+    assert log.count("got SIGUSR1") >= 1 and "TIMEOUT" not in log
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_term_checkpoints_but_does_not_requeue(fake_env, tmp_path):
+    cv = Path(fake_env["CV_DIR"])
+    job = sbatch(fake_env | {"SET": "train.epochs=30"}, *CPU_OPTS, "--array=0",
+                 "-o", str(tmp_path / "c.out"), str(SLURM_DIR / "train.sbatch"))
+    history = cv / "runs" / "axial_f0" / "history.csv"
+    wait_for(lambda: len(epochs(history)) >= 1, 60, "one epoch")
+    subprocess.run(["scancel", job], env=fake_env, check=True)
+    wait(fake_env, [job], timeout=60)
+    (task,) = jobs(fake_env, job)
+    assert (task["JobState"], task["Restarts"]) == ("CANCELLED", "0")
+    assert (cv / "runs" / "axial_f0" / "checkpoint" / "state.json").exists()
+    assert not (cv / "runs" / "axial_f0" / "DONE").exists()
