@@ -1,0 +1,140 @@
+"""SliceDataset against direct store reads: views, modes, shuffling, prefetch, oversampling."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from braintseg.data.augment import Augmenter
+from braintseg.data.generator import SliceDataset
+from braintseg.data.store import open_store
+from braintseg.errors import DataError
+
+VIEWS = ("axial", "sagittal", "coronal")
+
+
+def _reference(store_path: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
+    store = open_store(store_path)
+    parts = [store.read_view(i, view) for i in range(store.n_cases)]
+    return (np.concatenate([p[0] for p in parts]).astype(np.float16),
+            np.concatenate([p[1] for p in parts]))
+
+
+def _epoch(ds: SliceDataset) -> tuple[np.ndarray, np.ndarray]:
+    batches = [ds[i] for i in range(len(ds))]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def _keys(x: np.ndarray) -> list[bytes]:
+    return sorted(s.tobytes() for s in x)
+
+
+@pytest.mark.parametrize("cache", ["ram", "stream"])
+@pytest.mark.parametrize("view", VIEWS)
+def test_batches_equal_direct_reads(synthetic_store: Path, view: str, cache: str) -> None:
+    store = open_store(synthetic_store)
+    ds = SliceDataset(synthetic_store, store.case_ids, view, batch_size=5, shuffle=False,
+                      cache=cache, buffer_blocks=2)  # type: ignore[arg-type]
+    rx, ry = _reference(synthetic_store, view)
+    assert len(ds) == math.ceil(len(rx) / 5)
+    x0, y0 = ds[0]
+    assert x0.dtype == np.float16 and y0.dtype == np.uint8
+    assert x0.shape == (5, *rx.shape[1:]) and y0.shape == (5, *ry.shape[1:])
+    assert ds.input_shape == rx.shape[1:]
+    x, y = _epoch(ds)
+    np.testing.assert_array_equal(x, rx)
+    np.testing.assert_array_equal(y, ry)
+    ds.close()
+
+
+@pytest.mark.parametrize("cache", ["ram", "stream"])
+def test_shuffle_is_a_seeded_permutation_per_epoch(synthetic_store: Path, cache: str) -> None:
+    store = open_store(synthetic_store)
+    kw = {"batch_size": 4, "cache": cache, "seed": 7, "augment": None, "buffer_blocks": 2}
+    a = SliceDataset(synthetic_store, store.case_ids, "axial", **kw)  # type: ignore[arg-type]
+    b = SliceDataset(synthetic_store, store.case_ids, "axial", **kw)  # type: ignore[arg-type]
+    rx, _ = _reference(synthetic_store, "axial")
+    xa0, _ = _epoch(a)
+    xb0, _ = _epoch(b)
+    np.testing.assert_array_equal(xa0, xb0)  # same seed, same epoch → same order
+    assert not np.array_equal(xa0, rx)  # shuffled
+    assert _keys(xa0) == _keys(rx)  # every slice exactly once
+    a.on_epoch_end()
+    xa1, _ = _epoch(a)
+    assert not np.array_equal(xa1, xa0) and _keys(xa1) == _keys(rx)
+    a.close()
+    b.close()
+
+
+def test_out_of_order_access_matches_prefetched(synthetic_store: Path) -> None:
+    store = open_store(synthetic_store)
+    ds = SliceDataset(synthetic_store, store.case_ids, "coronal", batch_size=3, cache="stream",
+                      seed=3, augment=Augmenter(True, 15.0, 0.1), prefetch=2, buffer_blocks=2)
+    ds.set_epoch(2)
+    order = [5, 1, 2, 3, 0, len(ds) - 1, 4]
+    for i in order:
+        x, y = ds[i]
+        ex, ey = ds.batch(2, i)
+        np.testing.assert_array_equal(x, ex)
+        np.testing.assert_array_equal(y, ey)
+        assert set(np.unique(y)) <= {0, 1, 2, 3}
+    ds.close()
+
+
+def test_tumour_oversampling_full_gives_only_tumour_slices(synthetic_store: Path) -> None:
+    store = open_store(synthetic_store)
+    for cache in ("ram", "stream"):
+        ds = SliceDataset(synthetic_store, store.case_ids, "axial", batch_size=8, cache=cache,
+                          augment=None, tumour_oversampling=1.0)  # type: ignore[arg-type]
+        _, y = _epoch(ds)
+        assert (y.reshape(len(y), -1).max(axis=1) > 0).all()
+        ds.close()
+    plain = SliceDataset(synthetic_store, store.case_ids, "axial", batch_size=8, augment=None)
+    _, y = _epoch(plain)
+    assert not (y.reshape(len(y), -1).max(axis=1) > 0).all()  # the store has empty slices
+
+
+def test_auto_cache_and_max_batches(synthetic_store: Path) -> None:
+    store = open_store(synthetic_store)
+    big = SliceDataset(synthetic_store, store.case_ids[:2], "axial", 4, cache="auto")
+    small = SliceDataset(synthetic_store, store.case_ids[:2], "axial", 4, cache="auto",
+                         cache_max_gb=1e-6, max_batches=3)
+    assert big.mode == "ram" and small.mode == "stream"
+    assert len(small) == 3 and len(big) == math.ceil(big.n_slices / 4)
+
+
+def test_two_datasets_read_concurrently(synthetic_store: Path) -> None:
+    """Training and validation readers in one process share HDF5 safely (one lock)."""
+    store = open_store(synthetic_store)
+    rx, ry = _reference(synthetic_store, "sagittal")
+    results: list[bool] = []
+
+    def consume() -> None:
+        ds = SliceDataset(synthetic_store, store.case_ids, "sagittal", 3, shuffle=False,
+                          cache="stream", buffer_blocks=1, block_slices=4)
+        for _ in range(3):
+            x, y = _epoch(ds)
+            results.append(np.array_equal(x, rx) and np.array_equal(y, ry))
+            ds.on_epoch_end()
+        ds.close()
+
+    threads = [threading.Thread(target=consume) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 9
+
+
+def test_bad_inputs(synthetic_store: Path) -> None:
+    store = open_store(synthetic_store)
+    with pytest.raises(DataError, match="nope"):
+        SliceDataset(synthetic_store, ["nope"], "axial", 4)
+    with pytest.raises(DataError, match="unknown view 'sagital'"):
+        SliceDataset(synthetic_store, store.case_ids, "sagital", 4)
+    with pytest.raises(DataError, match="does not exist"):
+        SliceDataset(synthetic_store.with_name("missing.h5"), store.case_ids, "axial", 4)
