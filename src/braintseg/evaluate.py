@@ -45,6 +45,7 @@ from braintseg.scoring import (
     dice,
     hd95,
     missing_metrics,
+    nonzero_box,
     region_mask,
     region_metrics,
     summarize,
@@ -222,10 +223,13 @@ def evaluate_case(case_id: str, pred: Labels | None, truth: Labels) -> dict[str,
     if pred is not None and not np.allclose(pred.spacing, truth.spacing, rtol=1e-3):
         logger.warning("case %s: prediction spacing %s differs from truth spacing %s; using the "
                        "truth's", case_id, pred.spacing, truth.spacing)
+    vols = (truth.labels,) if pred is None else (truth.labels, pred.labels)
+    box = nonzero_box(*vols)  # every tumour voxel of both: metrics on the crop are exact
     for region in REGIONS:
-        t = region_mask(truth.labels, region)
+        t = region_mask(truth.labels[box], region)
         values = (missing_metrics(t, truth.spacing) if pred is None
-                  else region_metrics(region_mask(pred.labels, region), t, truth.spacing))
+                  else region_metrics(region_mask(pred.labels[box], region), t, truth.spacing,
+                                      n_voxels=truth.labels.size))
         row.update({f"{region}_{k}": v for k, v in values.items()})
     return row
 

@@ -31,7 +31,23 @@ STATS: tuple[str, ...] = ("mean", "std", "median", "p25", "p75", "n")
 
 def region_mask(labels: NDArray[np.uint8], region: str) -> NDArray[np.bool_]:
     """Boolean ``(X, Y, Z)`` mask of ``region`` ("wt"/"tc"/"et") in internal labels {0,1,2,3}."""
-    return np.isin(labels, REGION_LABELS[region])
+    lut = np.zeros(256, bool)
+    lut[list(REGION_LABELS[region])] = True
+    return lut[labels]
+
+
+def nonzero_box(*volumes: NDArray[Any]) -> tuple[slice, ...]:
+    """Smallest box holding every nonzero voxel of all ``volumes`` (one shape); whole if none.
+
+    Masks cropped to it keep every metric: outside it all masks are False, which is what the
+    surface erosion assumes beyond the crop.
+    """
+    union = np.logical_or.reduce([v != 0 for v in volumes])
+    if not union.any():
+        return tuple(slice(0, 1) for _ in union.shape)
+    coords = [np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != ax)))
+              for ax in range(union.ndim)]
+    return tuple(slice(int(c[0]), int(c[-1]) + 1) for c in coords)
 
 
 def dice(pred: NDArray[np.bool_], truth: NDArray[np.bool_]) -> float:
@@ -84,12 +100,19 @@ def hd95(
 
 
 def region_metrics(
-    pred: NDArray[np.bool_], truth: NDArray[np.bool_], spacing: Sequence[float]
+    pred: NDArray[np.bool_], truth: NDArray[np.bool_], spacing: Sequence[float],
+    n_voxels: int | None = None,
 ) -> dict[str, float]:
-    """All :data:`METRICS` of one region; sensitivity/specificity are NaN when undefined."""
+    """All :data:`METRICS` of one region; sensitivity/specificity are NaN when undefined.
+
+    Args:
+        pred, truth: boolean masks of one shape (may be a crop holding every True voxel).
+        spacing: voxel size in mm per axis.
+        n_voxels: voxels in the whole image when the masks are such a crop (for specificity).
+    """
     tp = int(np.logical_and(pred, truth).sum())
     n_p, n_t = int(pred.sum()), int(truth.sum())
-    negatives = truth.size - n_t
+    negatives = (truth.size if n_voxels is None else n_voxels) - n_t
     ml = float(np.prod(spacing)) / 1000.0
     return {
         "dice": dice(pred, truth),
