@@ -63,6 +63,8 @@ def generalized_dice(onehot: Any, probs: Any, epsilon: float = 1e-7) -> Any:
     Returns:
         Scalar float32 in ``[0, 1]``.
     """
+    onehot = ops.convert_to_tensor(onehot, dtype="float32")
+    probs = ops.convert_to_tensor(probs, dtype="float32")
     axes = tuple(range(len(onehot.shape) - 1))
     ref = ops.mean(onehot, axis=axes)
     pred = ops.mean(probs, axis=axes)

@@ -79,8 +79,13 @@ class _PooledDice(keras.metrics.Metric):
         self.total.assign_add(ops.sum(target, axis=axes) + ops.sum(pred, axis=axes))
 
     def reset_state(self) -> None:
-        self.intersection.assign(ops.zeros_like(self.intersection))
-        self.total.assign(ops.zeros_like(self.total))
+        self.intersection.assign(ops.zeros((len(REGIONS),), "float32"))
+        self.total.assign(ops.zeros((len(REGIONS),), "float32"))
+
+    def _dices(self) -> Any:
+        """Per-region pooled Dice ``(3,)`` (variables read as tensors: JAX-safe)."""
+        inter = ops.convert_to_tensor(self.intersection.value)
+        return _dice(inter, ops.convert_to_tensor(self.total.value))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -113,7 +118,7 @@ class RegionDice(_PooledDice):
         self._index = REGIONS.index(region)
 
     def result(self) -> Any:
-        return _dice(self.intersection[self._index], self.total[self._index])
+        return self._dices()[self._index]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -138,7 +143,7 @@ class MeanRegionDice(_PooledDice):
         super().__init__(output=output, name=name, **kwargs)
 
     def result(self) -> Any:
-        return ops.mean(_dice(self.intersection, self.total))
+        return ops.mean(self._dices())
 
 
 def build_metrics(model_cfg: ModelConfig) -> list[keras.metrics.Metric]:
