@@ -1,0 +1,380 @@
+"""Pictures (PNG on a matplotlib Agg canvas; no Keras): training curves, overlays, quick looks.
+
+* ``braintseg report RUN_DIR``: loss and WT/TC/ET Dice per epoch from ``history.csv`` (training
+  solid, validation dashed) → ``training_curves.png``.
+* ``braintseg report PRED_DIR -t CASES``: per predicted case a montage of axial, coronal and
+  sagittal slices through the tumour centre (the slice with the most ground-truth WT voxels per
+  axis, or predicted WT without ground truth): FLAIR, T1ce, ground truth on FLAIR, prediction on
+  FLAIR; Dice per region in the title (``PRED_DIR/metrics.csv`` if present, else computed)
+  → ``<case>_overlay.png``.
+* ``braintseg show CASE_DIR``: the four modalities and the seg (if any) of one raw case.
+
+Label colours (internal labels; ITK-SNAP's defaults for BraTS): NCR/NET red, edema green,
+ET yellow.  Slices are drawn with the first in-plane axis to the right and the second upwards
+(``origin="lower"``), aspect from the voxel spacing, cropped to the brain.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from braintseg.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: internal label → (name, colour)
+LABEL_COLOURS: dict[int, tuple[str, str]] = {
+    1: ("necrosis / non-enhancing (NCR/NET)", "#ff2a2a"), 2: ("edema (ED)", "#2bd92b"),
+    3: ("enhancing tumour (ET)", "#ffe11a"),
+}
+#: view name → axis of the (X, Y, Z) volume it slices
+VIEWS: dict[str, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
+REGION_COLOURS = {"wt": "#1f77b4", "tc": "#d62728", "et": "#ff7f0e"}
+OVERLAY_ALPHA = 0.5
+
+
+# --------------------------------------------------------------------------- drawing helpers
+
+
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on an Agg canvas (no pyplot, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as PNG atomically (temporary name beside ``path``, then rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+        try:
+            fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot write picture {path}: {exc.strerror}") from None
+    logger.debug("wrote %s", path)
+    return path
+
+
+def tumour_centre(mask: NDArray[np.bool_] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Per axis, the slice index with the most ``mask`` voxels (volume centre if empty/None)."""
+    if mask is None or not mask.any():
+        return tuple(s // 2 for s in shape)
+    return tuple(int(np.argmax(mask.sum(axis=tuple(a for a in range(3) if a != ax))))
+                 for ax in range(3))
+
+
+def _plane(volume: NDArray[Any], axis: int, index: int, box: tuple[slice, ...]) -> NDArray[Any]:
+    """2D slice ``index`` along ``axis``, cropped to ``box``, transposed for ``origin="lower"``."""
+    crop = volume[tuple(b if a != axis else slice(None) for a, b in enumerate(box))]
+    plane = np.take(crop, index, axis=axis).T
+    return plane[:, ::-1] if axis == 0 else plane
+
+
+def _label_rgba(labels2d: NDArray[np.uint8]) -> NDArray[np.float32]:
+    from matplotlib.colors import to_rgba
+
+    rgba = np.zeros((*labels2d.shape, 4), np.float32)
+    for value, (_, colour) in LABEL_COLOURS.items():
+        rgba[labels2d == value] = to_rgba(colour, OVERLAY_ALPHA)
+    return rgba
+
+
+def _window(image: NDArray[Any]) -> tuple[float, float]:
+    brain = image[image != 0]
+    if brain.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(brain, [0.5, 99.5])
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def _draw(ax: Any, image: NDArray[Any], window: tuple[float, float], aspect: float,
+          labels: NDArray[np.uint8] | None = None, title: str = "") -> None:
+    ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], origin="lower",
+              aspect=aspect, interpolation="nearest")
+    if labels is not None:
+        ax.imshow(_label_rgba(labels), origin="lower", aspect=aspect, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=10, color="white")
+
+
+def montage(columns: list[tuple[str, NDArray[Any], NDArray[np.uint8] | None]],
+            spacing: tuple[float, ...], centre: tuple[int, ...], title: str) -> Any:
+    """A ``views × columns`` figure: rows axial, coronal, sagittal through ``centre``.
+
+    Args:
+        columns: ``(name, image (X, Y, Z), labels (X, Y, Z) uint8 internal or None)`` per column.
+        spacing: voxel size in mm per axis (sets each panel's aspect ratio).
+        centre: ``(x, y, z)`` slice indices.
+        title: figure title.
+    """
+    from matplotlib.patches import Patch
+
+    box = _brain_box(columns[0][1])
+    n = len(columns)
+    fig = _figure(2.6 * n, 2.6 * len(VIEWS) + 0.9)
+    fig.set_facecolor("black")
+    axes = fig.subplots(len(VIEWS), n, squeeze=False)
+    for r, (view, axis) in enumerate(VIEWS.items()):
+        a, b = (d for d in range(3) if d != axis)
+        aspect = spacing[b] / spacing[a]
+        for c, (name, image, labels) in enumerate(columns):
+            window = _window(image)
+            lab = None if labels is None else _plane(labels, axis, centre[axis], box)
+            _draw(axes[r, c], _plane(image, axis, centre[axis], box), window, aspect, lab,
+                  name if r == 0 else "")
+        axes[r, 0].set_ylabel(view, color="white", fontsize=10)
+    handles = [Patch(color=colour, label=name) for name, colour in LABEL_COLOURS.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, labelcolor="white")
+    fig.suptitle(title, color="white", fontsize=12)
+    fig.subplots_adjust(left=0.04, right=0.99, top=0.88, bottom=0.08, wspace=0.03, hspace=0.05)
+    return fig
+
+
+def _brain_box(image: NDArray[Any], margin: int = 3) -> tuple[slice, ...]:
+    nz = np.argwhere(image != 0)
+    if nz.size == 0:
+        return tuple(slice(0, s) for s in image.shape)
+    lo = np.maximum(nz.min(0) - margin, 0)
+    hi = np.minimum(nz.max(0) + margin + 1, image.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def read_history(path: Path) -> dict[str, NDArray[np.float64]]:
+    """Columns of a Keras ``history.csv`` as float arrays; DataError if missing or empty."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise DataError(f"cannot read training history {path}: {exc.strerror}") from None
+    if not rows:
+        raise DataError(f"training history {path} has no epochs yet; expected one row per epoch")
+    out = {}
+    for key in rows[0]:
+        try:
+            out[key] = np.array([float(r[key]) if r[key] not in ("", None) else np.nan
+                                 for r in rows])
+        except ValueError:
+            logger.debug("history column %s is not numeric; skipped", key)
+    return out
+
+
+def plot_history(run_dir: Path, out: Path) -> Path:
+    """Training curves of a run: loss, and Dice of WT/TC/ET (validation dashed) per epoch."""
+    hist = read_history(Path(run_dir) / "history.csv")
+    epochs = hist.get("epoch", np.arange(len(next(iter(hist.values())))))
+    epochs = epochs + 1 if epochs.min() == 0 else epochs
+    fig = _figure(11, 4.2)
+    ax_loss, ax_dice = fig.subplots(1, 2)
+    for prefix, style, tag in (("", "-", "train"), ("val_", "--", "validation")):
+        if f"{prefix}loss" in hist:
+            ax_loss.plot(epochs, hist[f"{prefix}loss"], style, color="black", marker=".",
+                         label=tag)
+        for region, colour in REGION_COLOURS.items():
+            key = f"{prefix}dice_{region}"
+            if key in hist:
+                ax_dice.plot(epochs, hist[key], style, color=colour, marker=".",
+                             label=f"{region.upper()} {tag}")
+    ax_loss.set(title="loss", xlabel="epoch", ylabel="loss")
+    ax_dice.set(title="Dice per region", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
+    for ax in (ax_loss, ax_dice):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"training run {Path(run_dir).resolve().name}: {len(epochs)} epochs")
+    fig.tight_layout()
+    return save_png(fig, out)
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def _volume(path: Path, case_id: str) -> tuple[NDArray[np.float32], NDArray[np.float64],
+                                               tuple[float, ...]]:
+    """``(data (X, Y, Z) float32, affine (4, 4), zooms)`` of one NIfTI file."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, np.float32)
+        return data, np.asarray(img.affine, np.float64), tuple(img.header.get_zooms()[:3])
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
+        raise DataError(f"case {case_id}: cannot read {path} ({type(exc).__name__})") from None
+
+
+def to_display(volumes: list[Any], affine: NDArray[np.float64], zooms: tuple[float, ...]
+               ) -> tuple[list[Any], tuple[float, ...]]:
+    """Reorient volumes (X, Y, Z[, C]) to L-A-S axes (closest to ``affine``) for display.
+
+    With ``origin="lower"`` this shows axial and coronal slices in radiological convention
+    (patient's left on the right, anterior/superior up); sagittal slices are mirrored in
+    :func:`_plane` so anterior is on the left.  Returns the volumes and the permuted spacing.
+    """
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    t = ornt_transform(io_orientation(affine), axcodes2ornt(("L", "A", "S")))
+    spacing = [0.0, 0.0, 0.0]
+    for i in range(3):
+        spacing[int(t[i, 0])] = float(zooms[i])
+    return ([None if v is None else apply_orientation(v, t) for v in volumes], tuple(spacing))
+
+
+def _metrics_dice(pred_dir: Path) -> dict[str, dict[str, float]]:
+    """``case → {region: dice}`` from ``pred_dir/metrics.csv`` (empty if absent/unreadable)."""
+    path = pred_dir / "metrics.csv"
+    try:
+        with open(path, newline="") as f:
+            return {r["case"]: {g: float(r[f"{g}_dice"]) for g in REGION_COLOURS}
+                    for r in csv.DictReader(f)}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def plot_case_overlay(case: Any, pred_path: Path, out: Path,
+                      dice: dict[str, float] | None = None) -> Path:
+    """Montage of one predicted case on its FLAIR/T1ce (see the module docstring).
+
+    Args:
+        case: the case's :class:`~braintseg.data.nifti.CaseFiles` (images, optional seg).
+        pred_path: the predicted label NIfTI (either label convention).
+        out: the PNG to write.
+        dice: Dice per region for the title; computed when None and a seg exists.
+    """
+    from braintseg.evaluate import read_labels
+    from braintseg.scoring import dice as dice_of
+    from braintseg.scoring import region_mask
+
+    cid = case.case_id
+    flair, affine, zooms = _volume(case.images["flair"], cid)
+    t1ce = _volume(case.images["t1ce"], cid)[0]
+    pred = read_labels(pred_path, cid).labels
+    truth = read_labels(case.seg, cid).labels if case.seg is not None else None
+    for name, arr in (("prediction", pred), ("ground truth", truth)):
+        if arr is not None and arr.shape != flair.shape:
+            raise DataError(f"case {cid}: {name} grid {arr.shape} differs from FLAIR grid "
+                            f"{flair.shape} ({case.images['flair']})")
+    (flair, t1ce, pred, truth), spacing = to_display([flair, t1ce, pred, truth], affine, zooms)
+    centre = tumour_centre(region_mask(truth if truth is not None else pred, "wt"), flair.shape)
+    if dice is None and truth is not None:
+        dice = {g: dice_of(region_mask(pred, g), region_mask(truth, g)) for g in REGION_COLOURS}
+    columns: list[tuple[str, Any, Any]] = [("FLAIR", flair, None), ("T1ce", t1ce, None)]
+    if truth is not None:
+        columns.append(("ground truth", flair, truth))
+    columns.append(("prediction", flair, pred))
+    scores = ("Dice " + "  ".join(f"{g.upper()} {v:.3f}" for g, v in dice.items())
+              if dice else "no ground truth")
+    return save_png(montage(columns, spacing, centre, f"{cid}    {scores}"), out)
+
+
+def plot_prediction_overlays(pred_dir: Path, cases_dir: Path, out_dir: Path) -> list[Path]:
+    """``out_dir/<case>_overlay.png`` for every prediction in ``pred_dir`` with a case folder."""
+    from braintseg.data.nifti import scan_cases
+    from braintseg.evaluate import find_predictions
+
+    if not Path(cases_dir).is_dir():
+        raise DataError(f"--truth {cases_dir} must be a folder of BraTS case folders (the "
+                        "pictures need their FLAIR and T1ce images)")
+    preds = find_predictions(pred_dir)
+    found, problems = scan_cases(Path(cases_dir), require_labels=False)
+    by_id = {c.case_id: c for c in found}
+    skipped = sorted(set(preds) - set(by_id))
+    if skipped:
+        logger.warning("no case folder in %s for predictions %s; not drawn", cases_dir, skipped)
+        for msg in (m for c, m in problems if c in skipped):
+            logger.warning("%s", msg)
+    todo = sorted(set(preds) & set(by_id))
+    if not todo:
+        raise DataError(f"none of the {len(preds)} predictions in {pred_dir} has a case folder "
+                        f"in {cases_dir}")
+    dice = _metrics_dice(Path(pred_dir))
+    return [plot_case_overlay(by_id[c], preds[c], Path(out_dir) / f"{c}_overlay.png",
+                              dice.get(c)) for c in todo]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_report(folder: Path, truth: Path | None = None, out_dir: Path | None = None
+               ) -> list[Path]:
+    """``braintseg report``: curves for a run folder, overlays for a prediction folder.
+
+    Args:
+        folder: a training run (has ``history.csv``/``config.yaml``) or a prediction folder
+            (``<case>.nii.gz`` label files).
+        truth: for a prediction folder, the BraTS case folders with the images (and segs).
+        out_dir: where the PNGs go (default: ``folder``).
+
+    Returns:
+        The PNG files written.
+    """
+    from braintseg.evaluate import find_predictions
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"report: {folder} does not exist or is not a folder")
+    out = Path(out_dir) if out_dir is not None else folder
+    is_run = (folder / "history.csv").is_file()
+    preds = {} if is_run else find_predictions(folder)
+    if is_run or (not preds and (folder / "config.yaml").is_file()):
+        return [plot_history(folder, out / "training_curves.png")]
+    if not preds:
+        raise DataError(f"report: {folder} is neither a training run (history.csv, config.yaml) "
+                        "nor a prediction folder (<case>.nii.gz files)")
+    if truth is None:
+        raise DataError(f"report: {folder} is a prediction folder; give -t CASES_DIR, the BraTS "
+                        "case folders with the FLAIR/T1ce images")
+    return plot_prediction_overlays(folder, Path(truth), out)
+
+
+def show_case(case_dir: Path, out: Path | None = None) -> Path:
+    """``braintseg show``: FLAIR, T1, T1ce, T2 (and the seg on FLAIR) of one raw case folder.
+
+    Returns:
+        The PNG written (default ``<case>_show.png`` in the current folder).
+
+    Raises:
+        DataError: not one case folder, or a modality missing (named in the message).
+    """
+    from braintseg.data.nifti import load_case, scan_cases
+
+    found, problems = scan_cases(Path(case_dir), require_labels=False)
+    if problems:
+        raise DataError(problems[0][1])
+    if len(found) != 1:
+        raise DataError(f"show: expected one case folder; found {len(found)} cases under "
+                        f"{case_dir} ({', '.join(c.case_id for c in found[:3])}...)")
+    case = load_case(found[0])
+    zooms = tuple(float(z) for z in case.header.get_zooms()[:3])
+    (images, labels), spacing = to_display([case.images, case.labels], case.affine, zooms)
+    names = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
+    columns: list[tuple[str, Any, Any]] = [
+        (label, images[..., i], None) for i, label in enumerate(names.values())
+    ]
+    if labels is not None:
+        columns.append(("seg on FLAIR", images[..., 0], labels))
+    centre = tumour_centre(None if labels is None else labels > 0, images.shape[:3])
+    shape = "x".join(str(s) for s in case.images.shape[:3])
+    title = (f"{case.files.case_id}    {shape} voxels, "
+             f"{'x'.join(f'{s:g}' for s in zooms)} mm, {case.files.convention}")
+    target = Path(out) if out is not None else Path(f"{case.files.case_id}_show.png")
+    return save_png(montage(columns, spacing, centre, title), target)
