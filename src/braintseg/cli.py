@@ -195,5 +195,32 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
         click.echo(format_summary(summary))
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-t", "--truth", default=None, type=click.Path(path_type=Path),
+              help="For a prediction folder: the BraTS case folders (images and segs).")
+@click.option("-o", "--output", "out_dir", default=None, type=click.Path(path_type=Path),
+              help="Folder for the PNGs [default: FOLDER].")
+def report(folder: Path, truth: Path | None, out_dir: Path | None) -> None:
+    """Draw training curves (RUN_DIR) or per-case overlay montages (PRED_DIR -t CASES_DIR)."""
+    with user_errors():
+        from braintseg.report import run_report
+
+        for path in run_report(folder, truth, out_dir):
+            click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("case_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
+              help="PNG file [default: <case>_show.png in the current folder].")
+def show(case_dir: Path, output: Path | None) -> None:
+    """Quick look at one raw case: FLAIR, T1, T1ce, T2 and the seg if present."""
+    with user_errors():
+        from braintseg.report import show_case
+
+        click.echo(f"wrote {show_case(case_dir, output)}")
+
+
 def main() -> None:  # pragma: no cover - console entry alias
     cli()
