@@ -94,6 +94,25 @@ def test_sensitivity_specificity_volumes_by_hand() -> None:
     assert m["pred_voxels"] == 52 and m["true_ml"] == pytest.approx(64 * 2.0 / 1000)
 
 
+def test_case_metrics_on_the_tumour_box_equal_whole_volume_metrics() -> None:
+    # evaluate_case scores a crop around the tumour; every number must equal the whole-volume one
+    from braintseg.evaluate import Labels, evaluate_case
+    from braintseg.scoring import region_mask
+
+    rng = np.random.default_rng(7)
+    truth = np.zeros((30, 26, 22), np.uint8)
+    truth[8:20, 6:18, 5:15] = rng.integers(0, 4, size=(12, 12, 10))
+    pred = np.roll(truth, (2, -1, 1), axis=(0, 1, 2))
+    pred[0, 0, 0] = 3  # a false positive in the corner, at the image border
+    spacing = (1.2, 0.9, 2.5)
+    row = evaluate_case("c", Labels(pred, spacing, "brats2023", "p"),
+                        Labels(truth, spacing, "brats2023", "t"))
+    for r in ("wt", "tc", "et"):
+        full = region_metrics(region_mask(pred, r), region_mask(truth, r), spacing)
+        for key, value in full.items():
+            assert row[f"{r}_{key}"] == pytest.approx(value, rel=1e-12), (r, key)
+
+
 def _surface_points(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     pad = np.pad(mask, 1)
     inner = pad[1:-1, 1:-1, 1:-1].copy()

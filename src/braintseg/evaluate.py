@@ -336,7 +336,8 @@ def _write_outputs(summary: dict[str, Any], output: Path) -> None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The table ``braintseg evaluate`` prints: mean ± std (median) per metric and region."""
-    head = (f"{summary['n_cases']} cases evaluated ({summary['n_missing']} missing predictions"
+    n = summary["n_cases"]
+    head = (f"{n} case{'s' if n != 1 else ''} evaluated ({summary['n_missing']} missing predictions"
             f"{': ' + ', '.join(summary['missing']) if summary['missing'] else ''})")
     lines = [head, f"{'metric':<14}" + "".join(f"{r.upper():>26}" for r in REGIONS)]
     for metric, fmt in (("dice", ".3f"), ("hd95_mm", ".2f"), ("sensitivity", ".3f"),

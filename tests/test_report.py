@@ -1,0 +1,158 @@
+"""report/show: PNGs from synthetic runs, predictions and cases; orientation; bad folders."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib.colors import to_rgb
+from matplotlib.image import imread
+
+from braintseg.cli import cli
+from braintseg.report import LABEL_COLOURS, to_display, tumour_centre
+from braintseg.synthetic import write_case
+
+SHAPE = (40, 44, 28)
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _colour_pixels(png: np.ndarray, colour: str, tol: float = 0.06) -> int:
+    """Pixels showing ``colour`` at alpha 0.5 over a grey level g: pixel = 0.5*c + 0.5*g, so
+    pixel - 0.5*c is grey (equal channels) in [0, 0.5].  Plain grey pixels and the legend's
+    opaque patches fail this test for a coloured c."""
+    r = png[..., :3] - 0.5 * np.array(to_rgb(colour))
+    ok = (np.ptp(r, axis=-1) < tol) & (r.min(-1) > -tol) & (r.max(-1) < 0.5 + tol)
+    return int(ok.sum())
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report_cases")
+    write_case(root, "Brats18_R_1", shape=SHAPE, seed=4)
+    write_case(root, "BraTS-GLI-00007-000", shape=SHAPE, seed=5, convention="brats2023",
+               affine=np.diag([1.0, 1.0, 2.0, 1.0]))
+    return root
+
+
+def test_training_curves_png(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = ["epoch,dice_et,dice_tc,dice_wt,loss,val_dice_et,val_dice_tc,val_dice_wt,val_loss"]
+    for e in range(6):
+        d = 0.1 + 0.12 * e
+        lines.append(f"{e},{d:.3f},{d + .05:.3f},{d + .1:.3f},{1.5 - .2 * e:.3f},"
+                     f"{d - .05:.3f},{d:.3f},{d + .05:.3f},{1.6 - .18 * e:.3f}")
+    (run / "history.csv").write_text("\n".join(lines) + "\n")
+    result = _invoke("report", str(run))
+    assert result.exit_code == 0, result.output
+    png = imread(run / "training_curves.png")
+    assert png.shape[:2] == (420, 1100)
+    # the WT curve colour (tab blue) and the ET curve colour (orange) are drawn
+    for colour in ("#1f77b4", "#ff7f0e"):
+        near = np.abs(png[..., :3] - np.array(to_rgb(colour))).max(-1) < 0.05
+        assert near.sum() > 50
+
+
+def test_history_without_epochs_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "history.csv").write_text("epoch,loss\n")
+    result = _invoke("report", str(tmp_path))
+    assert result.exit_code == 1 and "no epochs yet" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_prediction_overlays_png(cases: Path, tmp_path: Path) -> None:
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for seg in sorted(cases.rglob("*seg.nii.gz")):
+        img = nib.load(seg)
+        lab = np.asarray(img.dataobj).astype(np.uint8)
+        lab[lab == 2] = 0  # prediction misses the edema: overlay shows no green there
+        nib.save(nib.Nifti1Image(lab, img.affine), preds / f"{seg.parent.name}.nii.gz")
+    (preds / "orphan.nii.gz").write_bytes((preds / "Brats18_R_1.nii.gz").read_bytes())
+    result = _invoke("report", str(preds), "-t", str(cases), "-o", str(tmp_path / "pics"))
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "pics").glob("*.png"))
+    assert written == ["BraTS-GLI-00007-000_overlay.png", "Brats18_R_1_overlay.png"]
+    png = imread(tmp_path / "pics" / "Brats18_R_1_overlay.png")
+    assert png.shape[0] > 500 and png.shape[1] > 800  # 3 rows x 4 columns
+    # red, green and yellow overlays are present; green only in the ground-truth column
+    counts = {name: _colour_pixels(png, colour) for name, colour in LABEL_COLOURS.values()}
+    assert all(n > 20 for n in counts.values()), counts
+    half = int(png.shape[1] * 0.755)  # the prediction column: from 0.04 + 3 * 0.95 / 4
+    green = LABEL_COLOURS[2][1]
+    assert _colour_pixels(png[:, half:], green) < 0.1 * _colour_pixels(png[:, :half], green)
+
+
+def test_prediction_folder_needs_truth_and_matching_cases(cases: Path, tmp_path: Path) -> None:
+    (tmp_path / "x.nii.gz").write_bytes(next(cases.rglob("*_seg.nii.gz")).read_bytes())
+    result = _invoke("report", str(tmp_path))
+    assert result.exit_code == 1 and "give -t" in result.output
+    result = _invoke("report", str(tmp_path), "-t", str(cases))
+    assert result.exit_code == 1 and "none of the 1 predictions" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_report_on_other_folder_is_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    result = _invoke("report", str(tmp_path))
+    assert result.exit_code == 1
+    assert "neither a training run" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _invoke("report", str(tmp_path / "missing")).exit_code == 1
+
+
+def test_show_case_png(cases: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("show", str(cases / "Brats18_R_1"))
+    assert result.exit_code == 0, result.output
+    with_seg = imread(tmp_path / "Brats18_R_1_show.png")
+    bare = tmp_path / "bare"
+    shutil.copytree(cases / "Brats18_R_1", bare / "Brats18_R_1")
+    (bare / "Brats18_R_1" / "Brats18_R_1_seg.nii.gz").unlink()
+    result = _invoke("show", str(bare / "Brats18_R_1"), "-o", str(tmp_path / "b.png"))
+    assert result.exit_code == 0, result.output
+    without = imread(tmp_path / "b.png")
+    assert with_seg.shape[1] == 1300 and without.shape[1] == 1040  # 5 vs 4 columns of 260 px
+    assert _colour_pixels(with_seg, LABEL_COLOURS[3][1]) > 20
+    assert _colour_pixels(without, LABEL_COLOURS[3][1]) == 0
+
+
+def test_show_missing_modality_names_it(cases: Path, tmp_path: Path) -> None:
+    shutil.copytree(cases / "BraTS-GLI-00007-000", tmp_path / "c")
+    (tmp_path / "c" / "BraTS-GLI-00007-000-t1c.nii.gz").unlink()
+    result = _invoke("show", str(tmp_path / "c"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "missing modality 't1ce'" in result.output
+    result = _invoke("show", str(tmp_path / "nothing"))
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_to_display_undoes_the_voxel_order() -> None:
+    # the same world image stored L-P-S (BraTS) and R-A-S: both display identically,
+    # with spacing permuted alongside when the axes are permuted
+    rng = np.random.default_rng(0)
+    ras = rng.random((4, 5, 6))
+    lps = ras[::-1, ::-1, :]
+    a = to_display([ras], np.diag([1.0, 1.0, 1.0, 1.0]), (1, 1, 1))[0][0]
+    b = to_display([lps], np.diag([-1.0, -1.0, 1.0, 1.0]), (1, 1, 1))[0][0]
+    np.testing.assert_array_equal(a, b)
+    permuted = np.array([[0, 0, 2.0, 0], [1.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 0, 1]])
+    vol, spacing = to_display([np.zeros((4, 5, 6))], permuted, (1.0, 3.0, 2.0))
+    # voxel axes 0, 1, 2 point along world y, z, x → display axes (x, y, z) = voxel (2, 0, 1)
+    assert vol[0].shape == (6, 4, 5)
+    assert spacing == (2.0, 1.0, 3.0)
+
+
+def test_tumour_centre_is_the_slice_with_most_voxels() -> None:
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:5, 6, 1:9] = True  # x: 3 slices of 8, y: slice 6, z: 8 slices of 3
+    mask[7, 1, 4] = True  # one more voxel: z=4 now holds 4 voxels, the most; x=7, y=1 hold 1
+    assert tumour_centre(mask, mask.shape) == (2, 6, 4)
+    assert tumour_centre(None, (10, 12, 8)) == (5, 6, 4)
