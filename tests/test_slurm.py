@@ -231,3 +231,71 @@ def test_term_checkpoints_but_does_not_requeue(fake_env, tmp_path):
     assert (task["JobState"], task["Restarts"]) == ("CANCELLED", "0")
     assert (cv / "runs" / "axial_f0" / "checkpoint" / "state.json").exists()
     assert not (cv / "runs" / "axial_f0" / "DONE").exists()
+
+
+# --------------------------------------------------------------------------- real braintseg
+
+BRAINTSEG = f"{sys.executable} -m braintseg"
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_train_job_requeues_at_the_warning_and_resumes_to_all_epochs(
+    slurm, synthetic_store, tmp_path
+):
+    cv = tmp_path / "cv"
+    env = slurm | {"BRAINTSEG": BRAINTSEG, "STORE": str(synthetic_store), "CV_DIR": str(cv),
+                   "N_FOLDS": "2", "VIEWS": "axial", "CONFIG": str(SMOKE),
+                   "SET": "train.epochs=6 train.steps_per_epoch=28"}
+    job = sbatch(env, *CPU_OPTS, "--array=1", "-o", str(tmp_path / "train-%A_%a.out"),
+                 str(SLURM_DIR / "train.sbatch"))
+    run = cv / "runs" / "axial_f1"
+    wait_for(lambda: len(epochs(run / "history.csv")) >= 1, 180, "the first epoch")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job}_1"], env=env, check=True)
+    wait(env, [job], timeout=240)
+
+    (task,) = jobs(env, job)
+    log = (tmp_path / f"train-{job}_1.out").read_text()
+    assert (task["JobState"], task["Restarts"]) == ("COMPLETED", "1"), log
+    assert epochs(run / "history.csv") == list(range(6)), log
+    assert (run / "DONE").exists() and (run / "model.keras").exists()
+    first, second = log.split("restart 1", 1)
+    assert "got SIGUSR1" in first and f"requeueing {job}_1" in first and "finished" in second
+    commands = [ln for ln in log.splitlines()
+                if ln.startswith("train.sbatch: ") and " train -i " in ln]
+    assert len(commands) == 2 and not commands[0].endswith("--resume"), commands
+    assert commands[1].endswith("--resume"), commands
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_submit_cv_chain_runs_to_metrics(slurm, synthetic_root, tmp_path):
+    cv = tmp_path / "cv"
+    env = slurm | {"BRAINTSEG": BRAINTSEG}
+    out = subprocess.run(
+        ["bash", str(SUBMIT_CV), "-d", str(synthetic_root), "-o", str(cv), "-c", str(SMOKE),
+         "-f", "2", "-v", "axial", "-s", "train.epochs=2", "--cpu", "--",
+         "--cpus-per-task=1", "--mem=1G"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    ids = dict(line.split() for line in out.stdout.splitlines())
+    assert list(ids) == ["prepare", "train", "predict", "evaluate"]
+    wait(env, list(ids.values()), timeout=420)
+
+    states = {step: [r["JobState"] for r in jobs(env, i)] for step, i in ids.items()}
+    logs = "\n".join(p.read_text() for p in sorted((cv / "logs").iterdir()))
+    assert states == {"prepare": ["COMPLETED"], "train": ["COMPLETED"] * 2,
+                      "predict": ["COMPLETED"], "evaluate": ["COMPLETED"]}, logs
+    assert (cv / "store.h5").is_file()
+    for fold in (0, 1):
+        assert epochs(cv / "runs" / f"axial_f{fold}" / "history.csv") == [0, 1]
+        assert (cv / "predictions" / f"predictions_f{fold}.csv").is_file()
+    with (cv / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    cases = {p.parent.name for p in synthetic_root.rglob("*seg.nii.gz")}
+    assert len(cases) == 4 and {r["case"] for r in rows} == cases
+    assert {r["status"] for r in rows} == {"ok"}  # every case predicted by its own fold
+    assert all(0.0 <= float(r["wt_dice"]) <= 1.0 for r in rows)
+    assert sorted(p.name for p in (cv / "predictions").glob("*.nii.gz")) == sorted(
+        f"{c}.nii.gz" for c in cases)
