@@ -13,7 +13,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
 from braintseg.cli import cli
-from braintseg.report import LABEL_COLOURS, to_display, tumour_centre
+from braintseg.figures import LABEL_COLOURS, to_display, tumour_centre
 from braintseg.synthetic import write_case
 
 SHAPE = (40, 44, 28)

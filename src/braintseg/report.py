@@ -9,17 +9,16 @@
   → ``<case>_overlay.png``.
 * ``braintseg show CASE_DIR``: the four modalities and the seg (if any) of one raw case.
 
-Label colours (internal labels; ITK-SNAP's defaults for BraTS): NCR/NET red, edema green,
-ET yellow.  Slices are drawn with the first in-plane axis to the right and the second upwards
-(``origin="lower"``), aspect from the voxel spacing, cropped to the brain.
+Label colours (ITK-SNAP's defaults for BraTS): NCR/NET red, edema green, ET yellow.  Volumes are
+reoriented to L-A-S (:func:`braintseg.figures.to_display`): axial and coronal slices in
+radiological convention (patient's left on the right, anterior/superior up), sagittal with
+anterior on the left; aspect from the voxel spacing, cropped to the brain.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,134 +26,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.errors import DataError
+from braintseg.figures import (
+    REGION_COLOURS,
+    figure,
+    montage,
+    save_png,
+    to_display,
+    tumour_centre,
+)
 
 logger = logging.getLogger(__name__)
-
-#: internal label → (name, colour)
-LABEL_COLOURS: dict[int, tuple[str, str]] = {
-    1: ("necrosis / non-enhancing (NCR/NET)", "#ff2a2a"), 2: ("edema (ED)", "#2bd92b"),
-    3: ("enhancing tumour (ET)", "#ffe11a"),
-}
-#: view name → axis of the (X, Y, Z) volume it slices
-VIEWS: dict[str, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
-REGION_COLOURS = {"wt": "#1f77b4", "tc": "#d62728", "et": "#ff7f0e"}
-OVERLAY_ALPHA = 0.5
-
-
-# --------------------------------------------------------------------------- drawing helpers
-
-
-def _figure(width: float, height: float) -> Any:
-    """A matplotlib Figure on an Agg canvas (no pyplot, no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_png(fig: Any, path: Path) -> Path:
-    """Write ``fig`` as PNG atomically (temporary name beside ``path``, then rename)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-        try:
-            fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot write picture {path}: {exc.strerror}") from None
-    logger.debug("wrote %s", path)
-    return path
-
-
-def tumour_centre(mask: NDArray[np.bool_] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Per axis, the slice index with the most ``mask`` voxels (volume centre if empty/None)."""
-    if mask is None or not mask.any():
-        return tuple(s // 2 for s in shape)
-    return tuple(int(np.argmax(mask.sum(axis=tuple(a for a in range(3) if a != ax))))
-                 for ax in range(3))
-
-
-def _plane(volume: NDArray[Any], axis: int, index: int, box: tuple[slice, ...]) -> NDArray[Any]:
-    """2D slice ``index`` along ``axis``, cropped to ``box``, transposed for ``origin="lower"``."""
-    crop = volume[tuple(b if a != axis else slice(None) for a, b in enumerate(box))]
-    plane = np.take(crop, index, axis=axis).T
-    return plane[:, ::-1] if axis == 0 else plane
-
-
-def _label_rgba(labels2d: NDArray[np.uint8]) -> NDArray[np.float32]:
-    from matplotlib.colors import to_rgba
-
-    rgba = np.zeros((*labels2d.shape, 4), np.float32)
-    for value, (_, colour) in LABEL_COLOURS.items():
-        rgba[labels2d == value] = to_rgba(colour, OVERLAY_ALPHA)
-    return rgba
-
-
-def _window(image: NDArray[Any]) -> tuple[float, float]:
-    brain = image[image != 0]
-    if brain.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(brain, [0.5, 99.5])
-    return float(lo), float(hi if hi > lo else lo + 1)
-
-
-def _draw(ax: Any, image: NDArray[Any], window: tuple[float, float], aspect: float,
-          labels: NDArray[np.uint8] | None = None, title: str = "") -> None:
-    ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], origin="lower",
-              aspect=aspect, interpolation="nearest")
-    if labels is not None:
-        ax.imshow(_label_rgba(labels), origin="lower", aspect=aspect, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=10, color="white")
-
-
-def montage(columns: list[tuple[str, NDArray[Any], NDArray[np.uint8] | None]],
-            spacing: tuple[float, ...], centre: tuple[int, ...], title: str) -> Any:
-    """A ``views × columns`` figure: rows axial, coronal, sagittal through ``centre``.
-
-    Args:
-        columns: ``(name, image (X, Y, Z), labels (X, Y, Z) uint8 internal or None)`` per column.
-        spacing: voxel size in mm per axis (sets each panel's aspect ratio).
-        centre: ``(x, y, z)`` slice indices.
-        title: figure title.
-    """
-    from matplotlib.patches import Patch
-
-    box = _brain_box(columns[0][1])
-    n = len(columns)
-    fig = _figure(2.6 * n, 2.6 * len(VIEWS) + 0.9)
-    fig.set_facecolor("black")
-    axes = fig.subplots(len(VIEWS), n, squeeze=False)
-    for r, (view, axis) in enumerate(VIEWS.items()):
-        a, b = (d for d in range(3) if d != axis)
-        aspect = spacing[b] / spacing[a]
-        for c, (name, image, labels) in enumerate(columns):
-            window = _window(image)
-            lab = None if labels is None else _plane(labels, axis, centre[axis], box)
-            _draw(axes[r, c], _plane(image, axis, centre[axis], box), window, aspect, lab,
-                  name if r == 0 else "")
-        axes[r, 0].set_ylabel(view, color="white", fontsize=10)
-    handles = [Patch(color=colour, label=name) for name, colour in LABEL_COLOURS.values()]
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, labelcolor="white")
-    fig.suptitle(title, color="white", fontsize=12)
-    fig.subplots_adjust(left=0.04, right=0.99, top=0.88, bottom=0.08, wspace=0.03, hspace=0.05)
-    return fig
-
-
-def _brain_box(image: NDArray[Any], margin: int = 3) -> tuple[slice, ...]:
-    nz = np.argwhere(image != 0)
-    if nz.size == 0:
-        return tuple(slice(0, s) for s in image.shape)
-    lo = np.maximum(nz.min(0) - margin, 0)
-    hi = np.minimum(nz.max(0) + margin + 1, image.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 # --------------------------------------------------------------------------- training curves
@@ -184,7 +65,7 @@ def plot_history(run_dir: Path, out: Path) -> Path:
     hist = read_history(Path(run_dir) / "history.csv")
     epochs = hist.get("epoch", np.arange(len(next(iter(hist.values())))))
     epochs = epochs + 1 if epochs.min() == 0 else epochs
-    fig = _figure(11, 4.2)
+    fig = figure(11, 4.2)
     ax_loss, ax_dice = fig.subplots(1, 2)
     for prefix, style, tag in (("", "-", "train"), ("val_", "--", "validation")):
         if f"{prefix}loss" in hist:
@@ -220,23 +101,6 @@ def _volume(path: Path, case_id: str) -> tuple[NDArray[np.float32], NDArray[np.f
         return data, np.asarray(img.affine, np.float64), tuple(img.header.get_zooms()[:3])
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
         raise DataError(f"case {case_id}: cannot read {path} ({type(exc).__name__})") from None
-
-
-def to_display(volumes: list[Any], affine: NDArray[np.float64], zooms: tuple[float, ...]
-               ) -> tuple[list[Any], tuple[float, ...]]:
-    """Reorient volumes (X, Y, Z[, C]) to L-A-S axes (closest to ``affine``) for display.
-
-    With ``origin="lower"`` this shows axial and coronal slices in radiological convention
-    (patient's left on the right, anterior/superior up); sagittal slices are mirrored in
-    :func:`_plane` so anterior is on the left.  Returns the volumes and the permuted spacing.
-    """
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-    t = ornt_transform(io_orientation(affine), axcodes2ornt(("L", "A", "S")))
-    spacing = [0.0, 0.0, 0.0]
-    for i in range(3):
-        spacing[int(t[i, 0])] = float(zooms[i])
-    return ([None if v is None else apply_orientation(v, t) for v in volumes], tuple(spacing))
 
 
 def _metrics_dice(pred_dir: Path) -> dict[str, dict[str, float]]:
