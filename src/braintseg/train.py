@@ -121,7 +121,29 @@ def save_checkpoint(model: keras.Model, paths: RunPaths, epochs_done: int,
     """``last.keras`` (weights + optimizer) then ``checkpoint/state.json``."""
     save_model(model, paths.last)
     write_json(paths.state, {"epochs_done": epochs_done, "best": best, "seed": seed,
-                             "optimizer_iterations": int(model.optimizer.iterations.numpy())})
+                             "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+                             "rng": rng_state(model)})
+
+
+def rng_state(model: keras.Model) -> list[list[int]]:
+    """States of the model's random seed generators (noise, dropout), in variable order: Keras
+    does not save them in ``.keras`` files, and an exact resume needs them."""
+    return [[int(s) for s in keras.ops.convert_to_numpy(v).ravel()] for v in _seed_vars(model)]
+
+
+def set_rng_state(model: keras.Model, state: list[list[int]]) -> None:
+    """Restore what :func:`rng_state` returned (skipped if the layout differs)."""
+    seeds = _seed_vars(model)
+    if len(seeds) != len(state):
+        logger.warning("checkpoint has %d seed states, model %d: not restored",
+                       len(state), len(seeds))
+        return
+    for v, values in zip(seeds, state, strict=True):
+        v.assign(keras.ops.reshape(keras.ops.convert_to_tensor(values, v.dtype), v.shape))
+
+
+def _seed_vars(model: keras.Model) -> list[Any]:
+    return [v for v in model.variables if "seed_generator" in v.path]
 
 
 def _optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -220,6 +242,7 @@ def _build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] |
     if state is not None:
         model.optimizer.build(model.trainable_variables)
         model.load_weights(paths.last)
+        set_rng_state(model, state.get("rng", []))
     return model
 
 

@@ -1,0 +1,194 @@
+"""run_train on tiny synthetic stores: learning, resume, signals, bad input; real cases (shared)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tables
+
+from braintseg.config import Config
+from braintseg.errors import ConfigError, DataError
+from braintseg.runs import read_json
+
+TINY = {"epochs": 2, "steps_per_epoch": 2, "validation_steps": 1, "batch_size": 2,
+        "optimizer": "adam", "learning_rate": 0.001}
+
+
+def _cfg(smoke_cfg: Config, **train: object) -> Config:
+    return smoke_cfg.replace(train={**TINY, **train})
+
+
+def _epochs(run: Path) -> list[int]:
+    with (run / "history.csv").open() as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def _weights(path: Path) -> tuple[list[np.ndarray], int]:
+    import keras
+
+    import braintseg.losses  # noqa: F401 - registers custom objects
+    import braintseg.metrics  # noqa: F401
+    import braintseg.model  # noqa: F401
+
+    model = keras.saving.load_model(path, safe_mode=True)
+    opt = [np.asarray(v) for v in model.optimizer.variables]
+    return [np.asarray(w) for w in model.weights] + opt, int(model.optimizer.iterations)
+
+
+def test_resume_equals_uninterrupted(synthetic_store: Path, smoke_cfg: Config,
+                                     tmp_path: Path) -> None:
+    from braintseg.train import run_train
+
+    full = run_train(_cfg(smoke_cfg, epochs=3), synthetic_store, 0, tmp_path / "full")
+    part = run_train(_cfg(smoke_cfg, epochs=2), synthetic_store, 0, tmp_path / "part")
+    assert (part / "DONE").exists() and _epochs(part) == [0, 1]
+    run_train(_cfg(smoke_cfg, epochs=3), synthetic_store, 0, part, resume=True)
+    assert _epochs(part) == _epochs(full) == [0, 1, 2]
+    wf, itf = _weights(full / "last.keras")
+    wp, itp = _weights(part / "last.keras")
+    assert itf == itp == 6
+    assert len(wf) == len(wp)
+    for a, b in zip(wf, wp, strict=True):
+        np.testing.assert_array_equal(a, b)
+    state = read_json(part / "checkpoint" / "state.json")
+    assert state["epochs_done"] == 3 and state["optimizer_iterations"] == 6
+    run = read_json(part / "run.json")
+    assert run["fold"] == 0 and run["view"] == "axial" and len(run["input_shape"]) == 3
+    assert (part / "model.keras").is_file() and (part / "config.yaml").is_file()
+
+
+def test_learns_synthetic_task(synthetic_store: Path, smoke_cfg: Config, tmp_path: Path) -> None:
+    from braintseg.train import run_train
+
+    cfg = smoke_cfg.replace(
+        model={"levels": 2, "start_channels": 8},
+        train={"epochs": 8, "batch_size": 8, "steps_per_epoch": None, "validation_steps": None,
+               "optimizer": "adam", "learning_rate": 0.01, "flip": False})
+    run = run_train(cfg, synthetic_store, 0, tmp_path / "learn")
+    with (run / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    best_wt = max(float(r["val_dice_wt"]) for r in rows)
+    # chance (all background or random labels) scores ~0 on the tumour region
+    assert best_wt > 0.5, [r["val_dice_wt"] for r in rows]
+    assert float(rows[-1]["slices_per_s"]) > 0
+
+
+SIGNAL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from braintseg.data import generator as g
+    orig = g.SliceDataset.__getitem__
+    def hook(self, i):
+        if self.shuffle and self.epoch == 1 and i == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return orig(self, i)
+    g.SliceDataset.__getitem__ = hook
+    from braintseg.cli import cli
+    cli(sys.argv[1:])
+""")
+
+
+def test_signal_mid_epoch_checkpoints_and_resumes(
+    synthetic_store: Path, smoke_cfg: Config, tmp_path: Path
+) -> None:
+    run = tmp_path / "sig"
+    args = ["train", "-i", str(synthetic_store), "--fold", "1", "-o", str(run),
+            "-c", str(Path(__file__).parents[1] / "configs" / "smoke.yaml"),
+            "--set", "train.epochs=3", "--set", "train.steps_per_epoch=3"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    assert "SIGUSR1" in proc.stderr and "--resume" in proc.stderr
+    assert _epochs(run) == [0] and not (run / "DONE").exists()
+    state = read_json(run / "checkpoint" / "state.json")
+    assert state["epochs_done"] == 1
+    assert 3 < state["optimizer_iterations"] < 6  # saved mid-epoch, after the current step
+    _, iterations = _weights(run / "last.keras")
+    assert iterations == state["optimizer_iterations"]
+    again = subprocess.run([sys.executable, "-m", "braintseg", *args, "--resume"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _epochs(run) == [0, 1, 2] and (run / "DONE").exists()
+    assert read_json(run / "checkpoint" / "state.json")["optimizer_iterations"] == (
+        state["optimizer_iterations"] + 6)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_inputs(synthetic_store: Path, smoke_cfg: Config, tmp_path: Path) -> None:
+    from braintseg.train import run_train
+
+    cfg = _cfg(smoke_cfg, epochs=1)
+    with pytest.raises(DataError, match="does not exist"):
+        run_train(cfg, tmp_path / "none.h5", 0, tmp_path / "r0")
+    fake = tmp_path / "fake.h5"
+    fake.write_text("not hdf5")
+    with pytest.raises(DataError, match="not an HDF5 file"):
+        run_train(cfg, fake, 0, tmp_path / "r0")
+    old = tmp_path / "old.h5"
+    old.write_bytes(synthetic_store.read_bytes())
+    with tables.open_file(str(old), "r+") as h:
+        h.root._v_attrs.schema_version = 0
+    with pytest.raises(DataError, match="schema version 0"):
+        run_train(cfg, old, 0, tmp_path / "r0")
+    with pytest.raises(DataError, match=r"fold 5 does not exist; valid folds: 0\.\.1"):
+        run_train(cfg, synthetic_store, 5, tmp_path / "r0")
+    with pytest.raises(ConfigError, match="divisible by 16"):
+        run_train(cfg.replace(model={"levels": 4}), synthetic_store, 0, tmp_path / "r0")
+    assert not (tmp_path / "r0").exists()
+    with pytest.raises(DataError, match="no checkpoint to resume"):
+        run_train(cfg, synthetic_store, 0, tmp_path / "r0", resume=True)
+
+    done = run_train(cfg, synthetic_store, 0, tmp_path / "done")
+    before = _snapshot(done)
+    with pytest.raises(DataError, match="already holds a finished run.*--resume.*--overwrite"):
+        run_train(cfg, synthetic_store, 0, done)
+    with pytest.raises(ConfigError, match=r"model\.start_channels: 4 -> 8"):
+        run_train(cfg.replace(model={"start_channels": 8}), synthetic_store, 0, done,
+                  resume=True)
+    with pytest.raises(ConfigError, match="fold: 0 -> 1"):
+        run_train(cfg, synthetic_store, 1, done, resume=True)
+    assert _snapshot(done) == before  # nothing overwritten
+
+
+def test_cli_unknown_view_is_one_line(synthetic_store: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from braintseg.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "-i", str(synthetic_store), "--fold", "0",
+                                      "-o", str(tmp_path / "r"), "--set", "train.view=sagital"])
+    assert result.exit_code == 1
+    assert "train.view" in result.output and "sagital" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+def test_real_cases_train_end_to_end(shared_brats: Path, smoke_cfg: Config,
+                                     tmp_path: Path) -> None:
+    from braintseg.config import load_config
+    from braintseg.prepare import run_prepare
+    from braintseg.train import run_train
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "BraTS-GLI-00000-000"):
+        (cases / name).symlink_to(shared_brats / name)
+    cfg = load_config(overrides=["data.n_folds=2", "model.start_channels=4",
+                                 "train.epochs=1", "train.steps_per_epoch=2",
+                                 "train.validation_steps=1", "train.batch_size=2"])
+    store = run_prepare(cfg, cases, tmp_path / "real.h5", workers=2)
+    run = run_train(cfg, store, 0, tmp_path / "run")
+    assert _epochs(run) == [0] and (run / "DONE").exists()
+    assert read_json(run / "run.json")["input_shape"] == [152, 192, 4]
+    with (run / "history.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert np.isfinite(float(row["val_loss"])) and 0.0 <= float(row["val_dice_wt"]) <= 1.0
