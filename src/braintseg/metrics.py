@@ -21,29 +21,50 @@ import keras
 from keras import ops
 
 from braintseg.config import REGIONS, ModelConfig
-from braintseg.losses import N_CLASSES, labels_to_onehot, onehot_to_regions
+from braintseg.losses import N_CLASSES
 
 logger = logging.getLogger(__name__)
 
 OUTPUTS: tuple[str, ...] = ("classes", "regions")
 
 
-def hard_regions(y_true: Any, y_pred: Any, output: str) -> tuple[Any, Any]:
-    """Binary float32 region masks ``(B, H, W, 3)`` (WT, TC, ET) of targets and predictions.
+def region_mask(labels: Any, region: int) -> Any:
+    """Boolean mask ``(B, H, W)`` of region ``REGIONS[region]`` in integer labels 0..3."""
+    if region == 0:  # WT = {1, 2, 3}
+        return ops.logical_and(labels > 0, labels < N_CLASSES)
+    if region == 1:  # TC = {1, 3}
+        return ops.logical_or(ops.equal(labels, 1), ops.equal(labels, 3))
+    return ops.equal(labels, 3)  # ET = {3}
+
+
+def hard_regions(y_true: Any, y_pred: Any, output: str, regions: tuple[int, ...]) -> list:
+    """Float32 masks ``(B, H, W)`` of targets and hard predictions for the given regions.
+
+    Comparisons rather than one-hot/matmul keep this a cheap fused reduction on the GPU.
 
     Args:
-        y_true: integer labels ``(B, H, W)`` 0..3.
+        y_true: integer labels ``(B, H, W)`` (or ``(B, H, W, 1)``) 0..3.
         y_pred: probabilities ``(B, H, W, 4)`` (classes) or ``(B, H, W, 3)`` (regions).
         output: ``"classes"`` (argmax) or ``"regions"`` (threshold 0.5).
+        regions: indices into ``REGIONS`` (0 WT, 1 TC, 2 ET).
+
+    Returns:
+        ``[(target, prediction), ...]`` per region, float32 ``(B, H, W)`` each.
     """
-    ndim = len(y_pred.shape)
-    target = onehot_to_regions(labels_to_onehot(y_true, ndim))
-    if output == "classes":
-        cls = ops.argmax(y_pred, axis=-1)
-        pred = onehot_to_regions(ops.one_hot(cls, N_CLASSES, dtype="float32"))
-    else:
-        pred = ops.cast(ops.cast(y_pred, "float32") > 0.5, "float32")
-    return target, pred
+    labels = ops.convert_to_tensor(y_true)
+    if len(labels.shape) == len(y_pred.shape):
+        labels = ops.squeeze(labels, axis=-1)
+    labels = ops.cast(labels, "int32")
+    cls = ops.cast(ops.argmax(y_pred, axis=-1), "int32") if output == "classes" else None
+    out = []
+    for r in regions:
+        target = ops.cast(region_mask(labels, r), "float32")
+        if cls is not None:
+            pred = ops.cast(region_mask(cls, r), "float32")
+        else:
+            pred = ops.cast(y_pred[..., r] > 0.5, "float32")
+        out.append((target, pred))
+    return out
 
 
 def _dice(inter: Any, total: Any) -> Any:
@@ -53,34 +74,39 @@ def _dice(inter: Any, total: Any) -> Any:
 
 
 class _PooledDice(keras.metrics.Metric):
-    """Accumulates per-region intersection and |T| + |P| (shape (3,)) over batches."""
+    """Accumulates per-region intersection and |T| + |P| (shape ``(len(regions),)``)."""
 
-    def __init__(self, output: str = "classes", **kwargs: Any) -> None:
+    def __init__(
+        self, output: str = "classes", regions: tuple[int, ...] = (0, 1, 2), **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; received {output!r}")
         self.output = output
-        self.intersection = self.add_variable(
-            shape=(len(REGIONS),), initializer="zeros", dtype="float32", name="intersection"
-        )
-        self.total = self.add_variable(
-            shape=(len(REGIONS),), initializer="zeros", dtype="float32", name="total"
-        )
+        self._regions = tuple(regions)
+        n = len(self._regions)
+        state = {"shape": (n,), "initializer": "zeros", "dtype": "float32"}
+        self.intersection = self.add_variable(name="intersection", **state)
+        self.total = self.add_variable(name="total", **state)
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         """Add one batch; ``sample_weight`` (``(B,)`` or ``(B, H, W)``) weights pixels."""
-        target, pred = hard_regions(y_true, y_pred, self.output)
+        w = None
         if sample_weight is not None:
             w = ops.cast(sample_weight, "float32")
-            w = ops.reshape(w, (*w.shape, *([1] * (len(target.shape) - len(w.shape)))))
-            target, pred = target * w, pred * w
-        axes = tuple(range(len(target.shape) - 1))
-        self.intersection.assign_add(ops.sum(target * pred, axis=axes))
-        self.total.assign_add(ops.sum(target, axis=axes) + ops.sum(pred, axis=axes))
+            w = ops.reshape(w, (*w.shape, *([1] * (3 - len(w.shape)))))
+        inters, totals = [], []
+        for target, pred in hard_regions(y_true, y_pred, self.output, self._regions):
+            if w is not None:
+                target, pred = target * w, pred * w
+            inters.append(ops.sum(target * pred))
+            totals.append(ops.sum(target) + ops.sum(pred))
+        self.intersection.assign_add(ops.stack(inters))
+        self.total.assign_add(ops.stack(totals))
 
     def reset_state(self) -> None:
-        self.intersection.assign(ops.zeros((len(REGIONS),), "float32"))
-        self.total.assign(ops.zeros((len(REGIONS),), "float32"))
+        self.intersection.assign(ops.zeros((len(self._regions),), "float32"))
+        self.total.assign(ops.zeros((len(self._regions),), "float32"))
 
     def _dices(self) -> Any:
         """Per-region pooled Dice ``(3,)`` (variables read as tensors: JAX-safe)."""
@@ -113,12 +139,14 @@ class RegionDice(_PooledDice):
     ) -> None:
         if region not in REGIONS:
             raise ValueError(f"region must be one of {', '.join(REGIONS)}; received {region!r}")
-        super().__init__(output=output, name=name or f"dice_{region}", **kwargs)
+        super().__init__(
+            output=output, regions=(REGIONS.index(region),), name=name or f"dice_{region}",
+            **kwargs,
+        )
         self.region = region
-        self._index = REGIONS.index(region)
 
     def result(self) -> Any:
-        return self._dices()[self._index]
+        return self._dices()[0]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
