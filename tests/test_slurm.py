@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = REPO / "scripts" / "slurm_local.sh"
@@ -34,6 +35,105 @@ PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 CPU_OPTS = ["--gres=none", "--cpus-per-task=1", "--mem=1G"]
 
 slurm_mark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+# --------------------------------------------------------------------------- no cluster needed
+
+
+@pytest.mark.parametrize("name", ["prepare", "train", "predict", "evaluate"])
+def test_job_script_has_usage_strict_mode_and_no_site_specifics(name):
+    text = (SLURM_DIR / f"{name}.sbatch").read_text()
+    header = text.split("set -euo pipefail")[0]
+    assert text.startswith("#!/usr/bin/env bash\n") and "Usage" in header
+    assert re.search(r"^set -euo pipefail$", text, re.M)
+    assert subprocess.run(["bash", "-n", str(SLURM_DIR / f"{name}.sbatch")]).returncode == 0
+    variables = set(re.findall(r"\$\{([A-Z_]+)[:}]", text)) - {
+        "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+        "SLURM_CPUS_PER_TASK", "CUDA_VISIBLE_DEVICES"}
+    undocumented = [v for v in variables if not re.search(rf"^#.*\b{v}\b", header, re.M)]
+    assert not undocumented, f"variables read but not in the usage header: {undocumented}"
+    for key in ("partition", "account"):  # placeholders only, commented out
+        assert not re.search(rf"^#SBATCH --{key}", text, re.M)
+        assert re.search(rf"^##SBATCH --{key}=YOUR_", text, re.M)
+    assert not re.search(r"/home/|/scratch/|/work/", text)
+
+
+def fake_singularity(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    record = tmp_path / "argv.txt"
+    fake = tmp_path / "singularity"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {record}\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    return env | {"SINGULARITY": str(fake), "IMAGE": str(tmp_path / "b.sif")}, record
+
+
+def test_prepare_with_image_runs_singularity_exec_nv_with_workers(tmp_path):
+    env, record = fake_singularity(tmp_path)
+    env |= {"DATA": "/in", "STORE": str(tmp_path / "s.h5"), "N_FOLDS": "3",
+            "SET": "data.crop=auto store.dtype=float32", "BIND": "/a,/b:/c",
+            "SLURM_CPUS_PER_TASK": "6"}
+    out = subprocess.run(["bash", str(SLURM_DIR / "prepare.sbatch")], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert record.read_text().splitlines() == [
+        "exec", "--nv", "--bind", "/a,/b:/c", str(tmp_path / "b.sif"), "braintseg",
+        "prepare", "-i", "/in", "-o", str(tmp_path / "s.h5"), "--workers", "6",
+        "--set", "data.n_folds=3", "--set", "data.crop=auto", "--set", "store.dtype=float32"]
+
+
+@pytest.mark.parametrize("task, view, fold", [(0, "axial", 0), (4, "axial", 4),
+                                              (5, "coronal", 0), (9, "coronal", 4)])
+def test_train_maps_array_task_to_view_and_fold(tmp_path, task, view, fold):
+    env, record = fake_singularity(tmp_path)
+    env |= {"STORE": "/s.h5", "CV_DIR": str(tmp_path / "cv"), "VIEWS": "axial coronal",
+            "SLURM_ARRAY_TASK_ID": str(task)}
+    out = subprocess.run(["bash", str(SLURM_DIR / "train.sbatch")], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    argv = record.read_text().splitlines()
+    assert argv[argv.index("--fold") + 1] == str(fold)
+    assert argv[argv.index("-o") + 1] == str(tmp_path / "cv" / "runs" / f"{view}_f{fold}")
+    assert argv[-1] == f"train.view={view}" and "--resume" not in argv
+
+
+def test_train_rejects_an_array_task_beyond_folds_times_views(tmp_path):
+    env, _ = fake_singularity(tmp_path)
+    env |= {"STORE": "/s.h5", "CV_DIR": str(tmp_path), "N_FOLDS": "2", "SLURM_ARRAY_TASK_ID": "2"}
+    out = subprocess.run(["bash", str(SLURM_DIR / "train.sbatch")], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "array task 2 is outside 0-1 for VIEWS='axial' N_FOLDS=2" in out.stderr
+
+
+def test_submit_cv_dry_run_chains_the_four_jobs(tmp_path):
+    out = subprocess.run(
+        ["bash", str(SUBMIT_CV), "-d", str(tmp_path), "-o", str(tmp_path / "cv"), "-f", "3",
+         "-v", "axial coronal", "--cpu", "--max-parallel", "2", "-g", "gpuq", "-n"],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["prepare", "DRYRUN-prepare", "train", "DRYRUN-train",
+                                  "predict", "DRYRUN-predict", "evaluate", "DRYRUN-evaluate"]
+    cmds = {re.search(r"--job-name=bts-(\w+)", ln).group(1): ln
+            for ln in out.stderr.splitlines() if ln.startswith("sbatch ")}
+    assert "--array=0-5%2" in cmds["train"]
+    assert "--dependency=afterok:DRYRUN-prepare" in cmds["train"]
+    assert "--dependency=afterok:DRYRUN-train" in cmds["predict"]
+    assert "--dependency=afterok:DRYRUN-predict" in cmds["evaluate"]
+    for step in ("train", "predict"):
+        assert "--gres=none" in cmds[step] and "--partition=gpuq" in cmds[step]
+    assert "--gres" not in cmds["prepare"] + cmds["evaluate"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-v", "axil"], "unknown view 'axil'"),
+    (["-f", "1"], "--folds must be an integer >= 2; received '1'"),
+    (["-s", "train.epochs"], "--set expects KEY=VALUE; received 'train.epochs'"),
+    (["--bogus"], "unknown option '--bogus'"),
+])
+def test_submit_cv_rejects_bad_options(tmp_path, args, message):
+    out = subprocess.run(["bash", str(SUBMIT_CV), "-d", str(tmp_path), "-o", str(tmp_path / "cv"),
+                          "-n", *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -282,7 +382,11 @@ def test_submit_cv_chain_runs_to_metrics(slurm, synthetic_root, tmp_path):
     assert out.returncode == 0, out.stderr
     ids = dict(line.split() for line in out.stdout.splitlines())
     assert list(ids) == ["prepare", "train", "predict", "evaluate"]
-    wait(env, list(ids.values()), timeout=420)
+    new_case = next(p.parent for p in synthetic_root.rglob("*-seg.nii.gz"))
+    ensemble = sbatch(env | {"CV_DIR": str(cv), "INPUT": str(new_case)}, "--gres=none",
+                      "--cpus-per-task=1", "--mem=1G", f"--dependency=afterok:{ids['train']}",
+                      "-o", str(cv / "logs" / "ensemble.out"), str(SLURM_DIR / "predict.sbatch"))
+    wait(env, [*ids.values(), ensemble], timeout=420)
 
     states = {step: [r["JobState"] for r in jobs(env, i)] for step, i in ids.items()}
     logs = "\n".join(p.read_text() for p in sorted((cv / "logs").iterdir()))
@@ -300,3 +404,8 @@ def test_submit_cv_chain_runs_to_metrics(slurm, synthetic_root, tmp_path):
     assert all(0.0 <= float(r["wt_dice"]) <= 1.0 for r in rows)
     assert sorted(p.name for p in (cv / "predictions").glob("*.nii.gz")) == sorted(
         f"{c}.nii.gz" for c in cases)
+    # INPUT mode: the new case predicted by the ensemble of both folds' runs
+    assert jobs(env, ensemble)[0]["JobState"] == "COMPLETED", logs
+    assert (cv / "predictions_input" / f"{new_case.name}.nii.gz").is_file()
+    record = yaml.safe_load((cv / "predictions_input" / "predict_config.yaml").read_text())
+    assert len(record["runs"]) == 2
