@@ -86,6 +86,9 @@ def read_run(path: Path) -> RunInfo:
         raise DataError(f"{path} is not a braintseg run: missing {', '.join(missing)}; expected "
                         "a folder written by `braintseg train`")
     meta = _read_json(path / "run.json")
+    if not (path / "DONE").is_file():
+        logger.warning("run %s has no DONE marker (training unfinished?): using its best "
+                       "model so far", path)
     cfg = load_config(path / "config.yaml")
     view = meta.get("view", cfg.train.view)
     if view not in VIEWS:
