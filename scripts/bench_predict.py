@@ -138,14 +138,14 @@ def time_stages(runs: list[Path], root: Path, case: str, tta: bool, out: Path,
     from braintseg.predict import _predictors, _write_case
 
     infos = [read_run(r) for r in runs]
-    predictors = _predictors(infos, batch_size)
+    predictors = _predictors(infos, batch_size, tta)
     plan = plan_cases(root, infos[0].crop_box, 4, infos[0].cfg.data, [case], None)[0]
     out.mkdir(parents=True, exist_ok=True)
-    ensemble_volume(predictors, plan.load().images, tta)  # warm-up (compilation)
+    ensemble_volume(predictors, plan.load().images)  # warm-up (compilation)
     t0 = time.perf_counter()
     loaded = plan.load()
     t1 = time.perf_counter()
-    probs = ensemble_volume(predictors, loaded.images, tta)
+    probs = ensemble_volume(predictors, loaded.images)
     labels = probabilities_to_labels(probs, "classes")
     t2 = time.perf_counter()
     _write_case(loaded, labels, None, out / f"{case}.nii.gz", "classes")

@@ -1,7 +1,8 @@
 """``braintseg predict`` on synthetic NIfTI cases and a store, with tiny untrained run folders.
 
 Run folders are made here the way ``train`` writes them (``model.keras``, ``config.yaml``,
-``run.json``) so that these tests do not depend on training.
+``run.json``, ``DONE``) so that most tests do not depend on training; the real-data test at the
+end (slow) chains the real ``prepare → train → predict → evaluate``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def make_run(folder: Path, view: str, box=BOX, seed: int = 0, et_bias: float = 0
     (folder / "run.json").write_text(json.dumps({
         "schema_version": 1, "store": "synthetic.h5", "fold": 0, "view": view,
         "input_shape": [*sizes, 4], "n_channels": 4, "crop_box": list(box)}))
+    (folder / "DONE").write_text("")
     return folder
 
 
@@ -269,3 +271,46 @@ def test_cli_bad_input_is_one_line(tmp_path) -> None:
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "run folder" in lines[0] and "does not exist" in lines[0]
+
+
+@pytest.mark.slow
+def test_real_cases_prepare_train_predict_evaluate(shared_brats, tmp_path) -> None:
+    """Real BraTS 2018 + 2023 cases end to end with the smoke config (1 epoch, 2 steps)."""
+    import os
+
+    from braintseg.evaluate import run_evaluate
+    from braintseg.predict import run_predict
+    from braintseg.prepare import run_prepare
+    from braintseg.train import run_train
+
+    root = tmp_path / "cases"
+    root.mkdir()
+    names = ("Brats18_2013_3_1", "BraTS-GLI-00000-000")
+    for name in names:
+        os.symlink(shared_brats / name, root / name)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+                      ["train.view=sagittal"])
+    store = run_prepare(cfg, root, tmp_path / "real.h5", workers=1)
+    run = run_train(cfg, store, 0, tmp_path / "run")
+    written = run_predict([run], root, tmp_path / "pred", probabilities=True)
+    assert sorted(p.name for p in written) == sorted(f"{n}.nii.gz" for n in names)
+    for name, labels_set in zip(names, ({0, 1, 2, 4}, {0, 1, 2, 3}), strict=True):
+        labels, img = _read(tmp_path / "pred" / f"{name}.nii.gz")
+        flair = f"{name}_flair.nii.gz" if "Brats18" in name else f"{name}-t2f.nii.gz"
+        src = nib.load(str(root / name / flair))
+        assert labels.shape == src.shape and labels.dtype == np.uint8
+        assert set(np.unique(labels)) <= labels_set
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+        assert int(img.header["sform_code"]) == int(src.header["sform_code"])
+    # the store's validation case predicted from the store equals its NIfTI prediction
+    from braintseg.data.store import open_store
+
+    val = open_store(store).fold_cases(0)[1]
+    run_predict([run], store, tmp_path / "from_store", fold=0, probabilities=True)
+    for case in val:
+        np.testing.assert_array_equal(_read(tmp_path / "from_store" / f"{case}_prob.nii.gz")[0],
+                                      _read(tmp_path / "pred" / f"{case}_prob.nii.gz")[0])
+    summary = run_evaluate(tmp_path / "pred", root, tmp_path / "metrics.csv")
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert sorted(r["case"] for r in rows) == sorted(names)
+    assert summary["n_missing"] == 0 and not summary["unmatched_predictions"]  # *_prob ignored

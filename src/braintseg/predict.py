@@ -136,10 +136,9 @@ def run_predict(
                        cases, fold)
     targets = [check_case_id(p.case_id, pcfg.output_pattern, out_dir) for p in plans]
     prepare_out_dir(out_dir)
-    predictors = _predictors(runs, pcfg.batch_size)
+    predictors = _predictors(runs, pcfg.batch_size, tta)
     record = _record(runs, pcfg, tta, probabilities, Path(input_path), len(plans))
-    rows, written = _predict_all(plans, targets, predictors, pcfg, tta, probabilities,
-                                 first.output)
+    rows, written = _predict_all(plans, targets, predictors, pcfg, probabilities, first.output)
     write_csv(out_dir / CSV_NAME, rows)
     write_yaml(out_dir / CONFIG_NAME, record)
     total = sum(r["seconds"] for r in rows)
@@ -148,14 +147,14 @@ def run_predict(
     return written
 
 
-def _predictors(runs: list[RunInfo], batch_size: int) -> list[Any]:
+def _predictors(runs: list[RunInfo], batch_size: int, tta: bool) -> list[Any]:
     from braintseg.inference.ensemble import SlicePredictor
 
-    return [SlicePredictor(load_model(run), run.view, batch_size) for run in runs]
+    return [SlicePredictor(load_model(run), run.view, batch_size, tta) for run in runs]
 
 
 def _predict_all(plans: list[Any], targets: list[Path], predictors: list[Any],
-                 pcfg: PredictConfig, tta: bool, probabilities: bool, output: str
+                 pcfg: PredictConfig, probabilities: bool, output: str
                  ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Loop over cases: load ahead in one thread, predict here, write in another thread."""
     from braintseg.inference.ensemble import ensemble_volume, probabilities_to_labels
@@ -170,7 +169,7 @@ def _predict_all(plans: list[Any], targets: list[Path], predictors: list[Any],
             if i + 1 < len(plans):
                 ahead = loader.submit(plans[i + 1].load)
             start = time.perf_counter()
-            probs = ensemble_volume(predictors, case.images, tta)
+            probs = ensemble_volume(predictors, case.images)
             labels = postprocess(probabilities_to_labels(probs, output),
                                  pcfg.min_component_size, pcfg.et_to_ncr_threshold)
             seconds = case.seconds + time.perf_counter() - start

@@ -24,19 +24,45 @@ logger = logging.getLogger(__name__)
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (1, 2))
 
 
+def flip_averaged(model: Any) -> Any:
+    """A ``keras.Model`` averaging ``model`` over :data:`TTA_FLIPS` in one compiled call.
+
+    Input and output ``(B, H, W, ·)`` like ``model``; each flipped input's prediction is
+    flipped back before the mean, all on the device (weights shared, nothing copied).
+    """
+    import keras
+
+    def flip(x: Any, axes: tuple[int, ...]) -> Any:
+        for axis in axes:
+            x = keras.ops.flip(x, axis=axis)
+        return x
+
+    inp = keras.Input(shape=model.input_shape[1:], name="image")
+    outs = []
+    for axes in TTA_FLIPS:
+        x = keras.layers.Lambda(flip, arguments={"axes": axes})(inp) if axes else inp
+        y = model(x)
+        outs.append(keras.layers.Lambda(flip, arguments={"axes": axes})(y) if axes else y)
+    return keras.Model(inp, keras.layers.Average(dtype="float32")(outs), name="tta")
+
+
 class SlicePredictor:
     """One loaded model with a constant batch shape (one compiled predict function).
 
     Args:
         model: a ``keras.Model`` mapping ``(B, H, W, C)`` float16 to ``(B, H, W, K)`` float32.
         view: the run's view (slicing axis of ``(X', Y', Z')``).
-        batch_size: the largest batch; the batch actually used is the smallest size that needs
-            the same number of batches, and the last batch is zero-padded to it, so every call
-            has the same shape (no recompilation on JAX/TF).
+        batch_size: the largest number of network inputs per call (with ``tta``, slices per
+            call = ``batch_size // 4``, each predicted with its 4 flips); the batch actually
+            used is the smallest size that needs the same number of batches, and the last batch
+            is zero-padded to it, so every call has the same shape (no recompilation).
+        tta: average over the flips of H and W (:data:`TTA_FLIPS`) inside the compiled call.
     """
 
-    def __init__(self, model: Any, view: str, batch_size: int) -> None:
-        self.model, self.view, self.batch_size = model, view, batch_size
+    def __init__(self, model: Any, view: str, batch_size: int, tta: bool = False) -> None:
+        self.model = flip_averaged(model) if tta else model
+        self.view, self.tta = view, tta
+        self.batch_size = max(1, batch_size // len(TTA_FLIPS)) if tta else batch_size
         self.axis = VIEW_AXIS[view]
 
     def predict_slices(self, slices: NDArray[np.float16]) -> NDArray[np.float32]:
@@ -50,7 +76,7 @@ class SlicePredictor:
             if chunk.shape[0] < size:
                 pad = np.zeros((size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            probs = np.asarray(self.model.predict_on_batch(chunk), np.float32)
+            probs = np.asarray(self.model.predict_on_batch(chunk))
             if out is None:
                 out = np.empty((n, *probs.shape[1:]), np.float32)
             stop = min((b + 1) * size, n)
@@ -58,32 +84,21 @@ class SlicePredictor:
         assert out is not None  # noqa: S101 - n >= 1
         return out
 
-    def predict_volume(self, images: NDArray[np.float16], tta: bool) -> NDArray[np.float32]:
-        """``(X', Y', Z', C)`` → ``(X', Y', Z', K)`` float32, averaged over flips when ``tta``.
-
-        Flips act on the slice axes H and W (axes 1 and 2 of ``(S, H, W, C)``); each flipped
-        prediction is flipped back before averaging.
-        """
+    def predict_volume(self, images: NDArray[np.float16]) -> NDArray[np.float32]:
+        """``(X', Y', Z', C)`` → ``(X', Y', Z', K)`` float32 (a strided view of the slices)."""
         slices = np.ascontiguousarray(np.moveaxis(images, self.axis, 0), np.float16)
-        flips = TTA_FLIPS if tta else ((),)
-        total = None
-        for axes in flips:
-            x = np.ascontiguousarray(np.flip(slices, axes)) if axes else slices
-            probs = self.predict_slices(x)
-            probs = np.flip(probs, axes) if axes else probs
-            total = probs if total is None else total + probs
-        assert total is not None  # noqa: S101
-        if len(flips) > 1:
-            total /= len(flips)
-        return np.moveaxis(total, 0, self.axis)
+        return np.moveaxis(self.predict_slices(slices), 0, self.axis)
 
 
-def ensemble_volume(predictors: list[SlicePredictor], images: NDArray[np.float16],
-                    tta: bool) -> NDArray[np.float32]:
-    """Mean of every predictor's ``(X', Y', Z', K)`` probabilities (views and folds mixed)."""
-    total = np.ascontiguousarray(predictors[0].predict_volume(images, tta))
+def ensemble_volume(predictors: list[SlicePredictor],
+                    images: NDArray[np.float16]) -> NDArray[np.float32]:
+    """Mean of every predictor's ``(X', Y', Z', K)`` probabilities (views and folds mixed).
+
+    Returns a C-contiguous float32 array.
+    """
+    total = np.ascontiguousarray(predictors[0].predict_volume(images))
     for predictor in predictors[1:]:
-        total += predictor.predict_volume(images, tta)
+        total += predictor.predict_volume(images)
     if len(predictors) > 1:
         total /= len(predictors)
     return total
