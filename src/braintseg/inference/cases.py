@@ -53,10 +53,12 @@ class CaseInput:
 
 @dataclass(frozen=True)
 class CasePlan:
-    """A case found and checked (headers only); ``load()`` reads and normalises it."""
+    """A case found and checked (headers only); ``load()`` reads and normalises it;
+    ``close()`` releases the input (the store's HDF5 handle) once every case is done."""
 
     case_id: str
     load: Callable[[], CaseInput]
+    close: Callable[[], None] = lambda: None
 
 
 def check_case_id(case_id: str, pattern: str, out_dir: Path) -> Path:
@@ -155,7 +157,7 @@ def store_plans(path: Path, box: Box, n_channels: int, cases: list[str] | None,
     for case_id in ids:
         i = store.index_of(case_id)
         _check_grid(case_id, store.case_meta(i)["original_shape"], box, str(path))
-        plans.append(CasePlan(case_id, lambda i=i: _load_store(store, i, box)))
+        plans.append(CasePlan(case_id, lambda i=i: _load_store(store, i, box), store.close))
     return plans
 
 
