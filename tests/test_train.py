@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -42,12 +43,22 @@ def _weights(path: Path) -> tuple[list[np.ndarray], int]:
     return [np.asarray(w) for w in model.weights] + opt, int(model.optimizer.iterations)
 
 
+@pytest.fixture(scope="module")
+def two_epoch_run(synthetic_store: Path, smoke_cfg: Config,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch run (tests copy it before changing it)."""
+    from braintseg.train import run_train
+
+    run = tmp_path_factory.mktemp("runs") / "two"
+    return run_train(_cfg(smoke_cfg, epochs=2), synthetic_store, 0, run)
+
+
 def test_resume_equals_uninterrupted(synthetic_store: Path, smoke_cfg: Config,
-                                     tmp_path: Path) -> None:
+                                     two_epoch_run: Path, tmp_path: Path) -> None:
     from braintseg.train import run_train
 
     full = run_train(_cfg(smoke_cfg, epochs=3), synthetic_store, 0, tmp_path / "full")
-    part = run_train(_cfg(smoke_cfg, epochs=2), synthetic_store, 0, tmp_path / "part")
+    part = Path(shutil.copytree(two_epoch_run, tmp_path / "part"))
     assert (part / "DONE").exists() and _epochs(part) == [0, 1]
     run_train(_cfg(smoke_cfg, epochs=3), synthetic_store, 0, part, resume=True)
     assert _epochs(part) == _epochs(full) == [0, 1, 2]
@@ -94,6 +105,7 @@ SIGNAL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_signal_mid_epoch_checkpoints_and_resumes(
     synthetic_store: Path, smoke_cfg: Config, tmp_path: Path
 ) -> None:
@@ -124,10 +136,11 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_bad_inputs(synthetic_store: Path, smoke_cfg: Config, tmp_path: Path) -> None:
+def test_bad_inputs(synthetic_store: Path, smoke_cfg: Config, two_epoch_run: Path,
+                    tmp_path: Path) -> None:
     from braintseg.train import run_train
 
-    cfg = _cfg(smoke_cfg, epochs=1)
+    cfg = _cfg(smoke_cfg)
     with pytest.raises(DataError, match="does not exist"):
         run_train(cfg, tmp_path / "none.h5", 0, tmp_path / "r0")
     fake = tmp_path / "fake.h5"
@@ -148,7 +161,7 @@ def test_bad_inputs(synthetic_store: Path, smoke_cfg: Config, tmp_path: Path) ->
     with pytest.raises(DataError, match="no checkpoint to resume"):
         run_train(cfg, synthetic_store, 0, tmp_path / "r0", resume=True)
 
-    done = run_train(cfg, synthetic_store, 0, tmp_path / "done")
+    done = Path(shutil.copytree(two_epoch_run, tmp_path / "done"))
     before = _snapshot(done)
     with pytest.raises(DataError, match="already holds a finished run.*--resume.*--overwrite"):
         run_train(cfg, synthetic_store, 0, done)
@@ -172,6 +185,7 @@ def test_cli_unknown_view_is_one_line(synthetic_store: Path, tmp_path: Path) -> 
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_real_cases_train_end_to_end(shared_brats: Path, smoke_cfg: Config,
                                      tmp_path: Path) -> None:
     from braintseg.config import load_config
