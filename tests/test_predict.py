@@ -202,6 +202,40 @@ def test_postprocessing_set_and_recorded_via_cli(runs, cases, tmp_path) -> None:
     assert record["postprocessing"]["enabled"] is True
 
 
+def test_regions_head_to_labels_by_hand() -> None:
+    from braintseg.inference.ensemble import probabilities_to_labels
+
+    #                 WT   TC   ET  → label (ET > .5 → 3, else TC → 1, else WT → 2, else 0)
+    probs = np.array([[0.9, 0.9, 0.9],   # 3
+                      [0.9, 0.9, 0.2],   # 1
+                      [0.9, 0.2, 0.2],   # 2
+                      [0.2, 0.2, 0.2],   # 0
+                      [0.2, 0.2, 0.7],   # 3: ET wins even when WT/TC are low
+                      [0.5, 0.6, 0.5]],  # 1: 0.5 is not > 0.5
+                     np.float32)
+    assert probabilities_to_labels(probs, "regions").tolist() == [3, 1, 2, 0, 3, 1]
+    classes = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]], np.float32)
+    assert probabilities_to_labels(classes, "classes").tolist() == [3, 0]
+
+
+def test_regions_model_end_to_end(cases, tmp_path) -> None:
+    from braintseg.inference.ensemble import probabilities_to_labels
+    from braintseg.predict import run_predict
+
+    run = make_run(tmp_path / "regions", "coronal", extra=("model.output=regions",))
+    run_predict([run], cases, tmp_path / "out", probabilities=True, cases=[CASE18], tta=True)
+    labels = _read(tmp_path / "out" / f"{CASE18}.nii.gz")[0]
+    probs = _read(tmp_path / "out" / f"{CASE18}_prob.nii.gz")[0]
+    assert probs.shape == (*SHAPE, 3)
+    x0, x1, y0, y1, z0, z1 = BOX
+    outside = np.ones(SHAPE, bool)
+    outside[x0:x1, y0:y1, z0:z1] = False
+    assert (probs[outside] == 0).all() and (labels[outside] == 0).all()
+    expected = probabilities_to_labels(probs, "regions")
+    expected[expected == 3] = 4  # 2018 convention
+    np.testing.assert_array_equal(labels, expected)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
