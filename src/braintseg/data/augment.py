@@ -35,12 +35,18 @@ class Augmenter:
         return self.flip or self.rotate_degrees > 0 or self.zoom > 0
 
     def __call__(
-        self, x: NDArray[Any], y: NDArray[np.uint8], rng: np.random.Generator
+        self, x: NDArray[Any], y: NDArray[np.uint8], rng: np.random.Generator,
+        copy: bool = True,
     ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
-        """Augment one batch; ``x (B, H, W, C)``, ``y (B, H, W)``; returns new arrays."""
+        """Augment one batch ``x (B, H, W, C)``, ``y (B, H, W)``.
+
+        Returns new arrays, or with ``copy=False`` the inputs changed in place (for batches
+        the caller owns, as the generator's).
+        """
         if not self.enabled:
             return x, y
-        x, y = np.array(x, copy=True), np.array(y, copy=True)
+        if copy:
+            x, y = np.array(x, copy=True), np.array(y, copy=True)
         for b in range(x.shape[0]):
             if self.rotate_degrees > 0 or self.zoom > 0:
                 x[b], y[b] = _rotate_zoom(x[b], y[b], rng, self.rotate_degrees, self.zoom)

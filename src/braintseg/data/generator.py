@@ -261,7 +261,8 @@ class SliceDataset(keras.utils.PyDataset):
         else:
             x, y = self._gather_stream(plan, p0, p1, blocks)
         if self.augment is not None:
-            x, y = self.augment(x, y, np.random.default_rng([self.seed, epoch, i, 1]))
+            x, y = self.augment(x, y, np.random.default_rng([self.seed, epoch, i, 1]),
+                                copy=False)  # fresh arrays: augment in place
         return x, y
 
     def _gather_stream(
