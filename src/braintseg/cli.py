@@ -201,7 +201,7 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
               help="Output folder (new or empty unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace the demo's outputs in a non-empty folder.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Training epochs [default: 8 on a CPU; 100 when a GPU is visible].")
+              help="Training epochs [default: 6 on a CPU; 100 when a GPU is visible].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the demo's config (configs/demo.yaml), e.g. "
                    "--set model.start_channels=16 (repeatable).")

@@ -43,7 +43,7 @@ CPU_CONFIG: dict[str, dict[str, Any]] = {
     "model": {"levels": 3, "start_channels": 8},
     "train": {
         "batch_size": 8,
-        "epochs": 8,
+        "epochs": 6,
         "steps_per_epoch": 40,
         "optimizer": "adam",
         "learning_rate": 0.003,
