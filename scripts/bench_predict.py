@@ -15,7 +15,8 @@ averaged over the 4 flips of H and W: 12 network passes per case).  Each scenari
 one case) and on N cases (``total_s``); the steady-state figure is
 ``(total_s - first_s) / (N - 1)`` seconds per case (reading NIfTI, normalising, predicting,
 writing the label NIfTI; reading and writing overlap prediction in background threads).
-With ``--stages`` one case is also timed stage by stage (load+normalise, predict, write).
+With ``--stages`` one case is also timed stage by stage (load+normalise, predict, write);
+``--no-network`` replaces the network by a constant to time file I/O and host work alone.
 GPU targets (issue 4): <= 0.5 s/case one view, <= 1.5 s/case 3 views + flips.
 """
 
@@ -56,6 +57,27 @@ def device_info() -> dict[str, Any]:
     import os
 
     return {"backend": backend, "devices": devices, "cpu_count": os.cpu_count()}
+
+
+class ConstantModel:
+    """Stands in for the network (``--no-network``): uniform probabilities at no compute, so
+    the timing is file I/O, normalisation, slicing, stitching, argmax and writing alone."""
+
+    def predict_on_batch(self, x: Any) -> Any:
+        import numpy as np
+
+        return np.full((*x.shape[:3], 4), 0.25, np.float32)
+
+
+def use_constant_model() -> None:
+    """Patch predict so that every run's network is :class:`ConstantModel` (TTA: no flips)."""
+    import braintseg.predict as predict
+    from braintseg.inference.ensemble import SlicePredictor
+
+    def predictors(runs: list[Any], batch_size: int, tta: bool) -> list[Any]:
+        return [SlicePredictor(ConstantModel(), run.view, batch_size) for run in runs]
+
+    predict._predictors = predictors  # type: ignore[assignment]
 
 
 def make_runs(root: Path, views: tuple[str, ...], sets: list[str]) -> dict[str, Path]:
@@ -168,18 +190,22 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="model override, e.g. model.start_channels=4 to time the pipeline "
                         "(I/O and host work) without the default network's compute")
+    parser.add_argument("--no-network", action="store_true",
+                        help="replace the network by a constant: times I/O and host work only")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--tmp", type=Path, default=None, help="temporary folder parent")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     names = [s for s in args.scenarios.split(",") if s]
+    if args.no_network:
+        use_constant_model()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:
         tmp = Path(tmp_name)
         root, ids, source = input_cases(args, tmp)
         views = tuple(dict.fromkeys(v for n in names for v in SCENARIOS[n][0]))
         runs = make_runs(tmp / "runs", views, args.sets)
         report: dict[str, Any] = {"device": device_info(), "input": source, "cases": ids,
-                                  "model_overrides": args.sets,
+                                  "model_overrides": args.sets, "no_network": args.no_network,
                                   "batch_size": args.batch_size, "scenarios": {}}
         for name in names:
             scenario_views, tta = SCENARIOS[name]

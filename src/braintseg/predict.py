@@ -2,8 +2,8 @@
 
 Flow: read and check every run (``inference.runs``) → plan the cases and check every input
 (``inference.cases``: headers only, case ids safe as file names, output folder writable) before
-any model is loaded → load each model once → per case (the next case is read in a background
-thread, the previous one written in another): slices of each run's view are predicted in
+any model is loaded → load each model once → per case (the next cases are read in background
+threads, the previous one written in another): slices of each run's view are predicted in
 constant-shape batches (flips averaged with TTA), averaged over runs, turned into labels,
 optionally post-processed, placed back into the source grid and written as ``<case>.nii.gz``
 (uint8, source convention, source affine/header) → ``predictions.csv`` and
@@ -13,7 +13,9 @@ optionally post-processed, placed back into the source grid and written as ``<ca
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 CSV_NAME = "predictions.csv"
 CONFIG_NAME = "predict_config.yaml"
+#: cases read and normalised ahead in parallel (gzip and numpy release the GIL); at most half
+#: the cores, so that prediction keeps its own
+LOAD_THREADS = 4
 
 
 def predict_config(base: Config, overrides: Sequence[str]) -> PredictConfig:
@@ -160,18 +165,19 @@ def _predictors(runs: list[RunInfo], batch_size: int, tta: bool) -> list[Any]:
 def _predict_all(plans: list[Any], targets: list[Path], predictors: list[Any],
                  pcfg: PredictConfig, probabilities: bool, output: str
                  ) -> tuple[list[dict[str, Any]], list[Path]]:
-    """Loop over cases: load ahead in one thread, predict here, write in another thread."""
+    """Loop over cases: load ahead in threads, predict here, write in another thread."""
     from braintseg.inference.ensemble import ensemble_volume, probabilities_to_labels
 
     rows: list[dict[str, Any]] = []
     written: list[Path] = []
-    with ThreadPoolExecutor(1) as loader, ThreadPoolExecutor(1) as writer:
+    n_load = max(1, min(LOAD_THREADS, (os.cpu_count() or 1) // 2, len(plans)))
+    with ThreadPoolExecutor(n_load) as loader, ThreadPoolExecutor(1) as writer:
         pending: tuple[Future[tuple[float, list[Path]]], CaseInput, float, Any] | None = None
-        ahead = loader.submit(plans[0].load)
+        ahead = deque(loader.submit(plan.load) for plan in plans[:n_load])
         for i in progress(range(len(plans)), len(plans), "predict", "case"):
-            case = ahead.result()
-            if i + 1 < len(plans):
-                ahead = loader.submit(plans[i + 1].load)
+            case = ahead.popleft().result()
+            if i + n_load < len(plans):
+                ahead.append(loader.submit(plans[i + n_load].load))
             start = time.perf_counter()
             probs = ensemble_volume(predictors, case.images)
             labels = postprocess(probabilities_to_labels(probs, output),
