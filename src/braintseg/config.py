@@ -45,7 +45,7 @@ class StoreConfig:
 
     compression: str = "blosc:lz4"
     complevel: int = 5
-    dtype: Literal["float16", "float32"] = "float16"
+    dtype: Literal["float16", "float32", "int16"] = "float16"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 
 from braintseg import __version__
 from braintseg.config import MODALITIES, Config, DataConfig, dump_config, to_dict
+from braintseg.data.codec import encode_int16
 from braintseg.data.folds import Folds, folds_path, make_folds, write_folds
 from braintseg.data.nifti import CaseFiles, header_to_hex, load_case, read_header, scan_cases
 from braintseg.data.preprocess import (
@@ -79,12 +80,29 @@ def _fail_or_raise(exc: BraintsegError, files: CaseFiles, skip: bool) -> Failure
     return (files.case_id, str(exc))
 
 
+def _stats(images: Any, data: DataConfig) -> list[dict[str, Any]]:
+    if data.normalization == "zscore":
+        return normalization_stats(images, data.clip_percentiles, MODALITIES)
+    for c, m in enumerate(MODALITIES):
+        if not images[..., c].any():
+            raise DataError(f"modality '{m}' is all zero; expected a brain image")
+    return [{"modality": m, "method": "none"} for m in MODALITIES]
+
+
 def prepare_case(files: CaseFiles, root: Path, box: Sequence[int], data: DataConfig,
                  dtype: str, skip: bool) -> PreparedCase | Failure:
-    """Worker: load, check, normalise (whole brain), crop one case; a Failure when skipping."""
+    """Worker: load, check, normalise (whole brain), crop one case; a Failure when skipping.
+
+    ``dtype`` int16 keeps the clipped source intensities (normalised on read, see
+    :mod:`braintseg.data.codec`); float16/float32 store the normalised values.
+    """
     try:
         loaded = load_case(files)
-        if data.normalization == "zscore":  # statistics over the whole brain, applied to the crop
+        if dtype == "int16":
+            stats = _stats(loaded.images, data)
+            names = [f"modality '{m}' ({files.images[m].name})" for m in MODALITIES]
+            images = encode_int16(crop(loaded.images, box), stats, names)
+        elif data.normalization == "zscore":  # statistics over the whole brain, applied to the crop
             stats = normalization_stats(loaded.images, data.clip_percentiles, MODALITIES)
             images = apply_normalization(crop(loaded.images, box), stats, dtype)
         else:

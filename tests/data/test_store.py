@@ -10,12 +10,17 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+import tables
 
+from braintseg.config import Config
 from braintseg.data import open_store
+from braintseg.data.codec import Int16Decoder, encode_int16, int16_bounds, move_to_front
 from braintseg.data.nifti import find_cases, header_from_hex, load_case
-from braintseg.data.preprocess import crop, normalize
+from braintseg.data.preprocess import apply_normalization, crop, normalization_stats, normalize
 from braintseg.data.store import SCHEMA_VERSION, SliceStore
 from braintseg.errors import DataError
+from braintseg.prepare import run_prepare
+from braintseg.synthetic import write_case
 
 
 def test_round_trip_matches_source(synthetic_root: Path, synthetic_store: Path) -> None:
@@ -140,3 +145,119 @@ def test_fold_cases(synthetic_store: Path) -> None:
     assert set(train) | set(val) == set(store.case_ids) and not set(train) & set(val)
     with pytest.raises(DataError, match=r"valid folds: 0\.\.1"):
         store.fold_cases(2)
+
+
+# --------------------------------------------------------------------------- int16 stores
+
+
+@pytest.fixture(scope="module")
+def int16_store(synthetic_root: Path, smoke_cfg: Config,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = smoke_cfg.replace(store={"dtype": "int16"})
+    return run_prepare(cfg, synthetic_root, tmp_path_factory.mktemp("i16") / "s.h5", workers=1)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous
+    np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))  # bit for bit
+
+
+def test_int16_store_reads_like_float16(synthetic_store: Path, int16_store: Path) -> None:
+    f16, i16 = open_store(synthetic_store), open_store(int16_store)
+    assert (f16.image_dtype, i16.image_dtype) == ("float16", "int16")
+    assert i16.case_ids == f16.case_ids and i16.crop_box == f16.crop_box
+    for i in range(f16.n_cases):
+        (a, la), (b, lb) = f16.read_case(i), i16.read_case(i)
+        _same(a, b)
+        np.testing.assert_array_equal(la, lb)
+        assert np.abs(a.astype(np.float32)).max() > 1.0  # really normalised intensities
+        for view, size in zip(("sagittal", "coronal", "axial"), f16.volume_shape, strict=True):
+            _same(f16.read_view(i, view)[0], i16.read_view(i, view)[0])
+            for start, stop in ((0, 1), (3, 19), (size - 5, size)):
+                (a, la), (b, lb) = f16.read_slices(i, view, start, stop), \
+                    i16.read_slices(i, view, start, stop)
+                _same(a, b)
+                np.testing.assert_array_equal(la, lb)
+    f16.close()
+    i16.close()
+
+
+def test_int16_store_holds_clipped_source(synthetic_root: Path, int16_store: Path) -> None:
+    store = open_store(int16_store)
+    cases = {c.case_id: c for c in find_cases(synthetic_root)}
+    with tables.open_file(str(int16_store), "r") as f:  # h5py has no blosc filter
+        assert f.root.images.dtype == np.int16
+        raw = f.root.images[0]
+    source = crop(load_case(cases[store.case_ids[0]]).images, store.crop_box)
+    for c, stat in enumerate(store.case_meta(0)["normalization"]):
+        lo, hi = int16_bounds(stat)  # type: ignore[misc]
+        expected = np.where(source[..., c] != 0, np.clip(source[..., c], lo, hi), 0)
+        np.testing.assert_array_equal(raw[..., c], expected)
+        assert (raw[..., c] == lo).any() and (raw[..., c] == hi).any()  # clipping happened
+    assert int16_store.stat().st_size < Path(store.path).stat().st_size * 1.01
+    store.close()
+
+
+def test_int16_none_normalization_keeps_source(synthetic_root: Path, smoke_cfg: Config,
+                                               tmp_path: Path) -> None:
+    cfg = smoke_cfg.replace(data={"normalization": "none"}, store={"dtype": "int16"})
+    store = open_store(run_prepare(cfg, synthetic_root, tmp_path / "s.h5", workers=1))
+    case = {c.case_id: c for c in find_cases(synthetic_root)}[store.case_ids[2]]
+    images, _ = store.read_case(2)
+    expected = crop(load_case(case).images, store.crop_box).astype(np.float16)
+    _same(images, np.ascontiguousarray(expected))
+    store.close()
+
+
+@pytest.mark.parametrize(("scale", "pattern"), [
+    (0.37, r"case Brats18_F_0_1: modality 'flair' \(Brats18_F_0_1_flair.nii.gz\): non-integer "
+           r"intensities .*use store.dtype float16"),
+    (3.0e3, r"case Brats18_F_0_1: modality 'flair' \(Brats18_F_0_1_flair.nii.gz\): brain "
+            r"intensities .* do not fit int16 .*use store.dtype float16"),
+])
+def test_int16_rejects_inexact_sources(tmp_path: Path, smoke_cfg: Config, scale: float,
+                                       pattern: str) -> None:
+    folder = write_case(tmp_path / "in", "Brats18_F_0_1", (24, 24, 16), seed=3)
+    flair = folder / "Brats18_F_0_1_flair.nii.gz"
+    img = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj).astype(np.float32) * scale, img.affine),
+             flair)
+    write_case(tmp_path / "in", "Brats18_F_1_1", (24, 24, 16), seed=4)
+    cfg = smoke_cfg.replace(store={"dtype": "int16"})
+    with pytest.raises(DataError, match=pattern):
+        run_prepare(cfg, tmp_path / "in", tmp_path / "s.h5", workers=1)
+    assert not (tmp_path / "s.h5").exists()
+    # the float16 store takes the same input
+    assert open_store(run_prepare(smoke_cfg, tmp_path / "in", tmp_path / "s.h5",
+                                  workers=1)).n_cases == 2
+
+
+@pytest.mark.parametrize("channels", [4, 3])
+def test_decoder_matches_apply_normalization(channels: int) -> None:
+    """Every storable value, background and both clip ends, for the packed (4 channels) and the
+    per-channel (3) paths."""
+    rng = np.random.default_rng(7)
+    source = rng.integers(-40, 3000, size=(30, 20, 70, channels)).astype(np.float32)
+    source[rng.random(source.shape) < 0.3] = 0
+    stats = normalization_stats(source, (2.5, 97.5), [f"m{c}" for c in range(channels)])
+    bounds = [(0.4, 2500.5), (-12.5, 2999.0), (100.25, 1800.75), (7.0, 2000.5)]
+    for stat, (lo, hi) in zip(stats, bounds, strict=False):  # fractional, in [0, 1), negative
+        stat.update(clip_lo=lo, clip_hi=hi)
+    raw = encode_int16(source, stats, [f"m{c}" for c in range(channels)])
+    expected = apply_normalization(source, stats, np.float16)
+    _same(Int16Decoder(stats)(raw), expected)
+    _same(Int16Decoder(stats)(np.moveaxis(raw, 2, 0)), np.ascontiguousarray(
+        np.moveaxis(expected, 2, 0)))
+
+
+@pytest.mark.parametrize(("dtype", "channels"), [(np.float16, 4), (np.float32, 4),
+                                                 (np.float16, 3), (np.uint8, 1)])
+def test_move_to_front_is_moveaxis(dtype: type, channels: int) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2**8, size=(9, 7, 5, channels * np.dtype(dtype).itemsize), dtype=np.uint8)
+    a = a.view(dtype)  # arbitrary bit patterns, NaN payloads included, must survive unchanged
+    for axis in range(3):
+        moved = move_to_front(a, axis)
+        assert moved.flags.c_contiguous and moved.dtype == a.dtype
+        np.testing.assert_array_equal(moved.view(np.uint8), np.ascontiguousarray(
+            np.moveaxis(a, axis, 0)).view(np.uint8))

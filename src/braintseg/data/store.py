@@ -2,8 +2,10 @@
 
 Layout (one copy of every voxel; all cases share one crop box, so one shape):
 
-* ``/images``  EArray ``(N, X, Y, Z, C)`` float16|float32, normalised, chunks ``(1, e, e, e, C)``
-  (small cubes, so a block of slices in *any* view reads whole chunks and nothing else);
+* ``/images``  EArray ``(N, X, Y, Z, C)``, chunks ``(1, e, e, e, C)`` (small cubes, so a block of
+  slices in *any* view reads whole chunks and nothing else): float16|float32 normalised
+  intensities, or int16 clipped source intensities normalised on read (``image_dtype`` in the
+  header; see :mod:`braintseg.data.codec`) — readers always get normalised float16|float32;
 * ``/labels``  EArray ``(N, X, Y, Z)`` uint8 internal labels {0,1,2,3}, same chunk grid;
 * ``/tumour/{axial,coronal,sagittal}`` EArray ``(N, S)`` int32: labelled voxels per slice;
 * ``/case_meta`` VLArray of UTF-8 JSON, one row per case (geometry, header, sources, stats);
@@ -20,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import numpy as np
 import tables
 from numpy.typing import NDArray
 
+from braintseg.data.codec import Int16Decoder, move_to_front
 from braintseg.data.folds import Folds
 from braintseg.data.preprocess import VIEW_AXIS, view_axis
 from braintseg.errors import ConfigError, DataError
@@ -39,6 +43,8 @@ SCHEMA_VERSION = 1
 CHUNK_EDGE = 16
 #: HDF5 chunk cache per open store (decompressed chunks); one slab of chunks in any view fits
 CHUNK_CACHE_BYTES = 64 * 2**20
+#: int16 stores: decoders kept per open store, one per recently read case (~0.1-2 MiB each)
+DECODER_CACHE_CASES = 32
 #: HDF5/PyTables is not thread-safe: every read of an open store happens under this lock
 HDF5_LOCK = threading.RLock()
 
@@ -48,7 +54,9 @@ class PreparedCase:
     """One cropped, normalised case ready to append.
 
     Attributes:
-        images: ``(X, Y, Z, C)`` in the store dtype.  labels: ``(X, Y, Z)`` uint8 or None.
+        images: ``(X, Y, Z, C)`` in the store dtype (int16: clipped source intensities, and
+            ``meta["normalization"]`` holds the statistics used on read).
+        labels: ``(X, Y, Z)`` uint8 or None.
         meta: JSON-serialisable per-case metadata.
     """
 
@@ -120,6 +128,11 @@ class StoreWriter:
         if case.images.shape != (*self.shape, self.n_channels):
             raise DataError(f"case {case.case_id}: cropped shape {case.images.shape} differs "
                             f"from the store's {(*self.shape, self.n_channels)}")
+        stats = case.meta.get("normalization", ())
+        if self.dtype == np.int16 and (case.images.dtype != np.int16
+                                       or len(stats) != self.n_channels):
+            raise DataError(f"case {case.case_id}: an int16 store takes int16 source intensities "
+                            f"with meta['normalization'] per channel; received {case.images.dtype}")
         h.root.images.append(np.asarray(case.images, self.dtype)[None])
         labels = case.labels if case.labels is not None else np.zeros(self.shape, np.uint8)
         h.root.labels.append(labels[None])
@@ -188,6 +201,9 @@ class SliceStore:
         self.grades: dict[str, str | None] = dict(header["grades"])
         self.schema_version: int = int(header["schema_version"])
         self.config: dict[str, Any] = dict(header.get("config", {}))
+        #: dtype of ``/images`` on disk (int16: source intensities, normalised on read)
+        self.image_dtype: str = str(header.get("image_dtype", "float16"))
+        self._decoders: OrderedDict[int, Int16Decoder] = OrderedDict()
 
     # -- pickling / process safety
     def __getstate__(self) -> dict[str, Any]:
@@ -242,12 +258,29 @@ class SliceStore:
     def _labels_or_none(self, i: int, arr: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
         return arr if self._metas[i]["has_labels"] else None
 
+    def _decode(self, i: int, raw: NDArray[Any]) -> NDArray[Any]:
+        """Stored images of case ``i`` (``(..., C)``) → normalised images (int16 stores)."""
+        if self.image_dtype != "int16":
+            return raw
+        decoder = self._decoders.get(i)
+        if decoder is None:
+            decoder = self._decoders[i] = Int16Decoder(self._metas[i]["normalization"])
+            while len(self._decoders) > DECODER_CACHE_CASES:
+                self._decoders.popitem(last=False)
+        else:
+            self._decoders.move_to_end(i)
+        return decoder(raw)
+
     def read_case(self, i: int) -> tuple[NDArray[Any], NDArray[np.uint8] | None]:
-        """``(images (X, Y, Z, C) float16|float32, labels (X, Y, Z) uint8 or None)``."""
+        """``(images (X, Y, Z, C) float16|float32, labels (X, Y, Z) uint8 or None)``.
+
+        Images are float16 for float16 and int16 stores, float32 for float32 stores.
+        """
         i = self._index(i)
         with HDF5_LOCK:
             h = self._handle()
-            return h.root.images[i], self._labels_or_none(i, h.root.labels[i])
+            raw, labels = h.root.images[i], h.root.labels[i]
+        return self._decode(i, raw), self._labels_or_none(i, labels)
 
     def read_slices(
         self, i: int, view: str, start: int, stop: int
@@ -267,9 +300,9 @@ class SliceStore:
         with HDF5_LOCK:
             h = self._handle()
             img, lab = h.root.images[tuple(sel)], h.root.labels[tuple(sel)]
-        if axis:
-            img, lab = np.moveaxis(img, axis, 0), np.moveaxis(lab, axis, 0)
-        return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+        if axis:  # the slicing axis to the front; channels move together (see move_to_front)
+            img, lab = move_to_front(img, axis), np.moveaxis(lab, axis, 0)
+        return self._decode(i, img), np.ascontiguousarray(lab)
 
     def read_view(self, i: int, view: str) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """All slices of case ``i`` in ``view``: ``(images (S, H, W, C), labels (S, H, W))``."""
