@@ -72,10 +72,11 @@ def encode_int16(
         if lo < INT16_MIN or hi > INT16_MAX:
             raise DataError(f"{name}: brain intensities {lo:g}..{hi:g} after clipping do not fit "
                             f"int16 ({INT16_MIN}..{INT16_MAX}); use store.dtype float16")
-        out[..., c] = value
-        if not np.array_equal(out[..., c], value):
+        exact = value.astype(np.int16)  # same memory order as value: cheap to compare
+        if not np.array_equal(exact, value):
             raise DataError(f"{name}: non-integer intensities cannot be stored exactly as int16; "
                             "use store.dtype float16")
+        out[..., c] = exact
     return out
 
 

@@ -64,17 +64,23 @@ def to_internal(raw: NDArray[Any], convention: str) -> NDArray[np.uint8]:
     """
     mapping = CONVENTIONS[convention]
     arr = np.asarray(raw)
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
-        bad = sorted({int(arr.min()), int(arr.max())} - set(mapping))
+    if not arr.size:
+        return np.zeros(arr.shape, np.uint8)
+    low, high = arr.min(), arr.max()
+    if low < 0 or high > 255:
+        bad = sorted({int(low), int(high)} - set(mapping))
         raise DataError(f"label values {bad} outside {sorted(mapping)} ({convention})")
     small = arr.astype(np.uint8, copy=False, order="K")
-    counts = np.bincount(small.ravel(order="K"), minlength=256)
-    bad = [v for v in np.flatnonzero(counts) if int(v) not in mapping]
+    # a few byte-wide comparisons (values are small) instead of a bincount over intp indices
+    present = [v for v in range(int(high) + 1) if v in (0, int(high)) or (small == v).any()]
+    bad = [v for v in present if v not in mapping]
     if bad:
-        raise DataError(
-            f"label values {[int(v) for v in bad]} outside {sorted(mapping)} ({convention})"
-        )
-    return _lut(mapping)[small]
+        raise DataError(f"label values {bad} outside {sorted(mapping)} ({convention})")
+    masks = [(small == src, dst) for src, dst in mapping.items() if src != dst and src in present]
+    out = small.copy(order="K") if small is arr else small
+    for mask, dst in masks:
+        out[mask] = dst
+    return out
 
 
 def to_source(internal: NDArray[Any], convention: str) -> NDArray[np.uint8]:
@@ -110,12 +116,14 @@ def normalization_stats(
     stats = []
     for c, name in enumerate(modalities):
         chan = np.asarray(images[..., c], dtype=np.float32).ravel(order="K")  # memory order
-        brain = chan[chan != 0]
+        brain = chan[chan != 0]  # a copy: everything below works in place on it
         if brain.size == 0:
             raise DataError(f"modality '{name}' is all zero; expected a brain image")
-        lo, hi = np.percentile(brain, clip_percentiles)
-        brain = np.clip(brain, lo, hi)
-        mean, std = float(brain.mean(dtype=np.float64)), float(brain.std(dtype=np.float64))
+        lo, hi = np.percentile(brain, clip_percentiles, overwrite_input=True)  # one partition
+        np.clip(brain, lo, hi, out=brain)
+        mean = float(brain.mean(dtype=np.float64))
+        brain -= np.float32(mean)
+        std = math.sqrt(float(np.square(brain, out=brain).mean(dtype=np.float64)))
         if not std > 0:
             raise DataError(f"modality '{name}' has constant brain intensity {mean}")
         stats.append({"modality": name, "n_brain": int(brain.size), "clip_lo": float(lo),
