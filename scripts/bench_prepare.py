@@ -3,22 +3,27 @@
 Usage:
     python scripts/bench_prepare.py [-i BRATS_ROOT] [--layouts] [--tmp DIR]
 
-Prints: prepare s/case vs nibabel-load s/case (target <= 1.25x), speed-up at 2 workers (target
->= 1.8x), store bytes / input .nii.gz bytes (target <= 1.0), slice reads/s per view through
-``SliceStore.read_slices`` on one core (target >= 1500).  ``--layouts`` also rewrites the same
-cases with other compressors/dtypes/chunk edges and reports bytes and read rates for each.
+Prints the load average at start and end (the figures mean little on a busy machine), then:
+prepare s/case vs nibabel-load s/case (target <= 1.25x; wall and this process's CPU time, one
+worker), speed-up at 2 workers (target >= 1.8x, wall), store bytes / input .nii.gz bytes (target
+<= 1.0) and slice reads/s per view through ``SliceStore.read_slices`` on one core (16-slice
+chunk-aligned blocks, fresh handle, Blosc on one thread; target >= 1500), for the float16 and the
+int16 store.  ``--layouts`` also rewrites the first cases' stored arrays with other compressors
+and chunk edges and reports bytes and read rates for each.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import tables
 
 from braintseg.config import load_config
 from braintseg.data import find_cases, open_store
@@ -27,76 +32,108 @@ from braintseg.prepare import run_prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats"
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "braintseg" / "sample_data" / "brats"
+VIEWS = (("axial", 2), ("coronal", 1), ("sagittal", 0))
 
 
-def load_seconds(root: Path) -> tuple[float, int, int]:
-    """Seconds to read every case's NIfTI arrays with nibabel; (seconds, n_cases, bytes)."""
+def clocks() -> tuple[float, float]:
+    """``(wall, CPU time of this process)`` in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    """Wall and CPU seconds elapsed since ``start``."""
+    wall, cpu = clocks()
+    return wall - start[0], cpu - start[1]
+
+
+def load_seconds(root: Path) -> tuple[tuple[float, float], int, int]:
+    """Read every case's NIfTI arrays with nibabel: ((wall, cpu) s, n_cases, bytes)."""
     cases = find_cases(root)
     files = [p for c in cases for p in [*c.images.values(), c.seg] if p is not None]
-    t = time.perf_counter()
+    start = clocks()
     for p in files:
         np.asanyarray(nib.load(p).dataobj)
-    return time.perf_counter() - t, len(cases), sum(p.stat().st_size for p in files)
+    return since(start), len(cases), sum(p.stat().st_size for p in files)
 
 
-def read_rates(path: Path, block: int = 16, repeats: int = 1) -> dict[str, float]:
-    """Slices/s per view reading chunk-aligned blocks of ``block`` slices (fresh handle)."""
+def read_rates(path: Path, block: int = 16) -> dict[str, tuple[float, float]]:
+    """Per view: (wall, CPU) slices/s reading chunk-aligned blocks of ``block`` slices."""
     rates = {}
-    for view, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
-        store = open_store(path)
+    for view, axis in VIEWS:
+        store = open_store(path)  # fresh handle: nothing in the chunk cache
         size, n = store.volume_shape[axis], 0
-        t = time.perf_counter()
-        for _ in range(repeats):
-            for i in range(store.n_cases):
-                for start in range(0, size, block):
-                    img, _ = store.read_slices(i, view, start, min(start + block, size))
-                    n += len(img)
-        rates[view] = n / (time.perf_counter() - t)
+        start = clocks()
+        for i in range(store.n_cases):
+            for s in range(0, size, block):
+                n += len(store.read_slices(i, view, s, min(s + block, size))[0])
+        wall, cpu = since(start)
+        rates[view] = (n / wall, n / cpu)
         store.close()
     return rates
 
 
 def single_slice_rate(path: Path, view: str = "axial", n: int = 200) -> float:
-    """Random single-slice reads/s (the worst case for cube chunks)."""
+    """Random single-slice reads/s, wall (the worst case for cube chunks)."""
     store = open_store(path)
     rng = np.random.default_rng(0)
-    size = store.volume_shape[{"axial": 2, "coronal": 1, "sagittal": 0}[view]]
-    t = time.perf_counter()
+    size = store.volume_shape[dict(VIEWS)[view]]
+    start = time.perf_counter()
     for _ in range(n):
         s = int(rng.integers(size))
         store.read_slices(int(rng.integers(store.n_cases)), view, s, s + 1)
     store.close()
-    return n / (time.perf_counter() - t)
+    return n / (time.perf_counter() - start)
 
 
-def layouts(store_path: Path, tmp: Path, n_cases: int = 3) -> None:
-    """Rewrite the first cases with other layouts; print bytes and read rates for each."""
-    src = open_store(store_path)
-    cases = [PreparedCase(src.case_ids[i], *src.read_case(i)) for i in range(n_cases)]
-    print(f"\nlayouts on {n_cases} cases (bytes relative to blosc:lz4 float16 edge 16):")
-    base = None
-    for comp, dtype, edge in [("blosc:lz4", "float16", 16), ("blosc:lz4", "float16", 32),
-                              ("blosc:lz4", "float16", 8), ("blosc:zstd", "float16", 16),
-                              ("blosc2:lz4", "float16", 16), ("blosc2:zstd", "float16", 16),
-                              ("blosc:lz4+bitshuffle", "float16", 16),
-                              ("blosc:zstd+bitshuffle", "float16", 16),
-                              ("blosc:lz4", "float32", 16), ("zlib", "float16", 16)]:
-        out = tmp / f"layout_{comp.replace(':', '_').replace('+', '_')}_{dtype}_{edge}.h5"
-        t = time.perf_counter()
-        with StoreWriter(out, src.volume_shape, src.n_channels, comp, 5, dtype, n_cases,
-                         chunk_edge=edge) as w:
-            for c in cases:
-                w.append(PreparedCase(c.case_id, c.images.astype(dtype), c.labels))
-            w.finish(None, {"crop_box": list(src.crop_box)})
-        write_s = (time.perf_counter() - t) / n_cases
-        size = out.stat().st_size
-        base = base or size
-        r = read_rates(out)
-        print(f"  {comp:22s} {dtype:8s} edge {edge:2d}: {size / 1e6:7.1f} MB ({size / base:4.2f}x)"
-              f"  write {write_s:5.2f} s/case  slices/s axial {r['axial']:6.0f} coronal "
-              f"{r['coronal']:6.0f} sagittal {r['sagittal']:6.0f}  random-axial "
-              f"{single_slice_rate(out):5.0f}")
-    src.close()
+def layouts(store_paths: list[Path], tmp: Path, n_cases: int = 3) -> None:
+    """Rewrite the first cases' stored arrays with other layouts; print bytes and read rates."""
+    print(f"\nlayouts on {n_cases} cases (bytes relative to the store as prepared; read CPU "
+          "slices/s):")
+    for store_path in store_paths:
+        src = open_store(store_path)
+        raw = src._handle().root.images  # the stored encoding, not the decoded images
+        cases = [PreparedCase(src.case_ids[i], raw[i], src.read_case(i)[1], src.case_meta(i))
+                 for i in range(n_cases)]
+        base = None
+        for comp, edge in [("blosc:lz4", 16), ("blosc:lz4", 32), ("blosc:lz4", 8),
+                           ("blosc:zstd", 16), ("blosc:lz4hc", 16), ("blosc:lz4+bitshuffle", 16),
+                           ("zlib", 16)]:
+            out = tmp / f"layout_{src.image_dtype}_{comp.replace(':', '_').replace('+', '_')}.h5"
+            start = clocks()
+            with StoreWriter(out, src.volume_shape, src.n_channels, comp, 5, src.image_dtype,
+                             n_cases, chunk_edge=edge) as w:
+                for c in cases:
+                    w.append(c)
+                w.finish(None, {"crop_box": list(src.crop_box)})
+            write_s = since(start)[1] / n_cases
+            size = out.stat().st_size
+            base = base or size
+            r = read_rates(out)
+            print(f"  {src.image_dtype:8s} {comp:22s} edge {edge:2d}: {size / 1e6:6.1f} MB "
+                  f"({size / base:4.2f}x) write {write_s:5.2f} s/case  axial {r['axial'][1]:5.0f}"
+                  f" coronal {r['coronal'][1]:5.0f} sagittal {r['sagittal'][1]:5.0f}")
+            out.unlink()
+        src.close()
+
+
+def bench_prepare(root: Path, tmp: Path, load: tuple[float, float], n: int) -> dict[str, Path]:
+    """Prepare float16 (1 and 2 workers) and int16 (1 worker) stores; print s/case and ratios."""
+    per_case: dict[str, float] = {}
+    paths = {}
+    for name, dtype, workers in (("float16", "float16", 1), ("float16", "float16", 2),
+                                 ("int16", "int16", 1)):
+        cfg = load_config(None, [f"store.dtype={dtype}"])
+        start = clocks()
+        paths[name] = run_prepare(cfg, root, tmp / f"{name}_w{workers}.h5", workers=workers)
+        wall, cpu = (t / n for t in since(start))
+        per_case[f"{name}/{workers}"] = wall
+        cpu_text = (f", CPU {cpu:5.3f} s/case = {cpu / (load[1] / n):4.2f}x load CPU"
+                    if workers == 1 else "")
+        print(f"prepare {name:7s} {workers} worker(s): {wall:5.3f} s/case = "
+              f"{wall / (load[0] / n):4.2f}x load{cpu_text} (target <= 1.25x)")
+    print(f"speed-up at 2 workers     : {per_case['float16/1'] / per_case['float16/2']:4.2f}x "
+          f"(float16, wall; target >= 1.8x; {os.cpu_count()} cores)")
+    return paths
 
 
 def main() -> None:
@@ -106,32 +143,29 @@ def main() -> None:
     ap.add_argument("--tmp", type=Path, default=None, help="scratch folder [default: a temp dir]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_config()
+    tables.set_blosc_max_threads(1)  # "one core": decompression on the reading thread only
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmpdir:
         tmp = Path(tmpdir)
-        load_s, n, in_bytes = load_seconds(args.input)
-        load_s = min(load_s, load_seconds(args.input)[0])  # warm page cache for both
+        load, n, in_bytes = load_seconds(args.input)
+        again = load_seconds(args.input)[0]  # warm page cache for both
+        load = (min(load[0], again[0]), min(load[1], again[1]))
         print(f"input: {args.input} ({n} cases, {in_bytes / 1e6:.1f} MB .nii.gz)")
-        print(f"nibabel load only      : {load_s / n:6.3f} s/case")
-        per_case = {}
-        for workers in (1, 2):
-            t = time.perf_counter()
-            path = run_prepare(cfg, args.input, tmp / f"w{workers}.h5", workers=workers)
-            per_case[workers] = (time.perf_counter() - t) / n
-            print(f"prepare, {workers} worker(s)    : {per_case[workers]:6.3f} s/case "
-                  f"= {per_case[workers] / (load_s / n):4.2f}x load (target <= 1.25x)")
-        print(f"speed-up at 2 workers  : {per_case[1] / per_case[2]:4.2f}x (target >= 1.8x)")
-        size = path.stat().st_size
-        print(f"store / input bytes    : {size / 1e6:.1f} / {in_bytes / 1e6:.1f} MB = "
-              f"{size / in_bytes:4.2f} (target <= 1.0; {cfg.store.compression}, "
-              f"{cfg.store.dtype})")
-        rates = read_rates(path)
-        for view, rate in rates.items():
-            print(f"read_slices {view:9s}  : {rate:7.0f} slices/s (16-slice blocks, one core, "
-                  "target >= 1500)")
-        print(f"random single slices   : {single_slice_rate(path):7.0f} slices/s (axial)")
+        print(f"nibabel load only         : {load[0] / n:5.3f} s/case (CPU {load[1] / n:5.3f})")
+        paths = bench_prepare(args.input, tmp, load, n)
+        for name, path in paths.items():
+            size = path.stat().st_size
+            print(f"store/input bytes {name:7s} : {size / 1e6:.1f} / {in_bytes / 1e6:.1f} MB = "
+                  f"{size / in_bytes:4.2f} (target <= 1.0; blosc:lz4)")
+        for name, path in paths.items():
+            for view, (wall, cpu) in read_rates(path).items():
+                print(f"read_slices {name:7s} {view:8s}: {wall:5.0f} slices/s wall, {cpu:5.0f} "
+                      f"per CPU second (16-slice blocks, one core; target >= 1500)")
+            print(f"random single slices {name:7s}: {single_slice_rate(path):5.0f} slices/s "
+                  "(axial, wall)")
         if args.layouts:
-            layouts(path, tmp, min(3, n))
+            layouts(list(paths.values()), tmp, min(3, n))
+    print("load average at end  : {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

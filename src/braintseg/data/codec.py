@@ -122,44 +122,62 @@ class Int16Decoder:
             self.wide = [row.view(unsigned).astype(np.uint64) << np.uint64(bits * c)
                          for c, row in enumerate(self.rows)]
 
-    def __call__(self, raw: NDArray[np.int16]) -> NDArray[Any]:
-        """Decode ``raw`` (any memory order); returns a C-contiguous array of ``self.dtype``."""
+    def __call__(self, raw: NDArray[np.int16], axis: int = 0) -> NDArray[Any]:
+        """Decode ``raw`` ``(A, B, D, C)`` with ``axis`` moved to the front (C-contiguous).
+
+        ``axis`` > 0 gives ``np.moveaxis(decoded, axis, 0)``: the transpose is folded into the
+        last write of the packed path, so it costs no pass of its own.
+        """
         if raw.shape[-1] != self.n_channels:
             raise DataError(f"stored images have {raw.shape[-1]} channels; the case statistics "
                             f"describe {self.n_channels}")
-        flat = np.ascontiguousarray(raw).reshape(-1, self.n_channels)
+        raw = np.ascontiguousarray(raw)
         if self.wide is None:
+            flat = raw.reshape(-1, self.n_channels)
             out = np.empty(flat.shape, self.dtype)
             for c, row in enumerate(self.rows):
                 out[:, c] = np.take(row, flat[:, c].astype(np.intp) - self.bases[c], mode="clip")
-            return out.reshape(raw.shape)
-        voxels = np.empty(len(flat), np.uint64)
-        index, part = _scratch()
-        for start in range(0, len(flat), SCRATCH_VOXELS):  # small pieces: temporaries stay cached
-            block = flat[start:start + SCRATCH_VOXELS]
-            n = len(block)
-            for c, wide in enumerate(self.wide):
-                np.subtract(block[:, c], self.bases[c], out=index[:n], dtype=np.intp)
-                target = voxels[start:start + n] if c == 0 else part[:n]
-                np.take(wide, index[:n], out=target, mode="clip")
-                if c:
-                    voxels[start:start + n] |= target
-        wide_dtype = np.dtype(f"u{self.dtype.itemsize * self.n_channels}")
-        packed = voxels.astype(wide_dtype) if wide_dtype.itemsize < 8 else voxels
-        return packed.view(self.dtype).reshape(raw.shape)
+            return move_to_front(out.reshape(raw.shape), axis)
+        packed = np.dtype(f"u{self.dtype.itemsize * self.n_channels}")
+        voxels = np.empty(np.moveaxis(raw[..., 0], axis, 0).shape, packed)
+        target = np.moveaxis(voxels, 0, axis)  # raw order, writes land transposed
+        per_row = max(1, math.prod(raw.shape[1:-1]))
+        step = max(1, SCRATCH_VOXELS // per_row)
+        for r0 in range(0, raw.shape[0], step):
+            block = raw[r0:r0 + step]
+            self._gather(block.reshape(-1, self.n_channels), target[r0:r0 + step])
+        return voxels.view(self.dtype).reshape(*voxels.shape, self.n_channels)
+
+    def _gather(self, flat: NDArray[np.int16], target: NDArray[Any]) -> None:
+        """OR the channels' wide rows for voxels ``flat (n, C)`` into ``target`` (n voxels)."""
+        assert self.wide is not None  # noqa: S101 - only called on the packed path
+        n = len(flat)
+        index, acc, part = (buf[:n] for buf in _scratch())
+        for c, wide in enumerate(self.wide):
+            np.copyto(index, flat[:, c], casting="unsafe")  # faster than a casting subtract
+            index -= self.bases[c]
+            np.take(wide, index, out=acc if c == 0 else part, mode="clip")
+            if 0 < c < self.n_channels - 1:
+                acc |= part
+        shape = target.shape
+        if self.n_channels > 1:  # the last OR writes the (possibly transposed) output directly
+            np.bitwise_or(acc.reshape(shape), part.reshape(shape), out=target, casting="unsafe")
+        else:
+            np.copyto(target, acc.reshape(shape), casting="unsafe")
 
 
 _LOCAL = threading.local()
-#: voxels decoded per piece (two 512 KiB scratch arrays per thread)
-SCRATCH_VOXELS = 262144
+#: voxels decoded per piece (three 512 KiB scratch arrays per thread)
+SCRATCH_VOXELS = 65536
 
 
-def _scratch() -> tuple[NDArray[np.intp], NDArray[np.uint64]]:
-    """This thread's reusable index and part buffers (fresh large arrays cost page faults)."""
+def _scratch() -> tuple[NDArray[np.intp], NDArray[np.uint64], NDArray[np.uint64]]:
+    """This thread's reusable index and gather buffers (fresh large arrays cost page faults)."""
     if not hasattr(_LOCAL, "index"):
         _LOCAL.index = np.empty(SCRATCH_VOXELS, np.intp)
+        _LOCAL.acc = np.empty(SCRATCH_VOXELS, np.uint64)
         _LOCAL.part = np.empty(SCRATCH_VOXELS, np.uint64)
-    return _LOCAL.index, _LOCAL.part
+    return _LOCAL.index, _LOCAL.acc, _LOCAL.part
 
 
 def move_to_front(a: NDArray[Any], axis: int) -> NDArray[Any]:

@@ -6,7 +6,7 @@ Layout (one copy of every voxel; all cases share one crop box, so one shape):
   slices in *any* view reads whole chunks and nothing else): float16|float32 normalised
   intensities, or int16 clipped source intensities normalised on read (``image_dtype`` in the
   header; see :mod:`braintseg.data.codec`) — readers always get normalised float16|float32;
-* ``/labels``  EArray ``(N, X, Y, Z)`` uint8 internal labels {0,1,2,3}, same chunk grid;
+* ``/labels``  EArray ``(N, X, Y, Z)`` uint8 internal labels {0,1,2,3}, cubes of twice the edge;
 * ``/tumour/{axial,coronal,sagittal}`` EArray ``(N, S)`` int32: labelled voxels per slice;
 * ``/case_meta`` VLArray of UTF-8 JSON, one row per case (geometry, header, sources, stats);
 * root attrs: ``schema_version`` (int), ``complete`` (bool), ``braintseg_json`` (JSON text with
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 #: edge of the cubic chunks (chosen by scripts/bench_prepare.py --layouts)
 CHUNK_EDGE = 16
+#: label chunks are cubes of ``LABEL_CHUNK_SCALE * CHUNK_EDGE``
+LABEL_CHUNK_SCALE = 2
 #: HDF5 chunk cache per open store (decompressed chunks); one slab of chunks in any view fits
 CHUNK_CACHE_BYTES = 64 * 2**20
 #: int16 stores: decoders kept per open store, one per recently read case (~0.1-2 MiB each)
@@ -110,12 +112,16 @@ class StoreWriter:
         h.create_earray("/", "images", tables.Atom.from_dtype(self.dtype),
                         (0, *shp, self.n_channels), filters=self.filters,
                         chunkshape=(1, *chunk, self.n_channels), expectedrows=self.expected)
+        # labels: 1 byte a voxel, so cubes of twice the edge (8x fewer chunks: half the chunk
+        # index bytes and per-chunk read overhead; the next block of slices finds them cached)
         h.create_earray("/", "labels", tables.UInt8Atom(), (0, *shp), filters=self.filters,
-                        chunkshape=(1, *chunk), expectedrows=self.expected)
+                        chunkshape=(1, *(min(LABEL_CHUNK_SCALE * e, s) for s in shp)),
+                        expectedrows=self.expected)
         h.create_group("/", "tumour")
+        small = tables.Filters(complevel=5, complib="zlib")
         for view, axis in VIEW_AXIS.items():
-            h.create_earray("/tumour", view, tables.Int32Atom(), (0, shp[axis]),
-                            expectedrows=self.expected)
+            h.create_earray("/tumour", view, tables.Int32Atom(), (0, shp[axis]), filters=small,
+                            chunkshape=(16, shp[axis]))
         h.create_vlarray("/", "case_meta", tables.VLStringAtom(),
                          filters=tables.Filters(complevel=5, complib="zlib"))
         return self
@@ -258,10 +264,8 @@ class SliceStore:
     def _labels_or_none(self, i: int, arr: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
         return arr if self._metas[i]["has_labels"] else None
 
-    def _decode(self, i: int, raw: NDArray[Any]) -> NDArray[Any]:
-        """Stored images of case ``i`` (``(..., C)``) → normalised images (int16 stores)."""
-        if self.image_dtype != "int16":
-            return raw
+    def _decoder(self, i: int) -> Int16Decoder:
+        """The (cached) decoder of case ``i`` of an int16 store."""
         decoder = self._decoders.get(i)
         if decoder is None:
             decoder = self._decoders[i] = Int16Decoder(self._metas[i]["normalization"])
@@ -269,7 +273,7 @@ class SliceStore:
                 self._decoders.popitem(last=False)
         else:
             self._decoders.move_to_end(i)
-        return decoder(raw)
+        return decoder
 
     def read_case(self, i: int) -> tuple[NDArray[Any], NDArray[np.uint8] | None]:
         """``(images (X, Y, Z, C) float16|float32, labels (X, Y, Z) uint8 or None)``.
@@ -280,7 +284,8 @@ class SliceStore:
         with HDF5_LOCK:
             h = self._handle()
             raw, labels = h.root.images[i], h.root.labels[i]
-        return self._decode(i, raw), self._labels_or_none(i, labels)
+        images = self._decoder(i)(raw) if self.image_dtype == "int16" else raw
+        return images, self._labels_or_none(i, labels)
 
     def read_slices(
         self, i: int, view: str, start: int, stop: int
@@ -300,9 +305,10 @@ class SliceStore:
         with HDF5_LOCK:
             h = self._handle()
             img, lab = h.root.images[tuple(sel)], h.root.labels[tuple(sel)]
-        if axis:  # the slicing axis to the front; channels move together (see move_to_front)
-            img, lab = move_to_front(img, axis), np.moveaxis(lab, axis, 0)
-        return self._decode(i, img), np.ascontiguousarray(lab)
+        lab = np.ascontiguousarray(np.moveaxis(lab, axis, 0))
+        if self.image_dtype == "int16":  # the decoder moves the slicing axis to the front
+            return self._decoder(i)(img, axis), lab
+        return move_to_front(img, axis), lab  # channels move together (see move_to_front)
 
     def read_view(self, i: int, view: str) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """All slices of case ``i`` in ``view``: ``(images (S, H, W, C), labels (S, H, W))``."""
