@@ -34,7 +34,6 @@ from braintseg.data.preprocess import (
     crop,
     nonzero_box,
     normalization_stats,
-    normalize,
     validate_box,
 )
 from braintseg.data.store import PreparedCase, StoreWriter
@@ -105,9 +104,9 @@ def prepare_case(files: CaseFiles, root: Path, box: Sequence[int], data: DataCon
         elif data.normalization == "zscore":  # statistics over the whole brain, applied to the crop
             stats = normalization_stats(loaded.images, data.clip_percentiles, MODALITIES)
             images = apply_normalization(crop(loaded.images, box), stats, dtype)
-        else:
-            images, stats = normalize(loaded.images, method="none", modalities=MODALITIES)
-            images = np.ascontiguousarray(crop(images, box), dtype=dtype)
+        else:  # crop first: only the box is converted (the checks still see the whole volume)
+            stats = _stats(loaded.images, data)
+            images = np.ascontiguousarray(crop(loaded.images, box), dtype=dtype)
     except DataError as exc:
         msg = str(exc) if str(exc).startswith("case ") else f"case {files.case_id}: {exc}"
         return _fail_or_raise(DataError(msg), files, skip)
