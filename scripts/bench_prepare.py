@@ -88,8 +88,8 @@ def single_slice_rate(path: Path, view: str = "axial", n: int = 200) -> float:
 
 def layouts(store_paths: list[Path], tmp: Path, n_cases: int = 3) -> None:
     """Rewrite the first cases' stored arrays with other layouts; print bytes and read rates."""
-    print(f"\nlayouts on {n_cases} cases (bytes relative to the store as prepared; read CPU "
-          "slices/s):")
+    print(f"\nlayouts on {n_cases} cases, complevel 5 (bytes relative to the first row of each "
+          "dtype; read slices per CPU second):")
     for store_path in store_paths:
         src = open_store(store_path)
         raw = src._handle().root.images  # the stored encoding, not the decoded images
