@@ -36,7 +36,7 @@ from braintseg.data.preprocess import (
     normalization_stats,
     validate_box,
 )
-from braintseg.data.store import PreparedCase, StoreWriter
+from braintseg.data.store_write import PreparedCase, StoreWriter
 from braintseg.errors import BraintsegError, DataError
 from braintseg.log import progress
 

@@ -1,0 +1,153 @@
+"""Writing the PyTables slice store (schema version 1); the layout is described in
+:mod:`braintseg.data.store`, which reads it (and re-exports everything here)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tables
+from numpy.typing import NDArray
+
+from braintseg.data.folds import Folds
+from braintseg.data.preprocess import VIEW_AXIS
+from braintseg.errors import ConfigError, DataError
+
+SCHEMA_VERSION = 1
+#: edge of the cubic chunks (chosen by scripts/bench_prepare.py --layouts)
+CHUNK_EDGE = 16
+#: label chunks are cubes of ``LABEL_CHUNK_SCALE * CHUNK_EDGE``
+LABEL_CHUNK_SCALE = 2
+
+@dataclass
+class PreparedCase:
+    """One cropped, normalised case ready to append.
+
+    Attributes:
+        images: ``(X, Y, Z, C)`` in the store dtype (int16: clipped source intensities, and
+            ``meta["normalization"]`` holds the statistics used on read).
+        labels: ``(X, Y, Z)`` uint8 or None.
+        meta: JSON-serialisable per-case metadata.
+    """
+
+    case_id: str
+    images: NDArray[Any]
+    labels: NDArray[np.uint8] | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def make_filters(compression: str, complevel: int) -> tables.Filters:
+    """``"blosc:lz4"``, ``"blosc2:zstd"``, ``"zlib"``, ``"none"``; ``+bitshuffle`` optional.
+
+    Raises:
+        ConfigError: unknown compressor (names ``store.compression`` and the valid ones).
+    """
+    lib, _, opt = compression.partition("+")
+    if lib == "none":
+        return tables.Filters(complevel=0)
+    valid = sorted(tables.filters.all_complibs)
+    if lib not in valid or opt not in ("", "bitshuffle"):
+        raise ConfigError(f"store.compression must be one of {valid} (optionally +bitshuffle); "
+                          f"received {compression!r}")
+    return tables.Filters(complevel=complevel, complib=lib, shuffle=not opt,
+                          bitshuffle=bool(opt))
+
+
+class StoreWriter:
+    """Append cases to a new store under a temporary name; ``finish`` renames it into place.
+
+    Use as a context manager: leaving the block without ``finish`` deletes the temporary file.
+    """
+
+    def __init__(self, path: Path, volume_shape: tuple[int, int, int], n_channels: int,
+                 compression: str = "blosc:lz4", complevel: int = 5, dtype: str = "float16",
+                 expected_cases: int = 100, chunk_edge: int = CHUNK_EDGE) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.shape, self.n_channels = tuple(volume_shape), n_channels
+        self.filters = make_filters(compression, complevel)
+        self.dtype, self.expected, self.edge = np.dtype(dtype), max(expected_cases, 1), chunk_edge
+        self.case_ids: list[str] = []
+        self.metas: list[dict[str, Any]] = []
+        self._h: tables.File | None = None
+
+    def __enter__(self) -> StoreWriter:
+        h = self._h = tables.open_file(str(self.tmp), "w")
+        h.root._v_attrs.schema_version = SCHEMA_VERSION
+        h.root._v_attrs.complete = False
+        e, shp = self.edge, self.shape
+        chunk = tuple(min(e, s) for s in shp)
+        h.create_earray("/", "images", tables.Atom.from_dtype(self.dtype),
+                        (0, *shp, self.n_channels), filters=self.filters,
+                        chunkshape=(1, *chunk, self.n_channels), expectedrows=self.expected)
+        # labels: 1 byte a voxel, so cubes of twice the edge (8x fewer chunks: half the chunk
+        # index bytes and per-chunk read overhead; the next block of slices finds them cached)
+        h.create_earray("/", "labels", tables.UInt8Atom(), (0, *shp), filters=self.filters,
+                        chunkshape=(1, *(min(LABEL_CHUNK_SCALE * e, s) for s in shp)),
+                        expectedrows=self.expected)
+        h.create_group("/", "tumour")
+        small = tables.Filters(complevel=5, complib="zlib")
+        for view, axis in VIEW_AXIS.items():
+            h.create_earray("/tumour", view, tables.Int32Atom(), (0, shp[axis]), filters=small,
+                            chunkshape=(16, shp[axis]))
+        h.create_vlarray("/", "case_meta", tables.VLStringAtom(),
+                         filters=tables.Filters(complevel=5, complib="zlib"))
+        return self
+
+    def append(self, case: PreparedCase) -> None:
+        """Write one case: images, labels (zeros when None), tumour counts, metadata."""
+        h = self._h
+        if h is None:
+            raise RuntimeError("StoreWriter.append outside its with-block")
+        if case.images.shape != (*self.shape, self.n_channels):
+            raise DataError(f"case {case.case_id}: cropped shape {case.images.shape} differs "
+                            f"from the store's {(*self.shape, self.n_channels)}")
+        stats = case.meta.get("normalization", ())
+        if self.dtype == np.int16 and (case.images.dtype != np.int16
+                                       or len(stats) != self.n_channels):
+            raise DataError(f"case {case.case_id}: an int16 store takes int16 source intensities "
+                            f"with meta['normalization'] per channel; received {case.images.dtype}")
+        h.root.images.append(np.asarray(case.images, self.dtype)[None])
+        labels = case.labels if case.labels is not None else np.zeros(self.shape, np.uint8)
+        h.root.labels.append(labels[None])
+        tumour = labels > 0
+        for view, axis in VIEW_AXIS.items():
+            other = tuple(a for a in range(3) if a != axis)
+            counts = tumour.sum(axis=other, dtype=np.int32)
+            getattr(h.root.tumour, view).append(counts[None])
+        meta = dict(case.meta, case_id=case.case_id, has_labels=case.labels is not None)
+        h.root.case_meta.append(json.dumps(meta).encode())
+        self.case_ids.append(case.case_id)
+        self.metas.append(meta)
+
+    def finish(self, folds: Folds | None, info: dict[str, Any]) -> Path:
+        """Write the store header, close, rename onto ``path`` (replacing it); return path."""
+        h = self._h
+        if h is None:
+            raise RuntimeError("StoreWriter.finish outside its with-block")
+        header = {
+            "schema_version": SCHEMA_VERSION, "case_ids": self.case_ids,
+            "volume_shape": list(self.shape), "n_channels": self.n_channels,
+            "image_dtype": self.dtype.name,
+            "grades": {m["case_id"]: m.get("grade") for m in self.metas},
+            "conventions": {m["case_id"]: m.get("convention") for m in self.metas},
+            "has_labels": all(m["has_labels"] for m in self.metas),
+            "folds": folds.folds if folds else [], "holdout": folds.holdout if folds else [],
+            "folds_seed": folds.seed if folds else None, **info,
+        }
+        h.root._v_attrs.braintseg_json = json.dumps(header)
+        h.root._v_attrs.complete = True
+        h.close()
+        self._h = None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self._h is not None:
+            self._h.close()
+            self._h = None
+        self.tmp.unlink(missing_ok=True)
