@@ -82,6 +82,7 @@ class SliceStore:
         #: dtype of ``/images`` on disk (int16: source intensities, normalised on read)
         self.image_dtype: str = str(header.get("image_dtype", "float16"))
         self._decoders: OrderedDict[int, Int16Decoder] = OrderedDict()
+        self._decoders_lock = threading.Lock()
 
     # -- pickling / process safety
     def __getstate__(self) -> dict[str, Any]:
@@ -138,14 +139,15 @@ class SliceStore:
 
     def _decoder(self, i: int) -> Int16Decoder:
         """The (cached) decoder of case ``i`` of an int16 store."""
-        decoder = self._decoders.get(i)
-        if decoder is None:
-            decoder = self._decoders[i] = Int16Decoder(self._metas[i]["normalization"])
-            while len(self._decoders) > DECODER_CACHE_CASES:
-                self._decoders.popitem(last=False)
-        else:
-            self._decoders.move_to_end(i)
-        return decoder
+        with self._decoders_lock:  # a training and a validation reader thread may share us
+            decoder = self._decoders.get(i)
+            if decoder is None:
+                decoder = self._decoders[i] = Int16Decoder(self._metas[i]["normalization"])
+                while len(self._decoders) > DECODER_CACHE_CASES:
+                    self._decoders.popitem(last=False)
+            else:
+                self._decoders.move_to_end(i)
+            return decoder
 
     def read_case(self, i: int) -> tuple[NDArray[Any], NDArray[np.uint8] | None]:
         """``(images (X, Y, Z, C) float16|float32, labels (X, Y, Z) uint8 or None)``.
