@@ -34,11 +34,12 @@ def main(out: Path, epochs: int | None, overrides: list[str]) -> None:
     train(cfg, store, fold, out / "run", resume=False, overwrite=True)
     predictions = predict([out / "run"], cases / HOLDOUT, out / "predictions", overrides=(),
                           probabilities=False, tta=False, cases=None, fold=None)
-    summary = evaluate(out / "predictions", cases, out / "metrics.csv")
+    metrics = out / "predictions" / "metrics.csv"  # where the overlays look for Dice
+    summary = evaluate(out / "predictions", cases, metrics, cases=[HOLDOUT])
     pictures = draw_pictures(out / "run", out / "predictions", cases, out / "pictures")
 
     print(format_summary(summary))
-    for path in [store, *predictions, out / "metrics.csv", *pictures]:
+    for path in [store, *predictions, metrics, *pictures]:
         print("wrote", path)
 
 

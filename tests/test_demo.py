@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -205,3 +207,17 @@ def test_full_cpu_demo_segments_the_held_out_tumour(tmp_path):
     result = run_demo(tmp_path / "demo", gpu=False)
     assert result.seconds["total"] > 0 and len(result.pictures) == 2
     assert result.dice["wt"] > 0.5 and result.dice["tc"] > 0.3, result.dice
+
+
+@pytest.mark.slow
+def test_demo_api_script_runs_the_steps_through_the_api(tmp_path):
+    out = tmp_path / "api"
+    args = [sys.executable, str(REPO / "scripts" / "demo_api.py"), str(out), "--epochs", "1"]
+    args += [a for kv in TINY for a in ("--set", kv)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((out / "predictions" / "metrics.csv").open()))
+    assert [r["case"] for r in rows] == [HOLDOUT] and rows[0]["status"] == "ok"
+    assert sorted(p.name for p in (out / "pictures").glob("*.png")) == [
+        f"{HOLDOUT}_overlay.png", "training_curves.png"]
+    assert "evaluated (0 missing predictions" in done.stdout
