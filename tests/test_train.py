@@ -206,3 +206,36 @@ def test_real_cases_train_end_to_end(shared_brats: Path, smoke_cfg: Config,
     with (run / "history.csv").open() as f:
         row = next(csv.DictReader(f))
     assert np.isfinite(float(row["val_loss"])) and 0.0 <= float(row["val_dice_wt"]) <= 1.0
+
+
+MALLOC_CHECK = """
+import ctypes
+from braintseg.malloc import _mallopt, keep_freed_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def mmapped(size=4 << 20):  # glibc's chunk header: the size word before it, bit 2 = IS_MMAPPED
+    ptr = libc.malloc(size)
+    flag = ctypes.c_size_t.from_address(ptr - ctypes.sizeof(ctypes.c_size_t)).value & 2
+    libc.free(ptr)
+    return bool(flag)
+if _mallopt() is None:
+    print("not glibc")
+else:
+    _mallopt()(-1, 128 * 1024)  # what TensorFlow's "memory patch" leaves behind
+    _mallopt()(-3, 128 * 1024)
+    print(mmapped(), keep_freed_memory(), mmapped())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_keep_freed_memory_sets_glibc_thresholds() -> None:
+    """The mallopt calls that undo TensorFlow's 128 KB thresholds are accepted by glibc, and a
+    4 MB block (an activation tensor) then comes from the heap instead of a fresh mmap (which
+    the kernel zero-fills page by page at every training step).  In a fresh process: a heap
+    with free space of its own would hide the difference."""
+    out = subprocess.run([sys.executable, "-c", MALLOC_CHECK], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    if out == "not glibc":
+        pytest.skip(out)
+    assert out == "True True False"

@@ -22,10 +22,11 @@ import keras
 from braintseg import __version__
 from braintseg.config import Config, dump_config, load_config
 from braintseg.data.augment import Augmenter
-from braintseg.data.generator import SliceDataset
+from braintseg.data.generator import SliceDataset, release_store
 from braintseg.data.preprocess import view_axis
 from braintseg.data.store import SliceStore, open_store
 from braintseg.errors import ConfigError, DataError, Interrupted
+from braintseg.malloc import keep_freed_memory
 from braintseg.runs import RunPaths, read_json, resume_differences, write_json
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,16 @@ class _EpochLogs(keras.callbacks.Callback):
         regions = [logs.get(f"val_dice_{r}") for r in ("wt", "tc", "et")]
         if "val_dice_mean" not in logs and all(v is not None for v in regions):
             logs["val_dice_mean"] = float(sum(float(v) for v in regions) / 3)  # type: ignore[arg-type]
+
+
+class _KeepFreedMemory(keras.callbacks.Callback):
+    """Around every batch: undo TensorFlow's malloc setting (see :mod:`braintseg.malloc`)."""
+
+    def _tune(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        keep_freed_memory()
+
+    on_train_batch_begin = on_train_batch_end = _tune
+    on_test_batch_begin = on_test_batch_end = _tune
 
 
 class _Checkpoints(keras.callbacks.Callback):
@@ -250,6 +261,8 @@ def _callbacks(cfg: Config, paths: RunPaths, train: SliceDataset, guard: _Guard,
                state: dict[str, Any] | None) -> list[keras.callbacks.Callback]:
     t = cfg.train
     cbs: list[keras.callbacks.Callback] = [guard, _EpochLogs(train)]
+    if keras.backend.backend() == "tensorflow" and keep_freed_memory():
+        cbs.append(_KeepFreedMemory())
     if t.schedule == "plateau":
         cbs.append(keras.callbacks.ReduceLROnPlateau(
             monitor=t.monitor, mode="min" if t.monitor == "val_loss" else "max",
@@ -302,6 +315,7 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
         guard.restore()
         train.close()
         val.close()
+        release_store(Path(store))
         keras.mixed_precision.set_global_policy(policy)
     paths.done.write_text("finished\n")
     return paths.root

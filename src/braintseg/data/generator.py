@@ -63,6 +63,16 @@ def shared_store(path: Path) -> SliceStore:
         return _STORES[key]
 
 
+def release_store(path: Path) -> None:
+    """Close this process's shared handle of ``path`` (after its datasets are closed)."""
+    import os
+
+    with _STORES_LOCK:
+        store = _STORES.pop((str(Path(path).resolve()), os.getpid()), None)
+    if store is not None:
+        store.close()
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Where every position of an epoch comes from.
