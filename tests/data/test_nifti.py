@@ -98,3 +98,25 @@ def test_save_labels_keeps_geometry(tmp_path: Path) -> None:
     assert set(np.unique(np.asanyarray(img.dataobj))) <= {0, 1, 2, 4}
     np.testing.assert_array_equal(np.asanyarray(img.dataobj), to_source(labels, "brats2018"))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("klass", [nib.Nifti1Image, nib.Nifti2Image])
+def test_one_call_gunzip_equals_nibabel(tmp_path: Path, klass: type) -> None:
+    """The fast reader (whole-file gunzip, ISA-L when installed) gives nibabel's own image:
+    NIfTI-1 and NIfTI-2, scaled int16 data, a non-identity affine and the header fields."""
+    from braintseg.data.nifti import _load_image
+
+    rng = np.random.default_rng(0)
+    affine = np.array([[-0.9, 0.1, 0, 90], [0, 1.1, 0, -120], [0, 0, 2.5, 5], [0, 0, 0, 1]])
+    img = klass(rng.integers(-300, 3000, SHAPE).astype(np.int16), affine)
+    img.header.set_slope_inter(0.5, 10.0)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=4)
+    path = tmp_path / "x_t1.nii.gz"
+    nib.save(img, path)
+    ours, ref = _load_image(path), nib.load(path)
+    assert type(ours) is type(ref) is klass
+    np.testing.assert_array_equal(np.asanyarray(ours.dataobj), np.asanyarray(ref.dataobj))
+    np.testing.assert_array_equal(ours.affine, ref.affine)
+    assert ours.header.get_qform(coded=True)[1] == 1 and ours.header.get_sform(coded=True)[1] == 4
+    assert bytes(ours.header.binaryblock) == bytes(ref.header.binaryblock)

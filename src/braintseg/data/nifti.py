@@ -24,13 +24,22 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import HeaderDataError
 from numpy.typing import NDArray
 
 from braintseg.config import MODALITIES
 from braintseg.data.preprocess import to_internal
 from braintseg.errors import DataError
 
+try:  # Intel ISA-L: gunzip about twice as fast as zlib (the largest cost of prepare)
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - optional speed-up, same results
+    import gzip as _gzip  # type: ignore[no-redef]
+
 logger = logging.getLogger(__name__)
+
+#: ``sizeof_hdr`` of a NIfTI-2 header, little and big endian (NIfTI-1 has 348)
+_NIFTI2 = ((540).to_bytes(4, "little"), (540).to_bytes(4, "big"))
 
 #: file-name suffix (without extension) per convention: modality/"seg" → suffix
 SUFFIXES: dict[str, dict[str, str]] = {
@@ -173,16 +182,27 @@ def find_cases(root: Path, require_labels: bool = True) -> list[CaseFiles]:
     return cases
 
 
+def _load_image(path: Path) -> Any:
+    """A nibabel image of ``path``; a ``.gz`` file is decompressed in one call (ISA-L when
+    installed) instead of nibabel's streamed zlib reads: the same image, in half the time."""
+    if not path.name.endswith(".gz"):
+        return nib.load(str(path))
+    raw = _gzip.decompress(path.read_bytes())
+    klass = nib.Nifti2Image if raw[:4] in _NIFTI2 else nib.Nifti1Image
+    return klass.from_bytes(raw)
+
+
 def _read(path: Path, case_id: str) -> tuple[Any, NDArray[Any]]:
     """Load one NIfTI file fully; every read problem becomes a DataError naming the file."""
     try:
-        img = nib.load(str(path))
+        img = _load_image(path)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise DataError(f"case {case_id}: {path} is {type(img).__name__}; expected NIfTI")
         data = np.asanyarray(img.dataobj)
     except DataError:
         raise
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as exc:
+    except (nib.filebasedimages.ImageFileError, HeaderDataError, OSError, EOFError, zlib.error,
+            ValueError) as exc:
         raise DataError(
             f"case {case_id}: cannot read {path} as NIfTI ({type(exc).__name__}: {exc})"
         ) from None
