@@ -49,12 +49,14 @@ def test_info_lists_backend_and_library_versions():
 
 def test_config_error_is_one_line_without_traceback(tmp_path):
     result = CliRunner().invoke(
-        cli, ["prepare", "-i", str(tmp_path), "-o", str(tmp_path / "s.h5"), "--set", "data.n_fold=3"]
+        cli, ["prepare", "-i", str(tmp_path), "-o", str(tmp_path / "s.h5"),
+              "--set", "data.n_fold=3"]
     )
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert lines == ["Error: unknown key 'data.n_fold' in config / --set (did you mean 'data.n_folds'?)"]
+    assert lines == ["Error: unknown key 'data.n_fold' in config / --set "
+                     "(did you mean 'data.n_folds'?)"]
 
 
 def test_debug_flag_shows_the_exception(tmp_path):

@@ -1,4 +1,5 @@
-"""Config: defaults == configs/default.yaml, strict keys with hints, types, precedence, round trip."""
+"""Config: defaults == configs/default.yaml, strict keys with hints, types, precedence, round
+trip."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def test_default_yaml_equals_dataclass_defaults_and_lists_every_key():
 
 def test_every_default_yaml_key_has_a_comment():
     lines = (ROOT / "configs" / "default.yaml").read_text().splitlines()
-    keyed = [ln for ln in lines if ln.startswith("  ") and ":" in ln and not ln.strip().startswith("#")]
+    keyed = [ln for ln in lines
+             if ln.startswith("  ") and ":" in ln and not ln.strip().startswith("#")]
     uncommented = [ln for ln in keyed if "#" not in ln]
     assert not uncommented, f"keys without a comment: {uncommented}"
 

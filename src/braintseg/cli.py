@@ -107,7 +107,8 @@ def info() -> None:
               help="Worker processes reading cases [default: all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--skip-invalid", is_flag=True,
-              help="Skip bad cases with a warning (listed in <store>.skipped.txt) instead of failing.")
+              help="Skip bad cases with a warning (listed in <store>.skipped.txt) "
+                   "instead of failing.")
 @click.option("--no-labels", is_flag=True, help="Allow cases without a seg file (inference-only).")
 def prepare(
     config_path: Path | None, overrides: tuple[str, ...], input_dir: Path, output: Path,

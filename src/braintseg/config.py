@@ -172,7 +172,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             n = len(value) if isinstance(value, (list, tuple)) else "a scalar"
             raise ConfigError(f"{key} must be {_type_name(tp)}; received {n} values: {value!r}")
-        return tuple(_coerce(f"{key}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value)))
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_coerce(f"{key}[{i}]", a, v) for i, (a, v) in pairs)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -224,7 +225,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.holdout_fraction must be in [0, 1); received {d.holdout_fraction}")
     lo, hi = d.clip_percentiles
     if not 0.0 <= lo < hi <= 100.0:
-        raise ConfigError(f"data.clip_percentiles must satisfy 0 <= lo < hi <= 100; received {[lo, hi]}")
+        raise ConfigError("data.clip_percentiles must satisfy 0 <= lo < hi <= 100; "
+                          f"received {[lo, hi]}")
     if not 1 <= m.levels <= 6:
         raise ConfigError(f"model.levels must be between 1 and 6; received {m.levels}")
     if m.start_channels < 1:
@@ -241,7 +243,8 @@ def validate(cfg: Config) -> Config:
     if t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be > 0; received {t.learning_rate}")
     if not 0.0 <= t.tumour_oversampling <= 1.0:
-        raise ConfigError(f"train.tumour_oversampling must be in [0, 1]; received {t.tumour_oversampling}")
+        raise ConfigError("train.tumour_oversampling must be in [0, 1]; "
+                          f"received {t.tumour_oversampling}")
     if cfg.predict.batch_size < 1:
         raise ConfigError(f"predict.batch_size must be >= 1; received {cfg.predict.batch_size}")
     if "{case}" not in cfg.predict.output_pattern or "/" in cfg.predict.output_pattern:

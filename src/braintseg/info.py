@@ -50,7 +50,8 @@ def collect_info() -> dict[str, str]:
                  "h5py", "nibabel", "scipy"):
         info[dist] = _version(dist)
     info["hdf5"] = tables.hdf5_version
-    info["blosc"] = tables.which_lib_version("blosc")[1] if tables.which_lib_version("blosc") else "none"
+    blosc = tables.which_lib_version("blosc")
+    info["blosc"] = blosc[1] if blosc else "none"
     blosc2 = tables.which_lib_version("blosc2")
     info["blosc2"] = blosc2[1] if blosc2 else "none"
     info["cpus"] = str(os.cpu_count())
