@@ -239,3 +239,11 @@ def test_keep_freed_memory_sets_glibc_thresholds() -> None:
     if out == "not glibc":
         pytest.skip(out)
     assert out == "True True False"
+
+
+def test_run_dir_holds_tensorboard_logs(two_epoch_run: Path) -> None:
+    """With the tensorboard package (in the tf/cpu extras) a run has event files per epoch."""
+    pytest.importorskip("tensorboard")
+    events = list((two_epoch_run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {e.parent.name for e in events} >= {"train", "validation"}, events
+    assert all(e.stat().st_size > 100 for e in events)
