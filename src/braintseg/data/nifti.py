@@ -279,6 +279,19 @@ def _labels(data: NDArray[Any], files: CaseFiles) -> NDArray[np.uint8]:
         raise DataError(f"case {files.case_id}: {name}: {exc}") from None
 
 
+def image_like(data: NDArray[Any], dtype: Any, reference_header: Any,
+               affine: NDArray[Any]) -> nib.Nifti1Image:
+    """``data`` as ``dtype`` in an image with the source header (pixdim, units, qform/sform
+    and their codes) and affine; no scaling."""
+    header = reference_header.copy()
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(np.asarray(data, dtype), affine, header=header)
+    img.set_qform(affine, code=int(reference_header["qform_code"]))
+    img.set_sform(affine, code=int(reference_header["sform_code"]))
+    img.header.set_slope_inter(1.0, 0.0)
+    return img
+
+
 def save_labels(
     labels_xyz: NDArray[Any], reference_header: Any, affine: NDArray[Any], path: Path
 ) -> Path:
@@ -291,12 +304,7 @@ def save_labels(
         path: target ``.nii.gz`` or ``.nii``; written under a temporary name, then renamed.
     """
     path = Path(path)
-    header = reference_header.copy()
-    header.set_data_dtype(np.uint8)
-    img = nib.Nifti1Image(np.asarray(labels_xyz, np.uint8), affine, header=header)
-    img.set_qform(affine, code=int(reference_header["qform_code"]))
-    img.set_sform(affine, code=int(reference_header["sform_code"]))
-    img.header.set_slope_inter(1.0, 0.0)
+    img = image_like(labels_xyz, np.uint8, reference_header, affine)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         nib.save(img, str(tmp))

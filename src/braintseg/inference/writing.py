@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
+from braintseg.data.nifti import image_like
 from braintseg.errors import DataError
 
 #: predictions.csv columns; voxel counts use the internal labels (ET = 3 in both conventions)
@@ -64,12 +65,7 @@ def save_probabilities(probs: NDArray[np.floating], reference_header: Any,
 
     The source header is copied (pixdim, units, qform/sform and their codes); ``dim[4] = K``.
     """
-    header = reference_header.copy()
-    header.set_data_dtype(np.float32)
-    img = nib.Nifti1Image(np.asarray(probs, np.float32), affine, header=header)
-    img.set_qform(affine, code=int(reference_header["qform_code"]))
-    img.set_sform(affine, code=int(reference_header["sform_code"]))
-    img.header.set_slope_inter(1.0, 0.0)
+    img = image_like(probs, np.float32, reference_header, affine)
     return _atomic(Path(path), lambda tmp: nib.save(img, str(tmp)))
 
 
