@@ -50,6 +50,13 @@ def _f(root: Path, case: int, suffix: str) -> Path:
     return root / f"Brats18_T_{case}_1" / f"Brats18_T_{case}_1_{suffix}.nii.gz"
 
 
+def _flip_bytes(path: Path, start: int, stop: int) -> None:
+    """Garble the start of the deflate stream (ISA-L raises its own error type for this)."""
+    data = bytearray(path.read_bytes())
+    data[start:stop] = bytes(b ^ 0x5A for b in data[start:stop])
+    path.write_bytes(bytes(data))
+
+
 def _nan(a: np.ndarray) -> np.ndarray:
     out = a.astype(np.float32)
     out[3, 3, 3] = np.nan
@@ -65,6 +72,8 @@ BAD: dict[str, tuple[Callable[[Path], object], str]] = {
                   r"case Brats18_T_2_1: cannot read .*_t1ce.nii.gz as NIfTI"),
     "not-nifti": (lambda r: _f(r, 0, "flair").write_bytes(b"hello, I am not an image"),
                   r"case Brats18_T_0_1: cannot read .*_flair.nii.gz as NIfTI"),
+    "corrupt-deflate": (lambda r: _flip_bytes(_f(r, 1, "t2"), 20, 60),
+                        r"case Brats18_T_1_1: cannot read .*_t2.nii.gz as NIfTI"),
     "shape": (lambda r: _rewrite(_f(r, 1, "t2"), lambda a: a[:, :, :15]),
               r"case Brats18_T_1_1: Brats18_T_1_1_t2.nii.gz has shape \(24, 24, 15\); expected"),
     "affine": (lambda r: _rewrite(_f(r, 1, "t1"), lambda a: a, np.diag([2.0, 1, 1, 1])),

@@ -33,10 +33,17 @@ from braintseg.errors import DataError
 
 try:  # Intel ISA-L: gunzip about twice as fast as zlib (the largest cost of prepare)
     from isal import igzip as _gzip
+    from isal.isal_zlib import error as _isal_error
 except ImportError:  # pragma: no cover - optional speed-up, same results
     import gzip as _gzip  # type: ignore[no-redef]
 
+    _isal_error = zlib.error  # type: ignore[misc,assignment]
+
 logger = logging.getLogger(__name__)
+
+#: what reading a broken, truncated or foreign file raises (each becomes a one-line DataError)
+_READ_ERRORS = (nib.filebasedimages.ImageFileError, HeaderDataError, OSError, EOFError,
+                zlib.error, _isal_error, ValueError)
 
 #: ``sizeof_hdr`` of a NIfTI-2 header, little and big endian (NIfTI-1 has 348)
 _NIFTI2 = ((540).to_bytes(4, "little"), (540).to_bytes(4, "big"))
@@ -201,8 +208,7 @@ def _read(path: Path, case_id: str) -> tuple[Any, NDArray[Any]]:
         data = np.asanyarray(img.dataobj)
     except DataError:
         raise
-    except (nib.filebasedimages.ImageFileError, HeaderDataError, OSError, EOFError, zlib.error,
-            ValueError) as exc:
+    except _READ_ERRORS as exc:
         raise DataError(
             f"case {case_id}: cannot read {path} as NIfTI ({type(exc).__name__}: {exc})"
         ) from None
@@ -218,7 +224,7 @@ def read_header(path: Path, case_id: str) -> tuple[tuple[int, ...], NDArray[np.f
     try:
         img = nib.load(str(path))
         return tuple(int(s) for s in img.shape), np.asarray(img.affine, np.float64)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as exc:
+    except _READ_ERRORS as exc:
         raise DataError(f"case {case_id}: cannot read {path} as NIfTI ({exc})") from None
 
 
