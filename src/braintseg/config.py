@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from braintseg.atomic import atomic_write_text
 from braintseg.errors import ConfigError
 
 View = Literal["axial", "sagittal", "coronal"]
@@ -346,7 +347,4 @@ def load_config(
 
 def dump_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML (atomically: temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from braintseg.atomic import atomic_write_text
 from braintseg.config import REGIONS, Config, from_dict, load_config, to_dict
 from braintseg.errors import DataError
 
@@ -273,9 +274,7 @@ def _write_json(result: DemoResult, cfg: Config, path: Path) -> None:
     for key in ("predictions", "pictures"):
         raw[key] = [str(p) for p in raw[key]]
     raw["config"] = to_dict(cfg)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(raw, indent=2, allow_nan=True) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(raw, indent=2, allow_nan=True) + "\n")
 
 
 def format_result(result: DemoResult) -> str:

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from braintseg.atomic import atomic_write_text
 from braintseg.errors import DataError
 from braintseg.log import progress
 from braintseg.scoring import (
@@ -304,17 +304,6 @@ def _check_writable(output: Path) -> None:
         raise DataError(f"cannot write metrics to {output}; expected a writable file path")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DataError(f"cannot write {path}: {exc.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _csv(rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     if rows:
@@ -328,9 +317,9 @@ def _write_outputs(summary: dict[str, Any], output: Path) -> None:
     files = summary["files"]
     stats = [{"metric": m, "region": r, **s} for m, by_region in summary["summary"].items()
              for r, s in by_region.items()]
-    _atomic_write(output, _csv(summary["cases"]))
-    _atomic_write(Path(files["summary_csv"]), _csv(stats))
-    _atomic_write(Path(files["json"]), json.dumps(summary, indent=1, allow_nan=True) + "\n")
+    atomic_write_text(output, _csv(summary["cases"]))
+    atomic_write_text(Path(files["summary_csv"]), _csv(stats))
+    atomic_write_text(Path(files["json"]), json.dumps(summary, indent=1, allow_nan=True) + "\n")
     logger.info("wrote %s, %s and %s", output, files["summary_csv"], files["json"])
 
 

@@ -8,14 +8,13 @@ usual BraTS/ITK-SNAP ones for the internal labels: NCR/NET red, edema green, ET 
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from braintseg.atomic import atomic_write
 from braintseg.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -49,12 +48,8 @@ def save_png(fig: Any, path: Path) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-        try:
-            fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png",
+                                                    facecolor=fig.get_facecolor()))
     except OSError as exc:
         raise DataError(f"cannot write picture {path}: {exc.strerror}") from None
     logger.debug("wrote %s", path)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from braintseg import __version__
+from braintseg.atomic import atomic_write_text
 from braintseg.config import MODALITIES, Config, DataConfig, dump_config, to_dict
 from braintseg.data.codec import encode_int16
 from braintseg.data.folds import Folds, folds_path, make_folds, write_folds
@@ -251,10 +252,8 @@ def _write_report(output: Path, failures: Iterable[Failure]) -> None:
     if not lines:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("# case_id<TAB>reason: cases skipped by braintseg prepare --skip-invalid\n"
-                   + "\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "# case_id<TAB>reason: cases skipped by braintseg prepare "
+                      "--skip-invalid\n" + "\n".join(lines) + "\n")
     logger.warning("skipped %d invalid case(s); see %s", len(lines), path)
 
 

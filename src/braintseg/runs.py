@@ -18,12 +18,12 @@ Every file is written under a temporary name beside the target and renamed on su
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from braintseg.atomic import atomic_write_text
 from braintseg.config import Config, to_dict
 from braintseg.errors import DataError
 
@@ -91,9 +91,7 @@ class RunPaths:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (temporary name beside ``path``, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ batch with the weights reached so far: no epoch is repeated or missing in the hi
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import signal
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import keras
 
 from braintseg import __version__
+from braintseg.atomic import atomic_write, atomic_write_text
 from braintseg.config import Config, dump_config, load_config
 from braintseg.data.augment import Augmenter
 from braintseg.data.generator import SliceDataset, release_store
@@ -122,9 +124,7 @@ class _Checkpoints(keras.callbacks.Callback):
 
 def save_model(model: keras.Model, path: Path) -> None:
     """``model.save`` under a temporary ``.keras`` name beside ``path``, then rename."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
+    atomic_write(path, model.save)
 
 
 def save_checkpoint(model: keras.Model, paths: RunPaths, epochs_done: int,
@@ -222,10 +222,9 @@ def _trim_history(path: Path, epochs_done: int) -> None:
         rows = list(csv.reader(f))
     keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
     if len(keep) != len(rows):
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows(keep)
-        tmp.replace(path)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(keep)
+        atomic_write_text(path, text.getvalue())
 
 
 def _datasets(cfg: Config, store_path: Path, run: dict[str, Any]) -> tuple[SliceDataset, ...]:

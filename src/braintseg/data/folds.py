@@ -8,7 +8,6 @@ store and as readable JSON beside it: ``<store stem>.folds.json``.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from braintseg.atomic import atomic_write_text
 from braintseg.errors import DataError
 
 UNKNOWN = "unknown"
@@ -116,11 +116,7 @@ def folds_path(store: Path) -> Path:
 
 def write_folds(folds: Folds, path: Path) -> Path:
     """Write folds JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(folds.to_json())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(path), folds.to_json())
 
 
 def load_folds(path: Path) -> Folds:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import NDArray
 
+from braintseg.atomic import atomic_write
 from braintseg.config import MODALITIES
 from braintseg.data.preprocess import to_internal
 from braintseg.errors import DataError
@@ -311,13 +311,7 @@ def save_labels(
     """
     path = Path(path)
     img = image_like(labels_xyz, np.uint8, reference_header, affine)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
 
 
 def header_to_hex(header: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
+from braintseg.atomic import atomic_write, atomic_write_text
 from braintseg.data.nifti import image_like
 from braintseg.errors import DataError
 
@@ -47,18 +47,6 @@ def prepare_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _atomic(path: Path, write: Any) -> Path:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DataError(f"cannot write {path} ({exc.strerror})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def save_probabilities(probs: NDArray[np.floating], reference_header: Any,
                        affine: NDArray[np.float64], path: Path) -> Path:
     """Write ``(X, Y, Z, K)`` probabilities as float32 NIfTI in the source geometry.
@@ -66,12 +54,12 @@ def save_probabilities(probs: NDArray[np.floating], reference_header: Any,
     The source header is copied (pixdim, units, qform/sform and their codes); ``dim[4] = K``.
     """
     img = image_like(probs, np.float32, reference_header, affine)
-    return _atomic(Path(path), lambda tmp: nib.save(img, str(tmp)))
+    return atomic_write(Path(path), lambda tmp: nib.save(img, str(tmp)))
 
 
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
-    return _atomic(Path(path), lambda tmp: tmp.write_text(text))
+    return atomic_write_text(Path(path), text)
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
