@@ -247,3 +247,36 @@ def test_run_dir_holds_tensorboard_logs(two_epoch_run: Path) -> None:
     events = list((two_epoch_run / "tensorboard").rglob("events.out.tfevents.*"))
     assert {e.parent.name for e in events} >= {"train", "validation"}, events
     assert all(e.stat().st_size > 100 for e in events)
+
+
+def test_callbacks_keep_keras_async_dispatch(synthetic_store: Path, smoke_cfg: Config,
+                                             tmp_path: Path) -> None:
+    """No braintseg callback has a per-batch ``*_end`` hook unless it is marked async-safe:
+    one such hook turns off Keras' asynchronous dispatch and makes every step wait for the
+    device (JAX/torch)."""
+    import keras
+    from keras.src.utils.python_utils import is_default
+
+    from braintseg.data.store import open_store
+    from braintseg.runs import RunPaths
+    from braintseg.train import _callbacks, _datasets, _Guard
+
+    cfg = _cfg(smoke_cfg)
+    store = open_store(synthetic_store)
+    run = {"train_cases": store.case_ids[:2], "val_cases": store.case_ids[2:3]}
+    store.close()
+    train, val = _datasets(cfg, synthetic_store, run)
+    try:
+        cbs = _callbacks(cfg, RunPaths(tmp_path / "run"), train, _Guard(), None)
+    finally:
+        train.close()
+        val.close()
+    ours = [c for c in cbs if type(c).__module__ == "braintseg.train"]
+    assert len(ours) >= 3
+    for cb in ours:
+        if getattr(cb, "async_safe", False):
+            continue
+        for hook in ("on_batch_end", "on_train_batch_end", "on_test_batch_end"):
+            assert is_default(getattr(cb, hook)), f"{type(cb).__name__}.{hook}"
+    assert keras.callbacks.CallbackList(cbs)._async_train or keras.backend.backend() in (
+        "tensorflow", "numpy")  # TensorFlow is never dispatched asynchronously

@@ -36,11 +36,20 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class _StopRequested(Exception):  # noqa: N818 - internal control flow
-    """Raised from a callback after the step during which a signal arrived."""
+    """Raised from a callback after the step during which a signal arrived; ``saved`` when the
+    checkpoint of the epoch that just ended is already written."""
+
+    def __init__(self, saved: bool = False) -> None:
+        super().__init__()
+        self.saved = saved
 
 
 class _Guard(keras.callbacks.Callback):
-    """Catches SIGTERM/SIGUSR1 (a flag) and stops after the current training step."""
+    """Catches SIGTERM/SIGUSR1 (a flag) and stops after the current training step.
+
+    The flag is checked before each batch, not after: a per-batch ``*_end`` hook would turn off
+    Keras' asynchronous callback dispatch and make every step wait for the device (JAX, torch).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,7 +69,7 @@ class _Guard(keras.callbacks.Callback):
         logger.warning("received %s: stopping after this step", signal.Signals(signum).name)
         self.signum = signum
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.signum is not None:
             raise _StopRequested
 
@@ -74,12 +83,14 @@ class _EpochLogs(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.data.set_epoch(epoch)
-        self.t0 = self.t1 = time.perf_counter()
+        self.t0, self.t1 = time.perf_counter(), 0.0
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.t1 = time.perf_counter()
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if not self.t1:  # the training part of the epoch ends where validation begins
+            self.t1 = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.t1 = self.t1 or time.perf_counter()
         if logs is None:
             return
         n = min(self.data.n_slices, len(self.data) * self.data.batch_size)
@@ -91,6 +102,8 @@ class _EpochLogs(keras.callbacks.Callback):
 
 class _KeepFreedMemory(keras.callbacks.Callback):
     """Around every batch: undo TensorFlow's malloc setting (see :mod:`braintseg.malloc`)."""
+
+    async_safe = True  # a mallopt call from any thread; never blocks the training loop
 
     def _tune(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         keep_freed_memory()
@@ -119,7 +132,7 @@ class _Checkpoints(keras.callbacks.Callback):
                         self.paths.best)
         save_checkpoint(self.model, self.paths, epoch + 1, self.best, self.seed)
         if self.guard.signum is not None:
-            raise _StopRequested
+            raise _StopRequested(saved=True)
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -167,7 +180,7 @@ def _optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
         return keras.optimizers.SGD(lr, momentum=t.momentum, weight_decay=wd)
     if t.optimizer == "adam":
         return keras.optimizers.Adam(lr, weight_decay=wd)
-    return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay or 0.004)
+    return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay)
 
 
 def _check_inputs(cfg: Config, store_path: Path, fold: int) -> tuple[SliceStore, dict[str, Any]]:
@@ -291,8 +304,9 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
     _, run = _check_inputs(cfg, Path(store), fold)
     state = _prepare_run_dir(paths, cfg, run, resume, overwrite)
     done = int(state["epochs_done"]) if state else 0
-    if done >= cfg.train.epochs:
+    if done >= cfg.train.epochs:  # e.g. stopped by a signal just after its last epoch
         logger.info("%s already finished %d epochs", paths.root, done)
+        paths.done.write_text("finished\n")
         return paths.root
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.done.unlink(missing_ok=True)
@@ -305,15 +319,16 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
     keras.mixed_precision.set_global_policy(
         "float32" if cfg.train.mixed_precision == "off" else cfg.train.mixed_precision)
     guard = _Guard()
-    train, val = _datasets(cfg, Path(store), run)
+    datasets: tuple[SliceDataset, ...] = ()
     try:
+        train, val = datasets = _datasets(cfg, Path(store), run)
         model = _build(cfg, run, len(train), state, paths)
         guard.install()
         _fit(model, cfg, paths, train, val, guard, state, done)
     finally:
         guard.restore()
-        train.close()
-        val.close()
+        for ds in datasets:
+            ds.close()
         release_store(Path(store))
         keras.mixed_precision.set_global_policy(policy)
     paths.done.write_text("finished\n")
@@ -329,10 +344,11 @@ def _fit(model: keras.Model, cfg: Config, paths: RunPaths, train: SliceDataset,
     try:
         model.fit(train, validation_data=val, epochs=cfg.train.epochs, initial_epoch=done,
                   shuffle=False, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
-    except _StopRequested:
+    except _StopRequested as stop:
         ckpt = next(c for c in callbacks if isinstance(c, _Checkpoints))
         epochs_done = read_json(paths.state)["epochs_done"] if paths.state.is_file() else done
-        save_checkpoint(model, paths, int(epochs_done), ckpt.best, cfg.train.seed)
+        if not stop.saved:  # mid-epoch: keep the weights reached (the epoch re-runs on resume)
+            save_checkpoint(model, paths, int(epochs_done), ckpt.best, cfg.train.seed)
         name = signal.Signals(guard.signum or signal.SIGTERM).name
         raise Interrupted(f"{name}: checkpoint saved in {paths.last} after "
                           f"{epochs_done} finished epochs; continue with --resume") from None

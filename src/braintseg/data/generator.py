@@ -190,6 +190,7 @@ class SliceDataset(keras.utils.PyDataset):
         self._plan_lock = threading.Lock()  # the epoch plan (also used by the reader thread)
         self._plan: tuple[int, _Plan] | None = None
         self._reader: _Reader | None = None
+        self._closed = False
         self._blocks = [(k, s, min(s + self.block, self.slices_per_case))
                         for k in range(len(self.rows))
                         for s in range(0, self.slices_per_case, self.block)]
@@ -228,6 +229,8 @@ class SliceDataset(keras.utils.PyDataset):
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range 0..{len(self) - 1}")
         with self._lock:
+            if self._closed:  # a pipeline thread outliving fit must not restart the reader
+                raise RuntimeError("SliceDataset is closed")
             r = self._reader
             if r is None or r.epoch != self.epoch or r.next != i:
                 self._stop_reader()
@@ -246,8 +249,9 @@ class SliceDataset(keras.utils.PyDataset):
                 self.epoch = epoch
 
     def close(self) -> None:
-        """Stop the reader thread (the store handle stays open for this process)."""
+        """Stop the reader thread for good (the store handle stays open for this process)."""
         with self._lock:
+            self._closed = True
             self._stop_reader()
 
     def _stop_reader(self) -> None:
