@@ -47,6 +47,12 @@ def test_smoke_config_loads():
         pytest.param("epochs=3", "unknown key 'epochs'", id="no-section"),
         pytest.param("train.epochs", "KEY=VALUE", id="no-equals"),
         pytest.param("predict.output_pattern=../{case}.nii.gz", "no '/'", id="pattern-escapes"),
+        pytest.param("predict.output_pattern={case}_{fold}.nii.gz", "no other field",
+                     id="pattern-unknown-field"),
+        pytest.param("predict.output_pattern={case}.nii.gz}", "no other field",
+                     id="pattern-unbalanced"),
+        pytest.param("predict.output_pattern={case}.png", "end in .nii.gz or .nii",
+                     id="pattern-not-nifti"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -96,5 +102,6 @@ def test_replace_returns_validated_copy():
 def test_yaml_is_never_evaluated(tmp_path):
     path = tmp_path / "evil.yaml"
     path.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_config(path)
+    assert "\n" not in str(info.value)  # one line, however many lines YAML's message has

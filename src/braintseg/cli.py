@@ -158,9 +158,10 @@ def train(
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
               help="Folder of case folders, one case folder, or a store.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--probabilities", is_flag=True, help="Also write class probabilities (float16).")
+@click.option("--probabilities", is_flag=True,
+              help="Also write class probabilities (<case>_prob.nii.gz, float32).")
 @click.option("--tta", is_flag=True, help="Average over flips (test-time augmentation).")
-@click.option("--cases", default=None, help="Comma-separated case ids (store input).")
+@click.option("--cases", default=None, help="Comma-separated case ids to predict (default: all).")
 @click.option("--fold", type=click.IntRange(min=0), default=None,
               help="Predict this fold's validation cases (store input).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -248,10 +248,16 @@ def validate(cfg: Config) -> Config:
                           f"received {t.tumour_oversampling}")
     if cfg.predict.batch_size < 1:
         raise ConfigError(f"predict.batch_size must be >= 1; received {cfg.predict.batch_size}")
-    if "{case}" not in cfg.predict.output_pattern or "/" in cfg.predict.output_pattern:
+    pattern = cfg.predict.output_pattern
+    try:
+        name = pattern.format(case="x")
+    except (KeyError, IndexError, ValueError):
+        name = ""
+    if ("{case}" not in pattern or "/" in pattern or "\\" in pattern
+            or not name.endswith((".nii.gz", ".nii"))):
         raise ConfigError(
-            "predict.output_pattern must contain '{case}' and no '/'; "
-            f"received {cfg.predict.output_pattern!r}"
+            "predict.output_pattern must contain '{case}', no other field and no '/', and end "
+            f"in .nii.gz or .nii; received {pattern!r}"
         )
     return cfg
 
@@ -291,8 +297,8 @@ def _set_override(raw: dict[str, Any], item: str) -> None:
         )
     try:
         value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({exc})") from None
+    except yaml.YAMLError:  # e.g. '{case}_seg.nii.gz': the text as typed, then type-checked
+        value = text
     raw.setdefault(parts[0], {})
     if not isinstance(raw[parts[0]], dict):
         raise ConfigError(f"section '{parts[0]}' must be a mapping")
@@ -308,7 +314,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -117,11 +117,12 @@ def montage(columns: list[tuple[str, NDArray[Any], NDArray[np.uint8] | None]],
     fig = figure(2.6 * n, 2.6 * len(VIEWS) + 0.9)
     fig.set_facecolor("black")
     axes = fig.subplots(len(VIEWS), n, squeeze=False)
+    windows = {id(image): _window(image) for _, image, _ in columns}  # once per volume
     for r, (view, axis) in enumerate(VIEWS.items()):
         a, b = (d for d in range(3) if d != axis)
         aspect = spacing[b] / spacing[a]
         for c, (name, image, labels) in enumerate(columns):
-            window = _window(image)
+            window = windows[id(image)]
             lab = None if labels is None else _plane(labels, axis, centre[axis], box)
             _draw(axes[r, c], _plane(image, axis, centre[axis], box), window, aspect, lab,
                   name if r == 0 else "")

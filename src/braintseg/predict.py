@@ -65,9 +65,8 @@ def predict_config(base: Config, overrides: Sequence[str]) -> PredictConfig:
 def probability_path(label_path: Path) -> Path:
     """``<name>_prob.nii.gz`` beside ``<name>.nii.gz`` (or ``.nii``)."""
     name = label_path.name
-    ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii" if name.endswith(".nii") else ""
-    stem = name[: len(name) - len(ext)] if ext else name
-    return label_path.with_name(f"{stem}_prob{ext or '.nii.gz'}")
+    ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii"  # the config checks the pattern
+    return label_path.with_name(f"{name[: len(name) - len(ext)]}_prob{ext}")
 
 
 def _write_case(case: CaseInput, labels: NDArray[np.uint8], probs: NDArray[np.float32] | None,
