@@ -102,11 +102,11 @@ def to_internal_auto(raw: NDArray[Any], where: str) -> tuple[NDArray[np.uint8], 
 
 def read_labels(path: Path, case_id: str) -> Labels:
     """Read a label NIfTI; DataError naming the case and file if it is unreadable or not 3D."""
-    import nibabel as nib
+    from braintseg.data.nifti import load_image  # one-call (ISA-L) gunzip
 
     where = f"case {case_id}: {path}"
     try:
-        img = nib.load(str(path))
+        img = load_image(Path(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
         raise DataError(f"{where}: cannot read as NIfTI ({type(exc).__name__}: {exc})") from None

@@ -142,13 +142,13 @@ def run_predict(
     prepare_out_dir(out_dir)
     predictors = _predictors(runs, pcfg.batch_size, tta)
     record = _record(runs, pcfg, tta, probabilities, Path(input_path), len(plans))
+    write_yaml(out_dir / CONFIG_NAME, record)  # first: never beside another run's predictions
     try:
         rows, written = _predict_all(plans, targets, predictors, pcfg, probabilities,
                                      first.output)
     finally:
         plans[0].close()  # all plans share one input
     write_csv(out_dir / CSV_NAME, rows)
-    write_yaml(out_dir / CONFIG_NAME, record)
     total = sum(r["seconds"] for r in rows)
     logger.info("predicted %d case(s) with %d run(s)%s: %.2f s/case; wrote %s", len(rows),
                 len(runs), " + TTA" if tta else "", total / max(len(rows), 1), out_dir)

@@ -104,7 +104,7 @@ def test_save_labels_keeps_geometry(tmp_path: Path) -> None:
 def test_one_call_gunzip_equals_nibabel(tmp_path: Path, klass: type) -> None:
     """The fast reader (whole-file gunzip, ISA-L when installed) gives nibabel's own image:
     NIfTI-1 and NIfTI-2, scaled int16 data, a non-identity affine and the header fields."""
-    from braintseg.data.nifti import _load_image
+    from braintseg.data.nifti import load_image
 
     rng = np.random.default_rng(0)
     affine = np.array([[-0.9, 0.1, 0, 90], [0, 1.1, 0, -120], [0, 0, 2.5, 5], [0, 0, 0, 1]])
@@ -114,7 +114,7 @@ def test_one_call_gunzip_equals_nibabel(tmp_path: Path, klass: type) -> None:
     img.header.set_sform(affine, code=4)
     path = tmp_path / "x_t1.nii.gz"
     nib.save(img, path)
-    ours, ref = _load_image(path), nib.load(path)
+    ours, ref = load_image(path), nib.load(path)
     assert type(ours) is type(ref) is klass
     np.testing.assert_array_equal(np.asanyarray(ours.dataobj), np.asanyarray(ref.dataobj))
     np.testing.assert_array_equal(ours.affine, ref.affine)

@@ -189,7 +189,7 @@ def find_cases(root: Path, require_labels: bool = True) -> list[CaseFiles]:
     return cases
 
 
-def _load_image(path: Path) -> Any:
+def load_image(path: Path) -> Any:
     """A nibabel image of ``path``; a ``.gz`` file is decompressed in one call (ISA-L when
     installed) instead of nibabel's streamed zlib reads: the same image, in half the time."""
     if not path.name.endswith(".gz"):
@@ -202,7 +202,7 @@ def _load_image(path: Path) -> Any:
 def _read(path: Path, case_id: str) -> tuple[Any, NDArray[Any]]:
     """Load one NIfTI file fully; every read problem becomes a DataError naming the file."""
     try:
-        img = _load_image(path)
+        img = load_image(path)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise DataError(f"case {case_id}: {path} is {type(img).__name__}; expected NIfTI")
         data = np.asanyarray(img.dataobj)
