@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from braintseg.cli import cli
 from braintseg.config import load_config
 from braintseg.data import find_cases, load_case, open_store
+from braintseg.data.folds import folds_path
 from braintseg.data.preprocess import crop
 from braintseg.prepare import run_prepare
 from braintseg.synthetic import write_case
@@ -200,6 +201,16 @@ def test_no_labels_store(tmp_path: Path, smoke_cfg) -> None:  # type: ignore[no-
     store = open_store(path)
     assert not store.has_labels and store.folds == []
     assert store.read_case(1)[1] is None and store.read_case(0)[1] is not None
+    store.close()
+    # overwriting a labelled store with this one removes the old store's folds JSON
+    labelled = tmp_path / "lab"
+    for i in range(4):
+        write_case(labelled, f"Brats18_L_{i}_1", SHAPE, seed=i)
+    run_prepare(smoke_cfg, labelled, tmp_path / "t.h5", workers=1)
+    assert folds_path(tmp_path / "t.h5").is_file()
+    run_prepare(smoke_cfg, tmp_path / "in", tmp_path / "t.h5", workers=1, require_labels=False,
+                overwrite=True)
+    assert not folds_path(tmp_path / "t.h5").exists()
 
 
 def test_two_workers_same_store(synthetic_root: Path, synthetic_store: Path, smoke_cfg,  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ case-id order to a temporary store → folds → rename into place.  Files writt
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -218,8 +219,7 @@ def _write(cfg: Config, root: Path, output: Path, cases: list[CaseFiles], box: t
                            dtype=cfg.store.dtype, skip=skip)
     writer = StoreWriter(output, shape, len(MODALITIES), cfg.store.compression,
                          cfg.store.complevel, cfg.store.dtype, expected_cases=len(cases))
-    with writer:
-        results = imap_bounded(fn, cases, workers)
+    with writer, contextlib.closing(imap_bounded(fn, cases, workers)) as results:
         for res in progress(results, len(cases), "prepare", "case"):
             if isinstance(res, PreparedCase):
                 writer.append(res)
@@ -239,11 +239,15 @@ def _write(cfg: Config, root: Path, output: Path, cases: list[CaseFiles], box: t
         info = {"crop_box": list(box), "modalities": list(MODALITIES),
                 "config": to_dict(cfg), "source_root": str(root.resolve()),
                 "braintseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        if folds is not None:
-            write_folds(folds, folds_path(output))
-        _write_report(output, failures)
-        dump_config(cfg, sidecar(output, ".config.yaml"))
-        return writer.finish(folds, info), folds
+        path = writer.finish(folds, info)
+    # the readable copies beside the store, once the store is in place (never for a failed run)
+    if folds is not None:
+        write_folds(folds, folds_path(output))
+    else:
+        folds_path(output).unlink(missing_ok=True)  # an --overwrite'n store's old folds
+    _write_report(output, failures)
+    dump_config(cfg, sidecar(output, ".config.yaml"))
+    return path, folds
 
 
 def _write_report(output: Path, failures: Iterable[Failure]) -> None:

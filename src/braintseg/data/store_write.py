@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ class StoreWriter:
                  compression: str = "blosc:lz4", complevel: int = 5, dtype: str = "float16",
                  expected_cases: int = 100, chunk_edge: int = CHUNK_EDGE) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.tmp = self.path.with_name(
+            f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.shape, self.n_channels = tuple(volume_shape), n_channels
         self.filters = make_filters(compression, complevel)
         self.dtype, self.expected, self.edge = np.dtype(dtype), max(expected_cases, 1), chunk_edge
@@ -76,6 +78,14 @@ class StoreWriter:
         self._h: tables.File | None = None
 
     def __enter__(self) -> StoreWriter:
+        try:
+            self._create()
+        except BaseException:  # e.g. a full disk: close and remove the partial file
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _create(self) -> None:
         h = self._h = tables.open_file(str(self.tmp), "w")
         h.root._v_attrs.schema_version = SCHEMA_VERSION
         h.root._v_attrs.complete = False
@@ -96,7 +106,6 @@ class StoreWriter:
                             chunkshape=(16, shp[axis]))
         h.create_vlarray("/", "case_meta", tables.VLStringAtom(),
                          filters=tables.Filters(complevel=5, complib="zlib"))
-        return self
 
     def append(self, case: PreparedCase) -> None:
         """Write one case: images, labels (zeros when None), tumour counts, metadata."""
