@@ -2,16 +2,27 @@
 
 Readers never see a half-written file, a failed write leaves nothing behind (the temporary file
 is removed), and two writers of the same target never share a temporary name.
+
+Temporary names carry the writer's pid (``.tmp-<pid>-<hex>-<name>``), so a later run can tell the
+leftovers of a killed writer (:func:`remove_stale_temporaries`) from a live writer's file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from braintseg.errors import DataError
+
+logger = logging.getLogger(__name__)
+#: ``.tmp-<pid>-<hex>-<name>`` (atomic_write), ``.<name>.partial-<pid>-<hex>`` (store)
+_TEMPORARY = re.compile(r"^\.(?:tmp-(?P<pid1>\d+)-[0-9a-f]{8}-(?P<name1>.+)"
+                        r"|(?P<name2>.+)\.partial-(?P<pid2>\d+)-[0-9a-f]{8})$")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
@@ -24,7 +35,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
         DataError: the file cannot be written (names ``path`` and the system's reason).
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = temporary_name(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -38,3 +49,57 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_write`."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def temporary_name(path: Path) -> Path:
+    """The hidden temporary path beside ``path`` that :func:`atomic_write` uses."""
+    path = Path(path)
+    return path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this machine (any owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, names: set[str] | None = None) -> list[Path]:
+    """Remove the temporary files in ``folder`` (not below it) left by writers that no longer run.
+
+    Args:
+        folder: where the targets live.
+        names: only temporaries of these target names (all braintseg temporaries when None).
+
+    Returns:
+        The removed paths (logged in one line). Files of live processes (this one included) and
+        files that cannot be removed are left alone.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMPORARY.match(p.name)
+        if not m:
+            continue
+        pid, name = int(m["pid1"] or m["pid2"]), m["name1"] or m["name2"]
+        if (names is not None and name not in names) or pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+    if removed:
+        logger.info("removed %d stale temporary file(s) of killed runs in %s: %s", len(removed),
+                    folder, ", ".join(p.name for p in removed))
+    return removed

@@ -9,26 +9,23 @@ batch with the weights reached so far: no epoch is repeated or missing in the hi
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import keras
 
 from braintseg import __version__
-from braintseg.atomic import atomic_write, atomic_write_text
+from braintseg.callbacks import logging_callbacks
+from braintseg.checkpoint import save_checkpoint, save_model, set_rng_state, trim_history
 from braintseg.config import Config, dump_config, load_config
 from braintseg.data.augment import Augmenter
 from braintseg.data.generator import SliceDataset, release_store
 from braintseg.data.preprocess import view_axis
 from braintseg.data.store import SliceStore, open_store
 from braintseg.errors import ConfigError, DataError, Interrupted
-from braintseg.malloc import keep_freed_memory
 from braintseg.runs import RunPaths, read_json, resume_differences, write_json
 
 logger = logging.getLogger(__name__)
@@ -74,44 +71,6 @@ class _Guard(keras.callbacks.Callback):
             raise _StopRequested
 
 
-class _EpochLogs(keras.callbacks.Callback):
-    """Sets the dataset's epoch, measures slices/s, adds ``val_dice_mean`` to the logs."""
-
-    def __init__(self, data: SliceDataset) -> None:
-        super().__init__()
-        self.data, self.t0, self.t1 = data, 0.0, 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.data.set_epoch(epoch)
-        self.t0, self.t1 = time.perf_counter(), 0.0
-
-    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if not self.t1:  # the training part of the epoch ends where validation begins
-            self.t1 = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.t1 = self.t1 or time.perf_counter()
-        if logs is None:
-            return
-        n = min(self.data.n_slices, len(self.data) * self.data.batch_size)
-        logs["slices_per_s"] = n / max(self.t1 - self.t0, 1e-9)
-        regions = [logs.get(f"val_dice_{r}") for r in ("wt", "tc", "et")]
-        if "val_dice_mean" not in logs and all(v is not None for v in regions):
-            logs["val_dice_mean"] = float(sum(float(v) for v in regions) / 3)  # type: ignore[arg-type]
-
-
-class _KeepFreedMemory(keras.callbacks.Callback):
-    """Around every batch: undo TensorFlow's malloc setting (see :mod:`braintseg.malloc`)."""
-
-    async_safe = True  # a mallopt call from any thread; never blocks the training loop
-
-    def _tune(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        keep_freed_memory()
-
-    on_train_batch_begin = on_train_batch_end = _tune
-    on_test_batch_begin = on_test_batch_end = _tune
-
-
 class _Checkpoints(keras.callbacks.Callback):
     """After each epoch: best model by ``monitor``, ``last.keras`` and the resume state."""
 
@@ -133,41 +92,6 @@ class _Checkpoints(keras.callbacks.Callback):
         save_checkpoint(self.model, self.paths, epoch + 1, self.best, self.seed)
         if self.guard.signum is not None:
             raise _StopRequested(saved=True)
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    """``model.save`` under a temporary ``.keras`` name beside ``path``, then rename."""
-    atomic_write(path, model.save)
-
-
-def save_checkpoint(model: keras.Model, paths: RunPaths, epochs_done: int,
-                    best: float | None, seed: int) -> None:
-    """``last.keras`` (weights + optimizer) then ``checkpoint/state.json``."""
-    save_model(model, paths.last)
-    write_json(paths.state, {"epochs_done": epochs_done, "best": best, "seed": seed,
-                             "optimizer_iterations": int(model.optimizer.iterations.numpy()),
-                             "rng": rng_state(model)})
-
-
-def rng_state(model: keras.Model) -> list[list[int]]:
-    """States of the model's random seed generators (noise, dropout), in variable order: Keras
-    does not save them in ``.keras`` files, and an exact resume needs them."""
-    return [[int(s) for s in keras.ops.convert_to_numpy(v).ravel()] for v in _seed_vars(model)]
-
-
-def set_rng_state(model: keras.Model, state: list[list[int]]) -> None:
-    """Restore what :func:`rng_state` returned (skipped if the layout differs)."""
-    seeds = _seed_vars(model)
-    if len(seeds) != len(state):
-        logger.warning("checkpoint has %d seed states, model %d: not restored",
-                       len(state), len(seeds))
-        return
-    for v, values in zip(seeds, state, strict=True):
-        v.assign(keras.ops.reshape(keras.ops.convert_to_tensor(values, v.dtype), v.shape))
-
-
-def _seed_vars(model: keras.Model) -> list[Any]:
-    return [v for v in model.variables if "seed_generator" in v.path]
 
 
 def _optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -227,19 +151,6 @@ def _prepare_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: 
     return None
 
 
-def _trim_history(path: Path, epochs_done: int) -> None:
-    """Drop rows of epochs the checkpoint does not contain (a kill between CSV and save)."""
-    if not path.is_file():
-        return
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
-    if len(keep) != len(rows):
-        text = io.StringIO(newline="")
-        csv.writer(text).writerows(keep)
-        atomic_write_text(path, text.getvalue())
-
-
 def _datasets(cfg: Config, store_path: Path, run: dict[str, Any]) -> tuple[SliceDataset, ...]:
     t = cfg.train
     common = {"view": t.view, "batch_size": t.batch_size, "cache": t.cache,
@@ -271,23 +182,9 @@ def _build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] |
 
 def _callbacks(cfg: Config, paths: RunPaths, train: SliceDataset, guard: _Guard,
                state: dict[str, Any] | None) -> list[keras.callbacks.Callback]:
-    t = cfg.train
-    cbs: list[keras.callbacks.Callback] = [guard, _EpochLogs(train)]
-    if keras.backend.backend() == "tensorflow" and keep_freed_memory():
-        cbs.append(_KeepFreedMemory())
-    if t.schedule == "plateau":
-        cbs.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=t.monitor, mode="min" if t.monitor == "val_loss" else "max",
-            factor=0.5, patience=5))
-    cbs.append(keras.callbacks.CSVLogger(str(paths.history), append=state is not None))
-    try:
-        import tensorboard  # noqa: F401 - Keras' TensorBoard callback needs the package
-        cbs.append(keras.callbacks.TensorBoard(str(paths.tensorboard), write_graph=False))
-    except ImportError:
-        logger.warning("the tensorboard package is not installed: no TensorBoard logs")
     best = state.get("best") if state else None
-    cbs.append(_Checkpoints(paths, t.monitor, best, t.seed, guard))
-    return cbs
+    return [guard, *logging_callbacks(cfg, paths, train, state),
+            _Checkpoints(paths, cfg.train.monitor, best, cfg.train.seed, guard)]
 
 
 def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: bool = False,
@@ -313,7 +210,7 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
     dump_config(cfg, paths.config)
     write_json(paths.run_json, run)
     if state is not None:
-        _trim_history(paths.history, done)
+        trim_history(paths.history, done)
     keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(

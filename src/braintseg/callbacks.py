@@ -1,0 +1,80 @@
+"""Keras callbacks of ``braintseg train`` that log and tune (not the stop/checkpoint ones).
+
+Every callback here must keep Keras' asynchronous dispatch: no per-batch ``*_end`` hook that
+reads device values (see ``keras.callbacks.CallbackList._async_train``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import keras
+
+from braintseg.config import Config
+from braintseg.data.generator import SliceDataset
+from braintseg.malloc import keep_freed_memory
+from braintseg.runs import RunPaths
+
+logger = logging.getLogger(__name__)
+
+
+class EpochLogs(keras.callbacks.Callback):
+    """Sets the dataset's epoch, measures slices/s, adds ``val_dice_mean`` to the logs."""
+
+    def __init__(self, data: SliceDataset) -> None:
+        super().__init__()
+        self.data, self.t0, self.t1 = data, 0.0, 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.data.set_epoch(epoch)
+        self.t0, self.t1 = time.perf_counter(), 0.0
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if not self.t1:  # the training part of the epoch ends where validation begins
+            self.t1 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.t1 = self.t1 or time.perf_counter()
+        if logs is None:
+            return
+        n = min(self.data.n_slices, len(self.data) * self.data.batch_size)
+        logs["slices_per_s"] = n / max(self.t1 - self.t0, 1e-9)
+        regions = [logs.get(f"val_dice_{r}") for r in ("wt", "tc", "et")]
+        if "val_dice_mean" not in logs and all(v is not None for v in regions):
+            logs["val_dice_mean"] = float(sum(float(v) for v in regions) / 3)  # type: ignore[arg-type]
+
+
+class KeepFreedMemory(keras.callbacks.Callback):
+    """Around every batch: undo TensorFlow's malloc setting (see :mod:`braintseg.malloc`)."""
+
+    async_safe = True  # a mallopt call from any thread; never blocks the training loop
+
+    def _tune(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        keep_freed_memory()
+
+    on_train_batch_begin = on_train_batch_end = _tune
+    on_test_batch_begin = on_test_batch_end = _tune
+
+
+
+
+def logging_callbacks(cfg: Config, paths: RunPaths, train: SliceDataset,
+                      state: dict[str, Any] | None) -> list[keras.callbacks.Callback]:
+    """Epoch logs, malloc tuning, LR schedule on plateau, ``history.csv`` and TensorBoard."""
+    t = cfg.train
+    cbs: list[keras.callbacks.Callback] = [EpochLogs(train)]
+    if keras.backend.backend() == "tensorflow" and keep_freed_memory():
+        cbs.append(KeepFreedMemory())
+    if t.schedule == "plateau":
+        cbs.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=t.monitor, mode="min" if t.monitor == "val_loss" else "max",
+            factor=0.5, patience=5))
+    cbs.append(keras.callbacks.CSVLogger(str(paths.history), append=state is not None))
+    try:
+        import tensorboard  # noqa: F401 - Keras' TensorBoard callback needs the package
+        cbs.append(keras.callbacks.TensorBoard(str(paths.tensorboard), write_graph=False))
+    except ImportError:
+        logger.warning("the tensorboard package is not installed: no TensorBoard logs")
+    return cbs
