@@ -251,10 +251,12 @@ def _copy_run(src: Path, dst: Path, **run_json) -> Path:
 def _bad(run_dirs, input_path, out: Path, error=DataError, match: str = "", **kw) -> None:
     from braintseg.predict import run_predict
 
+    existed = out.exists()
     with pytest.raises(error, match=match) as info:
         run_predict(run_dirs, input_path, out, **kw)
     assert "\n" not in str(info.value)
     assert not out.is_dir() or not any(out.iterdir()), "nothing may be written"
+    assert existed or not out.exists(), f"{out} was created and left behind"
 
 
 def test_bad_runs(runs, cases, tmp_path) -> None:
@@ -292,6 +294,55 @@ def test_bad_cases_and_outputs(runs, cases, tmp_path) -> None:
     _bad(run, cases, blocker / "sub", match="not writable")
     _bad(run, cases, blocker, match="is a file")
     assert blocker.read_text() == "x"
+
+
+def _lambda_run(src: Path, dst: Path) -> Path:
+    """A copy of run ``src`` whose model.keras holds a Lambda layer (refused by safe mode)."""
+    import keras
+
+    shutil.copytree(src, dst)
+    model = keras.saving.load_model(str(src / "model.keras"), compile=False)
+    inp = keras.Input(model.input_shape[1:])
+    out = model(keras.layers.Lambda(lambda x: x * 1.0)(inp))
+    keras.Model(inp, out).save(dst / "model.keras")
+    return dst
+
+
+def test_model_that_cannot_be_loaded_leaves_no_output_folder(runs, cases, tmp_path) -> None:
+    bad = _lambda_run(runs["axial"], tmp_path / "lambda")
+    out = tmp_path / "new" / "preds"
+    result = CliRunner().invoke(cli, ["predict", "-m", str(bad), "-i", str(cases),
+                                      "-o", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot load model" in lines[0] and str(bad) in lines[0]
+    assert not out.exists() and not out.parent.exists()
+    existing = tmp_path / "existing"  # a folder the user made is kept, with what it held
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    _bad([bad], cases, tmp_path / "existing_empty", match="cannot load model")
+    from braintseg.predict import run_predict
+
+    with pytest.raises(DataError, match="cannot load model"):
+        run_predict([bad], cases, existing)
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("pattern", ["{case.__class__}{case}.nii.gz", "{0}{case}.nii.gz",
+                                     "{}{case}.nii.gz", "{case}{{x}}.nii.gz", "{{case}}.nii.gz",
+                                     "{case}_{case}.nii.gz", "{case!r}.nii.gz"])
+def test_output_pattern_with_any_other_brace_is_refused(pattern: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"predict.output_pattern='{pattern}'"])
+    message = str(info.value)
+    assert "\n" not in message and "predict.output_pattern" in message and pattern in message
+
+
+def test_output_pattern_is_substituted_literally(tmp_path: Path) -> None:
+    from braintseg.config import output_name
+
+    assert output_name("seg_{case}.nii.gz", "a{0}b") == "seg_a{0}b.nii.gz"
+    assert check_case_id("x{case}y", "p_{case}.nii", tmp_path) == tmp_path / "p_x{case}y.nii"
 
 
 @pytest.mark.parametrize("case_id", ["../x", "a/b", "..", ".", "", "a\\b", ".hidden"])
