@@ -401,3 +401,13 @@ def test_real_cases_prepare_train_predict_evaluate(shared_brats, tmp_path) -> No
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert sorted(r["case"] for r in rows) == sorted(names)
     assert summary["n_missing"] == 0 and not summary["unmatched_predictions"]  # *_prob ignored
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_every_option_has_a_help_text(command: str) -> None:
+    import click
+
+    params = [p for p in cli.commands[command].params if isinstance(p, click.Option)]
+    assert params and all(p.help for p in params), [p.name for p in params if not p.help]
+    text = CliRunner().invoke(cli, [command, "--help"]).output
+    assert "-o, --output" in text and ("-p, --predictions" in text or command == "predict")

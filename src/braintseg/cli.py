@@ -157,7 +157,10 @@ def train(
               help="Run folder (repeat to ensemble folds and views).")
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
               help="Folder of case folders, one case folder, or a store.")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for <case>.nii.gz (predict.output_pattern), predictions.csv and "
+                   "predict_config.yaml; created if needed, removed again if nothing was "
+                   "predicted.")
 @click.option("--probabilities", is_flag=True,
               help="Also write class probabilities (<case>_prob.nii.gz, float32).")
 @click.option("--tta", is_flag=True, help="Average over flips (test-time augmentation).")
@@ -183,7 +186,8 @@ def predict(
 
 
 @cli.command()
-@click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path))
+@click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of predicted <case>.nii.gz label files (the -o of predict).")
 @click.option("-t", "--truth", required=True, type=click.Path(path_type=Path),
               help="Folder of BraTS case folders or <case>.nii.gz label files, or a store.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
