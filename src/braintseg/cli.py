@@ -214,8 +214,9 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
 def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...]) -> None:
     """Run the whole pipeline on 4 bundled real BraTS cases (a few minutes on a CPU).
 
-    Prepares the cases, trains on three, predicts and evaluates the held-out BraTS 2023 case,
-    draws pictures, and prints what was written where and the held-out Dice per region.
+    Trains on two cases, chooses the model on a third (validation) and predicts and evaluates
+    the fourth, the BraTS 2023 case, held out of both; draws pictures, and prints what was
+    written where, the validation Dice and the held-out Dice per region.
     """
     with user_errors():
         from braintseg.demo import format_result, run_demo
