@@ -342,9 +342,9 @@ def test_evaluate_never_imports_keras(tmp_path: Path) -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_real_cases_against_themselves(shared_brats: Path, tmp_path: Path) -> None:
-    segs = sorted(shared_brats.rglob("*_seg.nii.gz"))[:1]
-    segs += sorted(shared_brats.rglob("*-seg.nii.gz"))
+def test_real_cases_against_themselves(real_brats: Path, tmp_path: Path) -> None:
+    segs = sorted(real_brats.rglob("*_seg.nii.gz"))[:1]
+    segs += sorted(real_brats.rglob("*-seg.nii.gz"))
     truth = tmp_path / "truth"
     for seg in segs:
         (truth / seg.parent.name).mkdir(parents=True)

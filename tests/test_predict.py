@@ -360,8 +360,24 @@ def test_cli_bad_input_is_one_line(tmp_path) -> None:
     assert len(lines) == 1 and "run folder" in lines[0] and "does not exist" in lines[0]
 
 
+def test_real_case_keeps_its_geometry_and_convention(runs, real_brats, tmp_path) -> None:
+    """A real BraTS 2023 case (bundled with the package, or the shared copy) through predict
+    with a tiny untrained run: the source grid, affine, sform code and label convention."""
+    from braintseg.predict import run_predict
+
+    case = "BraTS-GLI-00000-000"
+    (written,) = run_predict([runs["axial"]], real_brats, tmp_path / "p", cases=[case])
+    labels, img = _read(written)
+    src = nib.load(str(real_brats / case / f"{case}-t2f.nii.gz"))
+    assert labels.shape == src.shape == (240, 240, 155) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    assert int(img.header["sform_code"]) == int(src.header["sform_code"])
+    assert not labels[:8].any() and not labels[40:].any()  # outside the run's crop box: 0
+
+
 @pytest.mark.slow
-def test_real_cases_prepare_train_predict_evaluate(shared_brats, tmp_path) -> None:
+def test_real_cases_prepare_train_predict_evaluate(real_brats, tmp_path) -> None:
     """Real BraTS 2018 + 2023 cases end to end with the smoke config (1 epoch, 2 steps)."""
     import os
 
@@ -374,7 +390,7 @@ def test_real_cases_prepare_train_predict_evaluate(shared_brats, tmp_path) -> No
     root.mkdir()
     names = ("Brats18_2013_3_1", "BraTS-GLI-00000-000")
     for name in names:
-        os.symlink(shared_brats / name, root / name)
+        os.symlink(real_brats / name, root / name)
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
                       ["train.view=sagittal"])
     store = run_prepare(cfg, root, tmp_path / "real.h5", workers=1)
