@@ -41,21 +41,24 @@ class PreparedCase:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def make_filters(compression: str, complevel: int) -> tables.Filters:
+def make_filters(compression: str, complevel: int, fletcher32: bool = True) -> tables.Filters:
     """``"blosc:lz4"``, ``"blosc2:zstd"``, ``"zlib"``, ``"none"``; ``+bitshuffle`` optional.
+
+    ``fletcher32``: HDF5's Fletcher-32 checksum on every chunk (checked on each read, before
+    decompression), so a damaged byte in the store is an error instead of a wrong voxel.
 
     Raises:
         ConfigError: unknown compressor (names ``store.compression`` and the valid ones).
     """
     lib, _, opt = compression.partition("+")
     if lib == "none":
-        return tables.Filters(complevel=0)
+        return tables.Filters(complevel=0, fletcher32=fletcher32)
     valid = sorted(tables.filters.all_complibs)
     if lib not in valid or opt not in ("", "bitshuffle"):
         raise ConfigError(f"store.compression must be one of {valid} (optionally +bitshuffle); "
                           f"received {compression!r}")
     return tables.Filters(complevel=complevel, complib=lib, shuffle=not opt,
-                          bitshuffle=bool(opt))
+                          bitshuffle=bool(opt), fletcher32=fletcher32)
 
 
 class StoreWriter:
@@ -66,12 +69,13 @@ class StoreWriter:
 
     def __init__(self, path: Path, volume_shape: tuple[int, int, int], n_channels: int,
                  compression: str = "blosc:lz4", complevel: int = 5, dtype: str = "float16",
-                 expected_cases: int = 100, chunk_edge: int = CHUNK_EDGE) -> None:
+                 expected_cases: int = 100, chunk_edge: int = CHUNK_EDGE,
+                 checksum: bool = True) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(
             f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.shape, self.n_channels = tuple(volume_shape), n_channels
-        self.filters = make_filters(compression, complevel)
+        self.filters = make_filters(compression, complevel, checksum)
         self.dtype, self.expected, self.edge = np.dtype(dtype), max(expected_cases, 1), chunk_edge
         self.case_ids: list[str] = []
         self.metas: list[dict[str, Any]] = []
@@ -100,12 +104,12 @@ class StoreWriter:
                         chunkshape=(1, *(min(LABEL_CHUNK_SCALE * e, s) for s in shp)),
                         expectedrows=self.expected)
         h.create_group("/", "tumour")
-        small = tables.Filters(complevel=5, complib="zlib")
+        small = tables.Filters(complevel=5, complib="zlib", fletcher32=self.filters.fletcher32)
         for view, axis in VIEW_AXIS.items():
             h.create_earray("/tumour", view, tables.Int32Atom(), (0, shp[axis]), filters=small,
                             chunkshape=(16, shp[axis]))
         h.create_vlarray("/", "case_meta", tables.VLStringAtom(),
-                         filters=tables.Filters(complevel=5, complib="zlib"))
+                         filters=tables.Filters(complevel=5, complib="zlib"))  # VL: no checksum
 
     def append(self, case: PreparedCase) -> None:
         """Write one case: images, labels (zeros when None), tumour counts, metadata."""
