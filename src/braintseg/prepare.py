@@ -29,7 +29,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -241,11 +241,6 @@ def _write(cfg: Config, root: Path, output: Path, cases: list[CaseFiles], box: t
     shape = (box[1] - box[0], box[3] - box[2], box[5] - box[4])
     fn = functools.partial(prepare_case, root=root, box=box, data=cfg.data,
                            dtype=cfg.store.dtype, skip=skip)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the output folder {output.parent} "
-                        f"({exc.strerror})") from None
     writer = StoreWriter(output, shape, len(MODALITIES), cfg.store.compression,
                          cfg.store.complevel, cfg.store.dtype, expected_cases=len(cases))
     results = imap_bounded(fn, cases, *pool, describe=_case_name)
@@ -347,6 +342,24 @@ def check_output(output: Path) -> None:
                                                           for s in SIDECARS)})
 
 
+@contextlib.contextmanager
+def _output_folder(output: Path) -> Iterator[None]:
+    """Create the store's folder; on failure remove the folders created here (when empty)."""
+    missing = [p for p in output.parents if not p.exists()]
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output folder {output.parent} "
+                        f"({exc.strerror})") from None
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | None = None,
                 overwrite: bool = False, skip_invalid: bool = False,
                 require_labels: bool = True) -> Path:
@@ -390,7 +403,7 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
                    d.n_folds, d.seed, d.holdout_fraction)
     workers = max(1, min(workers or os.cpu_count() or 1, len(cases) or 1))
     start = time.perf_counter()
-    with loader_pool(workers) as pool:  # before any HDF5 file is opened (fork)
+    with loader_pool(workers) as pool, _output_folder(output):  # pool first: no HDF5 file open
         box, cases = _resolve_box(cfg, cases, pool, skip_invalid, failures)
         if not cases:
             raise DataError(f"no valid cases left to prepare under {root}")

@@ -36,6 +36,9 @@ except ImportError:  # pragma: no cover - optional speed-up, same results
     import gzip as _gzip  # type: ignore[no-redef]
 
 logger = logging.getLogger(__name__)
+#: nibabel prints its header checks ("sizeof_hdr should be 348") to stderr itself; a file that
+#: fails them becomes one DataError here, so only critical messages of its own are let through
+logging.getLogger("nibabel.global").setLevel(logging.CRITICAL)
 
 #: the largest input file read (bytes on disk): BraTS files are 1-10 MiB; anything past this is
 #: refused before reading (an unbounded read would exhaust memory)
@@ -206,9 +209,8 @@ def check_input_file(path: Path) -> None:
     if st.st_size == 0:
         raise DataError(f"{path} is empty (0 bytes); expected a NIfTI file")
     if st.st_size > MAX_INPUT_BYTES:
-        raise DataError(f"{path} is {st.st_size / 2**30:.1f} GiB; larger than the "
-                        f"{MAX_INPUT_BYTES / 2**30:g} GiB bound for one NIfTI file "
-                        "(braintseg.data.nifti.MAX_INPUT_BYTES)")
+        raise DataError(f"{path} is {st.st_size:,} bytes; larger than the {MAX_INPUT_BYTES:,}-"
+                        "byte bound for one NIfTI file (braintseg.data.nifti.MAX_INPUT_BYTES)")
 
 
 def load_image(path: Path) -> Any:
