@@ -157,7 +157,10 @@ def train(
               help="Run folder (repeat to ensemble folds and views).")
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
               help="Folder of case folders, one case folder, or a store.")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for <case>.nii.gz (predict.output_pattern), predictions.csv and "
+                   "predict_config.yaml; created if needed, removed again if nothing was "
+                   "predicted.")
 @click.option("--probabilities", is_flag=True,
               help="Also write class probabilities (<case>_prob.nii.gz, float32).")
 @click.option("--tta", is_flag=True, help="Average over flips (test-time augmentation).")
@@ -183,7 +186,8 @@ def predict(
 
 
 @cli.command()
-@click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path))
+@click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of predicted <case>.nii.gz label files (the -o of predict).")
 @click.option("-t", "--truth", required=True, type=click.Path(path_type=Path),
               help="Folder of BraTS case folders or <case>.nii.gz label files, or a store.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
@@ -210,8 +214,9 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
 def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...]) -> None:
     """Run the whole pipeline on 4 bundled real BraTS cases (a few minutes on a CPU).
 
-    Prepares the cases, trains on three, predicts and evaluates the held-out BraTS 2023 case,
-    draws pictures, and prints what was written where and the held-out Dice per region.
+    Trains on two cases, chooses the model on a third (validation) and predicts and evaluates
+    the fourth, the BraTS 2023 case, held out of both; draws pictures, and prints what was
+    written where, the validation Dice and the held-out Dice per region.
     """
     with user_errors():
         from braintseg.demo import format_result, run_demo
