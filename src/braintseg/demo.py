@@ -59,6 +59,7 @@ CPU_CONFIG: dict[str, dict[str, Any]] = {
         "learning_rate": 0.003,
         "schedule": "cosine",
         "tumour_oversampling": 0.5,
+        "monitor": "val_loss",
     },
     "predict": {"batch_size": 16},
 }
