@@ -100,7 +100,8 @@ def info() -> None:
 @cli.command()
 @config_options
 @click.option("-i", "--input", "input_dir", required=True,
-              type=click.Path(path_type=Path), help="BraTS root: case folders anywhere below it.")
+              type=click.Path(path_type=Path),
+              help="BraTS root, LGG root (patient folders) or a folder of figshare .mat slices.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="The HDF5 store to write (folds.json is written beside it).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -110,17 +111,27 @@ def info() -> None:
               help="Skip bad cases with a warning (listed in <store>.skipped.txt) "
                    "instead of failing.")
 @click.option("--no-labels", is_flag=True, help="Allow cases without a seg file (inference-only).")
+@click.option("--format", "fmt", type=click.Choice(["brats", "lgg", "figshare"]), default=None,
+              help="Force the input reader [default: detected from the folder's layout].")
+@click.option("--folds-from", type=click.Path(path_type=Path), default=None,
+              help="figshare: the data set's official split cvind.mat (patient-level folds).")
+@click.option("--validation-cases", type=click.Path(path_type=Path), default=None,
+              help="2D data sets: file of patient ids (one a line) = fold 0's validation set.")
 def prepare(
     config_path: Path | None, overrides: tuple[str, ...], input_dir: Path, output: Path,
-    workers: int | None, overwrite: bool, skip_invalid: bool, no_labels: bool,
+    workers: int | None, overwrite: bool, skip_invalid: bool, no_labels: bool, fmt: str | None,
+    folds_from: Path | None, validation_cases: Path | None,
 ) -> None:
-    """Crop, normalise and pack BraTS NIfTI cases into one PyTables store with k-fold splits."""
+    """Normalise and pack BraTS NIfTI cases (cropped volumes) or 2D slice data sets (LGG
+    kaggle_3m TIFF folders, figshare .mat slices) into one PyTables store with patient-level
+    folds."""
     with user_errors():
         cfg = _load(config_path, overrides)
         from braintseg.prepare import run_prepare
 
         path = run_prepare(cfg, input_dir, output, workers=workers, overwrite=overwrite,
-                           skip_invalid=skip_invalid, require_labels=not no_labels)
+                           skip_invalid=skip_invalid, require_labels=not no_labels,
+                           fmt=fmt, folds_from=folds_from, validation_cases=validation_cases)
         click.echo(f"wrote {path}")
 
 

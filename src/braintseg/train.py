@@ -23,7 +23,6 @@ from braintseg.checkpoint import save_checkpoint, save_model, set_rng_state, tri
 from braintseg.config import Config, dump_config, load_config
 from braintseg.data.augment import Augmenter
 from braintseg.data.generator import SliceDataset, release_store
-from braintseg.data.preprocess import view_axis
 from braintseg.data.store import SliceStore, open_store
 from braintseg.errors import ConfigError, DataError, Interrupted
 from braintseg.runs import RunPaths, read_json, resume_differences, write_json
@@ -113,8 +112,12 @@ def _check_inputs(cfg: Config, store_path: Path, fold: int) -> tuple[SliceStore,
     if not store.has_labels:
         raise DataError(f"store {store_path} has cases without labels; training needs labels")
     train_ids, val_ids = store.fold_cases(fold)
-    axis = view_axis(cfg.train.view)
-    hw = [s for a, s in enumerate(store.volume_shape) if a != axis]
+    hw = list(store.slice_shape(cfg.train.view))
+    binary = store.layout == "slices"  # 2D slice sets: labels 0/1 (binary, tumour_type)
+    if binary != (cfg.model.output == "binary"):
+        want = "binary" if binary else "classes or regions"
+        raise ConfigError(f"store {store_path} holds {'0/1 slice' if binary else 'BraTS'} "
+                          f"labels: set model.output: {want} (received {cfg.model.output!r})")
     factor = 2 ** cfg.model.levels
     if hw[0] % factor or hw[1] % factor:
         raise ConfigError(
