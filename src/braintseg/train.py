@@ -124,6 +124,7 @@ def _check_inputs(cfg: Config, store_path: Path, fold: int) -> tuple[SliceStore,
             f"{cfg.train.view} slices of {store_path} are {hw[0]}x{hw[1]}; model.levels="
             f"{cfg.model.levels} needs both divisible by {factor} (adjust data.crop or levels)")
     run = {"store": str(Path(store_path).resolve()), "fold": fold, "view": cfg.train.view,
+           "layout": store.layout,
            "input_shape": [*hw, store.n_channels], "n_channels": store.n_channels,
            "crop_box": list(store.crop_box), "schema_version": store.schema_version,
            "train_cases": train_ids, "val_cases": val_ids, "braintseg_version": __version__}
