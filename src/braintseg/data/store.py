@@ -296,7 +296,7 @@ def _read_header(
         if version not in READABLE_VERSIONS:
             raise DataError(f"{path} has store schema version {version}; this braintseg reads "
                             f"versions {list(READABLE_VERSIONS)} (run `braintseg prepare` again)")
-        header = json.loads(str(attrs["braintseg_json"]))
+        header = dict(json.loads(str(attrs["braintseg_json"])), schema_version=version)
         metas = [json.loads(bytes(row).decode()) for row in h.root.case_meta.read()]
         if header.get("layout") == "slices":  # per-slice tables, small: read once
             tumour = {k: h.get_node("/", k).read() for k in
