@@ -218,7 +218,11 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the demo's config (configs/demo.yaml), e.g. "
                    "--set model.start_channels=16 (repeatable).")
-def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...]) -> None:
+@click.option("--dataset", type=click.Choice(["brats", "lgg"]), default="brats",
+              help="brats: 4 bundled BraTS volumes; lgg: 2 bundled LGG kaggle_3m patients "
+                   "(2D TIFF slices).")
+def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...],
+         dataset: str) -> None:
     """Run the whole pipeline on 4 bundled real BraTS cases (a few minutes on a CPU).
 
     Prepares the cases, trains on three, predicts and evaluates the held-out BraTS 2023 case,
@@ -227,7 +231,13 @@ def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[st
     with user_errors():
         from braintseg.demo import format_result, run_demo
 
-        result = run_demo(out_dir, overwrite=overwrite, epochs=epochs, overrides=overrides)
+        if dataset == "lgg":
+            from braintseg.demo_lgg import run_demo_lgg
+
+            result = run_demo_lgg(out_dir, overwrite=overwrite, epochs=epochs,
+                                  overrides=overrides)
+        else:
+            result = run_demo(out_dir, overwrite=overwrite, epochs=epochs, overrides=overrides)
         click.echo(format_result(result))
 
 
