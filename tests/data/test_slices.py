@@ -159,7 +159,7 @@ def test_lgg_bad_input_names_the_file(tmp_path: Path, breakage: str, message: st
 def test_detection_none_mixed_and_forced(tmp_path: Path, lgg_root: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match="matches no input format"):
+    with pytest.raises(DataError, match="nor any other input format it matches"):
         detect_format(empty)
     assert detect_format(lgg_root) == "lgg"
     mixed = _copy(lgg_root, tmp_path)

@@ -63,6 +63,8 @@ def detect_format(root: Path, forced: str | None = None) -> str:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; "
                               f"received {forced!r}")
         return forced
+    if not root.exists():
+        raise DataError(f"input {root} does not exist")
     if not root.is_dir():
         raise DataError(f"input {root} is not a folder")
     found: dict[str, Path] = {}
@@ -74,7 +76,8 @@ def detect_format(root: Path, forced: str | None = None) -> str:
         if hit is not None:
             found[name] = hit
     if not found:
-        raise DataError(f"{root} matches no input format; expected one of: "
+        raise DataError(f"no BraTS cases found under {root} (nor any other input format it "
+                        "matches); expected one of: "
                         + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
     if len(found) > 1:
         raise DataError(f"{root} mixes input formats ("
