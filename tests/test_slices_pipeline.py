@@ -100,3 +100,22 @@ def test_dice_detection_and_auc_by_hand() -> None:
     assert np.isnan(roc_auc(scores, np.zeros(5, bool)))
     pts = roc_points(scores, truth)
     assert pts["fpr"][0] == 0.0 and pts["tpr"][-1] == 1.0 and pts["fpr"][-1] == 1.0
+
+
+def test_binary_head_loss_and_metrics() -> None:
+    from braintseg.config import ModelConfig, TrainConfig
+    from braintseg.losses import GeneralizedDiceCE, build_loss
+    from braintseg.metrics import build_metrics
+
+    cfg = ModelConfig(output="binary")
+    loss = build_loss(TrainConfig(ce_weight=1.0), cfg)
+    assert isinstance(loss, GeneralizedDiceCE)
+    y = np.zeros((2, 8, 8), np.uint8)
+    y[:, 2:5, 2:5] = 1
+    perfect = np.stack([1.0 - y, y.astype(np.float64)], -1).astype(np.float32)
+    assert float(loss(y, perfect)) < 1e-3 < float(loss(y, perfect[..., ::-1]))
+    metrics = build_metrics(cfg)
+    assert [m.name for m in metrics] == ["dice_tumour", "dice_mean"]
+    for m in metrics:
+        m.update_state(y, perfect)
+        assert float(m.result()) == 1.0
