@@ -281,3 +281,27 @@ def test_bundled_lgg_patients_decode_like_the_shared_copies() -> None:
         for p in (*case.images, *(case.masks or ())):
             original = LGG / case.case_id / p.name
             assert np.array_equal(tifffile.imread(p), tifffile.imread(original))
+
+
+def test_evaluate_figshare_truth_folder_and_store(tmp_path: Path, cfg: Config) -> None:
+    from braintseg.evaluate_slices import run_evaluate_slices
+
+    root = write_figshare(tmp_path / "fig", {"A": [(1, 32, 1), (2, 32, 1)], "B": [(3, 16, 2)]})
+    store = run_prepare(cfg.replace(data={"n_folds": 2}), root, tmp_path / "f.h5", workers=1)
+    pred = tmp_path / "pred"
+    for pid, numbers in (("A", (1, 2)), ("B", (3,))):
+        (pred / pid).mkdir(parents=True)
+        for n in numbers:
+            _, mask, _, _ = read_slice(root / f"{n}.mat")
+            out = mask * 255 if n != 2 else np.zeros_like(mask)  # slice 2: tumour missed
+            tifffile.imwrite(pred / pid / f"{n}_mask.tif", out.astype(np.uint8))
+    for truth in (root, store):
+        result = run_evaluate_slices(pred, truth)
+        by_case = {r["case"]: r for r in result["cases"]}
+        assert by_case["B"]["dice"] == 1.0 and 0 < by_case["A"]["dice"] < 1
+        d = result["summary"]["detection"]
+        assert d["confusion"] == {"tp": 2, "fp": 0, "fn": 1, "tn": 0}
+    (pred / "B" / "3_mask.tif").unlink()
+    (pred / "A" / "2_mask.tif").unlink()
+    with pytest.raises(DataError, match=r"patient A: no prediction 2_mask.tif"):
+        run_evaluate_slices(pred, root)
