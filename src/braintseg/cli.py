@@ -167,7 +167,8 @@ def train(
               type=click.Path(path_type=Path),
               help="Run folder (repeat to ensemble folds and views).")
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
-              help="Folder of case folders, one case folder, or a store.")
+              help="Folder of case folders, one case folder, or a store (runs trained on 2D "
+                   "slices: an LGG/figshare folder or a slice store).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--probabilities", is_flag=True,
               help="Also write class probabilities (<case>_prob.nii.gz, float32).")
@@ -196,7 +197,8 @@ def predict(
 @cli.command()
 @click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path))
 @click.option("-t", "--truth", required=True, type=click.Path(path_type=Path),
-              help="Folder of BraTS case folders or <case>.nii.gz label files, or a store.")
+              help="Folder of BraTS case folders or <case>.nii.gz label files, or a store; "
+                   "or an LGG/figshare folder or slice store for 2D predictions.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="Per-case CSV [default: PRED_DIR/metrics.csv]; summary written beside it.")
 def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
