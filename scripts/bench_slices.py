@@ -7,7 +7,9 @@ Prints the load average at start and end (figures mean little on a busy machine)
 
 * prepare (one worker) vs just decoding the same TIFFs with tifffile (images and masks): seconds
   per slice and the ratio (wall and this process's CPU time);
-* store bytes / input TIFF bytes;
+* store bytes / input TIFF bytes, for the default ``blosc:lz4`` and for ``store.compression:
+  none`` (what ``configs/lgg_cv.yaml`` uses: normalised float16 slices compress only to ~0.7 and
+  LZ4 costs ~7x in read time);
 * slice reads/s on one core (Blosc on one thread, fresh handle) through
   ``SliceStore.read_slices`` in 16-slice blocks (the generator's stream blocks), single random
   slices, and whole ``SliceDataset`` batches (stream cache, shuffled, no augmentation) — target
@@ -86,16 +88,18 @@ def single_rate(path: Path, n: int = 400) -> float:
     return n / (time.perf_counter() - start)
 
 
-def dataset_rate(path: Path) -> float:
+def dataset_rate(path: Path, cache: str) -> float:
+    """Slices/s of one shuffled epoch through ``SliceDataset[i]`` (its reader thread)."""
     from braintseg.data.generator import SliceDataset, release_store
 
     store = open_store(path)
     ids = store.case_ids
     store.close()
-    ds = SliceDataset(path, ids, "slice", 16, shuffle=True, cache="stream", seed=1)
-    start, n = time.perf_counter(), 0
+    start = time.perf_counter()  # RAM mode: the cache fill counts
+    ds = SliceDataset(path, ids, "slice", 16, shuffle=True, cache=cache, seed=1)  # type: ignore
+    n = 0
     for i in range(len(ds)):
-        n += len(ds.batch(0, i)[0])
+        n += len(ds[i][0])
     rate = n / (time.perf_counter() - start)
     ds.close()
     release_store(path)
@@ -119,7 +123,8 @@ def main() -> None:
 
             root = write_lgg(tmp / "lgg", n_patients=12, n_slices=34, size=256)
             print(f"no shared data: synthetic LGG set at {root}")
-        cfg = load_config(REPO / "configs" / "lgg_cv.yaml")
+        cfg = load_config(REPO / "configs" / "lgg_cv.yaml").replace(
+            store={"compression": "blosc:lz4"})
         dec = min((decode_all(root) for _ in range(args.repeat)), key=lambda r: r[1])
         n = dec[0]
         store = tmp / "lgg.h5"
@@ -138,12 +143,17 @@ def main() -> None:
         tif_bytes = sum(p.stat().st_size for p in Path(root).rglob("*.tif"))
         print(f"store bytes / TIFF bytes: {store.stat().st_size / tif_bytes:.2f} "
               f"({store.stat().st_size / 1e6:.1f} MB / {tif_bytes / 1e6:.1f} MB)")
-        wall, cpu = max(block_rate(store) for _ in range(args.repeat))
-        print(f"read_slices, 16-slice blocks, one core: {wall:,.0f} slices/s wall, "
-              f"{cpu:,.0f} per CPU s (target >= 1,500)")
-        print(f"read_slices, single random slices: {single_rate(store):,.0f} slices/s wall")
-        print(f"SliceDataset stream batches of 16 (shuffled): {dataset_rate(store):,.0f} "
-              "slices/s wall")
+        raw = tmp / "lgg_none.h5"
+        run_prepare(cfg.replace(store={"compression": "none"}), root, raw, workers=1)
+        for label, path in (("blosc:lz4 (default)", store), ("none (configs/lgg_cv.yaml)", raw)):
+            wall, cpu = max(block_rate(path) for _ in range(args.repeat))
+            print(f"[{label}] bytes / TIFF bytes {path.stat().st_size / tif_bytes:.2f}; "
+                  f"read_slices 16-slice blocks, one core: {wall:,.0f} slices/s wall, "
+                  f"{cpu:,.0f} per CPU s (target >= 1,500); single random slices "
+                  f"{single_rate(path):,.0f}/s wall")
+            print(f"[{label}] SliceDataset epoch, batches of 16, shuffled: stream "
+                  f"{dataset_rate(path, 'stream'):,.0f} slices/s, RAM cache (what cache: auto "
+                  f"picks for LGG) {dataset_rate(path, 'ram'):,.0f} slices/s wall")
     print(f"load average at end: {os.getloadavg()}")
 
 
