@@ -28,7 +28,8 @@ HOLDOUT = "TCGA_HT_7686_19950629"
 #: the LGG demo's configuration (a CPU run of a few minutes)
 LGG_CONFIG: dict[str, dict[str, Any]] = {
     "data": {"n_folds": 2},
-    "model": {"name": "unet", "levels": 4, "start_channels": 8, "output": "binary"},
+    "model": {"name": "unet", "levels": 4, "start_channels": 8, "norm": "group",
+              "output": "binary"},
     "train": {"batch_size": 8, "epochs": 4, "steps_per_epoch": 10, "optimizer": "adam",
               "learning_rate": 0.003, "schedule": "cosine", "ce_weight": 1.0,
               "tumour_oversampling": 0.5},
