@@ -40,7 +40,7 @@ CHECKS = textwrap.dedent("""
 
 
 def test_bad_train_and_predict_arguments_fail_before_keras_is_imported(
-    synthetic_store: Path, two_epoch_run: Path, tmp_path: Path
+    synthetic_store: Path, tmp_path: Path
 ) -> None:
     """Fold out of range, unknown view, missing store, an output below a file, run folders
     that are missing or hold no model: each a one-line error, and the process never imported

@@ -268,3 +268,63 @@ def test_callbacks_keep_keras_async_dispatch(synthetic_store: Path, smoke_cfg: C
             assert is_default(getattr(cb, hook)), f"{type(cb).__name__}.{hook}"
     assert keras.callbacks.CallbackList(cbs)._async_train or keras.backend.backend() in (
         "tensorflow", "numpy")  # TensorFlow is never dispatched asynchronously
+
+
+def test_epochs_are_numbered_from_1_everywhere(two_epoch_run: Path) -> None:
+    """history.csv, the checkpoint's state (inside last.keras) and its state.json copy count
+    epochs as the log prints them (Epoch 1/2, 2/2); model.keras is the best epoch's copy."""
+    from braintseg.checkpoint import read_state
+
+    assert _epochs(two_epoch_run) == [1, 2]
+    state = read_state(two_epoch_run / "last.keras")
+    assert state is not None and state == read_json(two_epoch_run / "checkpoint" / "state.json")
+    assert state["epochs_done"] == 2 and state["best_epoch"] in (1, 2)
+    assert state["optimizer_iterations"] == state["epoch_end_iterations"] == 4
+    assert state["steps_per_epoch"] == 2 and state["skipped_iterations"] == 0
+    best = read_state(two_epoch_run / "model.keras")
+    assert best is not None and best["optimizer_iterations"] == state["best_iterations"] == (
+        2 * state["best_epoch"])
+
+
+def _rewrite_state(last: Path, state: dict | None) -> None:
+    """Replace (or with None drop) the resume state inside a .keras checkpoint."""
+    import json
+    import zipfile
+
+    from braintseg.checkpoint import STATE_ENTRY
+
+    with zipfile.ZipFile(last) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist() if n != STATE_ENTRY}
+    with zipfile.ZipFile(last, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if state is not None:
+            zf.writestr(STATE_ENTRY, json.dumps(state))
+
+
+def test_resume_refuses_a_checkpoint_whose_step_count_disagrees(
+    synthetic_store: Path, smoke_cfg: Config, two_epoch_run: Path, tmp_path: Path
+) -> None:
+    """The layout of older versions (state.json beside a last.keras one epoch ahead, as a kill
+    between the two writes left it) and a state whose epochs x steps do not add up are both
+    refused in one line before any training; nothing in the folder changes."""
+    from braintseg.checkpoint import read_state
+    from braintseg.train import run_train
+
+    cfg = _cfg(smoke_cfg, epochs=3)
+    old = Path(shutil.copytree(two_epoch_run, tmp_path / "old"))
+    state = read_state(old / "last.keras")
+    _rewrite_state(old / "last.keras", None)
+    (old / "checkpoint" / "state.json").write_text(
+        '{"epochs_done": 1, "best": 0.0, "seed": 100, "optimizer_iterations": 2, "rng": []}')
+    before = _snapshot(old)
+    with pytest.raises(DataError, match=r"weights have 4 optimizer steps, its state records 2 "
+                                        r"after 1 epochs; refusing to resume"):
+        run_train(cfg, synthetic_store, 0, old, resume=True)
+    assert _snapshot(old) == before
+
+    odd = Path(shutil.copytree(two_epoch_run, tmp_path / "odd"))
+    _rewrite_state(odd / "last.keras", {**state, "epochs_done": 1})
+    with pytest.raises(DataError, match=r"1 epochs x 2 steps .* = 2 steps, but the state "
+                                        r"records 4"):
+        run_train(cfg, synthetic_store, 0, odd, resume=True)
