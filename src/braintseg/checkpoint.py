@@ -24,7 +24,7 @@ The state (JSON object): ``epochs_done`` (finished epochs; the last finished epo
 null when it changed between resumes), ``skipped_iterations`` (steps of interrupted epochs that
 are run again on resume), ``best``/``best_epoch``/``best_iterations`` (the monitored value of
 ``model.keras``, its epoch and step count), ``monitor``, ``seed``, ``rng`` (seed generator
-states), ``format`` (2).
+states), ``plateau`` (ReduceLROnPlateau's counters, with that schedule), ``format`` (2).
 
 Test hook (:func:`kill_point`): ``BRAINTSEG_TEST_KILL_AT=<point>:<n>`` makes the process SIGKILL
 itself the n-th time it reaches ``<point>`` (:data:`KILL_POINTS`); crash tests use it.
