@@ -61,10 +61,14 @@ class _Checkpoints(keras.callbacks.Callback):
     numbered from 1.
     """
 
+    #: what ReduceLROnPlateau counts between epochs (its learning rate is in the optimizer)
+    PLATEAU_KEYS = ("wait", "best", "cooldown_counter")
+
     def __init__(self, paths: RunPaths, cfg: Config, steps: int, state: dict[str, Any] | None,
-                 guard: _Guard) -> None:
+                 guard: _Guard, plateau: keras.callbacks.ReduceLROnPlateau | None = None) -> None:
         super().__init__()
         self.paths, self.guard, self.monitor = paths, guard, cfg.train.monitor
+        self.plateau, self.plateau_state = plateau, (state or {}).get("plateau")
         self.higher = self.monitor != "val_loss"
         s = state or {}
         self.epochs_done = int(s.get("epochs_done", 0))
@@ -80,12 +84,21 @@ class _Checkpoints(keras.callbacks.Callback):
         self.steps: int | None = steps if same else None
         self.seed = cfg.train.seed
 
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # after ReduceLROnPlateau's own on_train_begin, which resets its counters
+        if self.plateau is not None and self.plateau_state:
+            for key in self.PLATEAU_KEYS:
+                setattr(self.plateau, key, self.plateau_state[key])
+
     def state(self) -> dict[str, Any]:
-        return {"epochs_done": self.epochs_done, "epoch_end_iterations": self.epoch_end,
-                "steps_per_epoch": self.steps, "skipped_iterations": self.skipped,
-                "best": self.best, "best_epoch": self.best_epoch,
-                "best_iterations": self.best_iterations, "monitor": self.monitor,
-                "seed": self.seed}
+        state = {"epochs_done": self.epochs_done, "epoch_end_iterations": self.epoch_end,
+                 "steps_per_epoch": self.steps, "skipped_iterations": self.skipped,
+                 "best": self.best, "best_epoch": self.best_epoch,
+                 "best_iterations": self.best_iterations, "monitor": self.monitor,
+                 "seed": self.seed}
+        if self.plateau is not None:
+            state["plateau"] = {k: float(getattr(self.plateau, k)) for k in self.PLATEAU_KEYS}
+        return state
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         kill_point("epoch-end")
@@ -157,8 +170,9 @@ def build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] | 
 
 def callbacks(cfg: Config, paths: RunPaths, train: SliceDataset, guard: _Guard,
               state: dict[str, Any] | None) -> list[keras.callbacks.Callback]:
-    return [guard, *logging_callbacks(cfg, paths, train, state),
-            _Checkpoints(paths, cfg, len(train), state, guard)]
+    cbs = [guard, *logging_callbacks(cfg, paths, train, state)]
+    plateau = next((c for c in cbs if isinstance(c, keras.callbacks.ReduceLROnPlateau)), None)
+    return [*cbs, _Checkpoints(paths, cfg, len(train), state, guard, plateau)]
 
 
 def fit(model: keras.Model, cfg: Config, paths: RunPaths, train: SliceDataset,

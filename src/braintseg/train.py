@@ -75,6 +75,8 @@ def check_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: boo
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; choose one")
+    if overwrite:
+        return None
     state = load_state(paths) if paths.root.is_dir() else None
     if resume:
         if state is None:
@@ -84,14 +86,14 @@ def check_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: boo
                                 "path or drop --resume")
             logger.info("%s holds no checkpoint yet: starting at epoch 1", paths.root)
             return None
-        if paths.config.is_file():
+        if paths.config.is_file() and paths.run_json.is_file():
             saved = load_config(paths.config)
             diffs = resume_differences(saved, cfg, read_json(paths.run_json), run)
             if diffs:
                 raise ConfigError(f"--resume: {paths.root} was trained with other settings: "
                                   + "; ".join(diffs))
         return state
-    if paths.started() and not overwrite:
+    if paths.started():
         what = "a finished run" if paths.done.exists() else "a started run"
         raise DataError(f"{paths.root} already holds {what}; use --resume to continue it "
                         "or --overwrite to start afresh")
@@ -124,34 +126,40 @@ def _run(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bool, ove
     state = check_run_dir(paths, cfg, run, resume, overwrite)
     for folder, names in paths.target_names().items():
         remove_stale_temporaries(folder, names)
-    if state is None:
-        paths.clear()  # a run stopped before its first checkpoint, or --overwrite
-    else:
-        repair_run(paths, state)
     done = int(state["epochs_done"]) if state else 0
-    if done >= cfg.train.epochs:  # e.g. stopped by a signal just after its last epoch
+    if state is not None and done >= cfg.train.epochs:  # e.g. stopped after its last epoch
         logger.info("%s already finished %d epochs", paths.root, done)
+        repair_run(paths, state)
         paths.done.write_text("finished\n")
         return paths.root
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.done.unlink(missing_ok=True)
-    dump_config(cfg, paths.config)
-    write_json(paths.run_json, run)
+    if state is None:  # a fresh run, one stopped before its first checkpoint, --overwrite
+        paths.clear()
+        _write_run_files(paths, cfg, run)
     kill_point("startup")
-    stop.check("start-up")
+    stop.check("start-up", state is not None)
     _fit(cfg, store, run, paths, state, stop)
     paths.done.write_text("finished\n")
     return paths.root
 
 
+def _write_run_files(paths: RunPaths, cfg: Config, run: dict[str, Any]) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.done.unlink(missing_ok=True)
+    dump_config(cfg, paths.config)
+    write_json(paths.run_json, run)
+
+
 def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
          state: dict[str, Any] | None, stop: StopSignals) -> None:
+    """Import Keras, build (a resume: load and verify the checkpoint, then repair the folder and
+    rewrite its config; nothing in the folder changes before the checkpoint is verified), fit."""
     import keras
 
     from braintseg import fit
     from braintseg.data.generator import release_store
 
-    stop.check("start-up (importing Keras)")
+    resuming = state is not None
+    stop.check("start-up (importing Keras)", resuming)
     keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(
@@ -160,7 +168,10 @@ def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
     try:
         train, val = datasets = fit.datasets(cfg, store, run)
         model = fit.build(cfg, run, len(train), state, paths)
-        stop.check("start-up (building the model)")
+        if state is not None:
+            repair_run(paths, state)
+            _write_run_files(paths, cfg, run)
+        stop.check("start-up (building the model)", resuming)
         fit.fit(model, cfg, paths, train, val, stop, state)
     finally:
         for ds in datasets:
