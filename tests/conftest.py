@@ -4,7 +4,12 @@
   with float32 seg, one oblique affine), built once per session.
 * ``smoke_cfg``: ``configs/smoke.yaml`` (crop auto, model.levels 2, 2 folds).
 * ``synthetic_store``: a store prepared from ``synthetic_root`` with ``smoke_cfg`` (session).
-* ``shared_brats``: the real BraTS cases in /work/shared/data/brats, or skip.
+* ``real_brats``: real BraTS case folders: the shared set (``../shared/data/brats``, 14 cases)
+  when present, else the four cases bundled with the package (``sample_data/brats``: two of
+  them, ``Brats18_2013_3_1`` and ``BraTS-GLI-00000-000``, are in both), so that a user's
+  ``pytest`` exercises real data too.
+* ``shared_brats``: the full shared set, or skip (for tests that need more than the bundled
+  cases).
 """
 
 from __future__ import annotations
@@ -48,3 +53,12 @@ def shared_brats() -> Path:
     if not SHARED_BRATS.is_dir():
         pytest.skip(f"real BraTS data not present at {SHARED_BRATS}")
     return SHARED_BRATS
+
+
+@pytest.fixture(scope="session")
+def real_brats() -> Path:
+    if SHARED_BRATS.is_dir():
+        return SHARED_BRATS
+    from braintseg.demo import sample_data_dir
+
+    return sample_data_dir()
