@@ -132,7 +132,9 @@ def info() -> None:
               help="The HDF5 store to write (folds.json is written beside it).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes reading cases [default: all cores].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing store (without it, a store made from the same input "
+                   "files and config is kept and any other is refused).")
 @click.option("--skip-invalid", is_flag=True,
               help="Skip bad cases with a warning (listed in <store>.skipped.txt) "
                    "instead of failing.")

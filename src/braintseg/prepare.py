@@ -304,7 +304,7 @@ def _kept_store(output: Path, fingerprint: str) -> bool:
 
     try:
         with open_store(output) as store:
-            header = store._header
+            header = store.header
     except DataError:
         return False
     if header.get("input_fingerprint") != fingerprint:

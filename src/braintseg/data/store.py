@@ -84,6 +84,8 @@ class SliceStore:
         with HDF5_LOCK:
             header, metas, tumour = _read_header(self.path)
         self._header, self._metas, self._tumour = header, metas, tumour
+        #: the whole header (prepare's ``input_fingerprint`` and ``sidecars`` texts included)
+        self.header: dict[str, Any] = header
         self.case_ids: list[str] = list(header["case_ids"])
         self.n_cases = len(self.case_ids)
         self.volume_shape: tuple[int, int, int] = tuple(header["volume_shape"])  # type: ignore
