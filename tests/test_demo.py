@@ -232,6 +232,7 @@ def test_full_cpu_demo_segments_the_held_out_tumour(tmp_path):
     result = run_demo(tmp_path / "demo", gpu=False)
     assert result.seconds["total"] > 0 and len(result.pictures) == 2
     assert result.dice["wt"] > 0.5 and result.dice["tc"] > 0.3, result.dice
+    assert result.validation == VALIDATION and set(result.validation_dice) == set(REGIONS)
 
 
 @pytest.mark.slow
