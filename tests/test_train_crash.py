@@ -83,8 +83,9 @@ def _temporaries(run: Path) -> list[Path]:
 
 
 def _kill_chain(store: Path, run: Path, kills: list[str]) -> None:
-    """One process per kill point (each must die there), then --resume to the end.  A process
-    that finds temporaries of a killed one removes them and says so."""
+    """One process per kill point (each must die there), then --resume to the end; the first
+    is a plain run (no --resume, no --overwrite).  A process that finds temporaries of a
+    killed one removes them and says so."""
     stale: list[Path] = []
     for i, kill in enumerate([*kills, None]):
         extra = ("--resume",) if i else ()
@@ -106,25 +107,16 @@ def test_kill_points_are_known() -> None:
     assert used == set(KILL_POINTS)
 
 
-def test_sigkill_inside_checkpoint_save_then_resume_equals_uninterrupted(
-    synthetic_store: Path, two_epoch_run: Path, tmp_path: Path
-) -> None:
-    """Killed before Keras is imported (config and run.json written, no checkpoint), while
-    the first checkpoint is a complete but uncommitted temporary file, and just after the
-    commit (model.keras and state.json not yet updated); three resumes later the run is the
-    uninterrupted one."""
-    run = tmp_path / "run"
-    _kill_chain(synthetic_store, run, ["startup:1", "save-state:1", "committed:1"])
-    assert_same_run(run, two_epoch_run)
-
-
 @pytest.mark.slow
 def test_sigkill_at_every_point_then_resume_equals_uninterrupted(
     synthetic_store: Path, two_epoch_run: Path, tmp_path: Path
 ) -> None:
+    """Every kill point (``committed``: the default test), epoch 1 then epoch 2; after the
+    last one the run is complete and the final --resume only writes DONE."""
     run = tmp_path / "run"
-    kills = ["batch:2", "epoch-end:1", "save-model:1", "save-state:1", "committed:1",
-             "best-copied:1", "batch:2", "saved:1"]
+    kills = ["startup:1", "batch:2", "epoch-end:1", "save-model:1", "save-state:1",
+             "best-copied:1", "batch:2", "epoch-end:1", "saved:1"]
+    assert set(KILL_POINTS) - {k.partition(":")[0] for k in kills} == {"committed"}
     _kill_chain(synthetic_store, run, kills)
     assert_same_run(run, two_epoch_run)
 
@@ -152,13 +144,17 @@ def _start_and_signal(args: list[str], watch: Path, sig: int) -> subprocess.Comp
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
-def test_sigterm_during_startup_exits_75_and_the_folder_starts_again(
+def test_sigterm_at_startup_then_sigkill_inside_checkpoint_saves_then_resume_equals_uninterrupted(
     synthetic_store: Path, smoke_cfg: Config, two_epoch_run: Path, tmp_path: Path
 ) -> None:
-    """SIGTERM while Keras is being imported (run.json is written just before): exit 75, one
-    line, no traceback, no TensorFlow start-up banner; the folder holds config and run.json
-    but no checkpoint, and both a plain rerun and --resume start it again at epoch 1."""
-    from braintseg.train import check_run_dir, run_train
+    """1. SIGTERM while Keras is being imported (run.json is written just before): exit 75, one
+    line, no traceback, no TensorFlow start-up banner; the folder holds config and run.json but
+    no checkpoint, so it is not a started run and --resume would start it at epoch 1.
+    2. A plain rerun (no --overwrite) is SIGKILLed while the first checkpoint is a complete but
+    uncommitted temporary file; 3. a --resume just after the commit (model.keras and
+    state.json not updated yet); 4. a last --resume finishes: the run equals the uninterrupted
+    one.  (Three processes that train: the default run's share of crash tests.)"""
+    from braintseg.train import check_run_dir
     from conftest import TINY_TRAIN
 
     run = tmp_path / "run"
@@ -170,11 +166,10 @@ def test_sigterm_during_startup_exits_75_and_the_folder_starts_again(
     assert "cpu_feature_guard" not in done.stderr and "absl::InitializeLog" not in done.stderr
     assert (run / "config.yaml").is_file() and (run / "run.json").is_file()
     assert not (run / "last.keras").exists() and not RunPaths(run).started()
-
-    cfg = smoke_cfg.replace(train=TINY_TRAIN)
-    run_info = read_json(run / "run.json")
+    cfg, run_info = smoke_cfg.replace(train=TINY_TRAIN), read_json(run / "run.json")
     assert check_run_dir(RunPaths(run), cfg, run_info, resume=True, overwrite=False) is None
-    run_train(cfg, synthetic_store, 0, run)  # a plain rerun: no --overwrite needed
+
+    _kill_chain(synthetic_store, run, ["save-state:1", "committed:1"])
     assert_same_run(run, two_epoch_run)
 
 
