@@ -105,8 +105,8 @@ def imap_bounded(fn: Callable[[T], R], items: Sequence[T], pool: Executor, ahead
     """``map(fn, items)`` on ``pool``, in order, with at most ``ahead`` results in flight.
 
     Raises:
-        DataError: a worker process died (killed, out of memory) while running ``fn(item)``;
-            names ``describe(item)``.
+        DataError: a worker process died (killed, out of memory); names ``describe(item)`` of
+            every item in flight (one of them was being read by the dead worker).
     """
     pending: deque[tuple[T, Future[R]]] = deque()
     it = iter(items)
@@ -119,9 +119,10 @@ def imap_bounded(fn: Callable[[T], R], items: Sequence[T], pool: Executor, ahead
             item, fut = pending.popleft()
             try:
                 result = fut.result()
-            except BrokenProcessPool:
-                raise DataError(f"{describe(item)}: the worker process reading it died "
-                                "(killed, or out of memory: try fewer --workers)") from None
+            except BrokenProcessPool:  # every pending future fails: name all in flight
+                names = ", ".join(describe(x) for x in (item, *(x for x, _ in pending)))
+                raise DataError(f"a worker process died (killed, or out of memory: try fewer "
+                                f"--workers) while these were read: {names}") from None
             nxt = next(it, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(fn, nxt)))
