@@ -21,13 +21,14 @@ from braintseg.synthetic import write_case
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--set", "data.crop=auto", "--set", "model.levels=2", "--set", "data.n_folds=2"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+N_CASES = 4
 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("crash_in")
-    for i in range(6):
-        write_case(root, f"Brats18_K_{i}_1", (48, 48, 32), seed=i)
+    for i in range(N_CASES):
+        write_case(root, f"Brats18_K_{i}_1", (32, 32, 24), seed=i)
     return root
 
 
@@ -80,7 +81,7 @@ def check_complete(out: Path) -> None:
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == ["s.config.yaml", "s.folds.json", "s.h5"], names
     store = open_store(out)
-    assert store.n_cases == 6 and len(store.folds) == 2
+    assert store.n_cases == N_CASES and len(store.folds) == 2
     store.close()
 
 
@@ -107,6 +108,7 @@ def test_sigkill_from_outside_leaves_no_worker(cases: Path, tmp_path: Path) -> N
     while len(group_members(proc.pid)) < 3 and proc.poll() is None:  # parent + 2 workers
         assert time.monotonic() < deadline, "the workers never started"
         time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-run (tiny cases go fast), then kill it
     os.kill(proc.pid, signal.SIGKILL)
     code, _ = finish(proc)  # asserts the whole group is gone within 5 s
     assert code == -signal.SIGKILL
@@ -137,4 +139,4 @@ def test_api_from_a_script_without_main_guard(cases: Path, tmp_path: Path, threa
     assert res.stdout.count("prepared") == 1  # the script ran once: no worker re-imported it
     assert "bootstrapping phase" not in res.stderr
     assert ("loading cases in one thread" in res.stderr) == (threads == "thread")
-    assert open_store(tmp_path / "s.h5").n_cases == 6
+    assert open_store(tmp_path / "s.h5").n_cases == N_CASES
