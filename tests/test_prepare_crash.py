@@ -122,13 +122,15 @@ from braintseg import load_config, prepare
 logging.basicConfig(level=logging.INFO)
 if sys.argv[3] == "thread":  # a thread running: fork is unsafe, prepare must cope anyway
     threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+if sys.argv[3] == "runtime":  # as after `train` in the same script (stands for TensorFlow)
+    sys.modules["tensorflow"] = type(sys)("tensorflow")
 cfg = load_config(None, ["data.crop=auto", "model.levels=2", "data.n_folds=2"])
 prepare(cfg, sys.argv[1], sys.argv[2], workers=2)
 print("prepared", flush=True)
 """
 
 
-@pytest.mark.parametrize("threads", ["none", "thread"])
+@pytest.mark.parametrize("threads", ["none", "thread", "runtime"])
 def test_api_from_a_script_without_main_guard(cases: Path, tmp_path: Path, threads: str) -> None:
     script = tmp_path / "example.py"
     script.write_text(textwrap.dedent(SCRIPT))
@@ -138,5 +140,5 @@ def test_api_from_a_script_without_main_guard(cases: Path, tmp_path: Path, threa
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("prepared") == 1  # the script ran once: no worker re-imported it
     assert "bootstrapping phase" not in res.stderr
-    assert ("loading cases in one thread" in res.stderr) == (threads == "thread")
+    assert ("loading cases in one thread" in res.stderr) == (threads != "none")
     assert open_store(tmp_path / "s.h5").n_cases == N_CASES

@@ -3,10 +3,11 @@ that end with their parent, and an ordered, bounded ``map``.
 
 Start method (:func:`loader_pool`):
 
-* ``fork`` when this process runs no other thread (the CLI, or a script before it imported
-  TensorFlow): workers do not re-import ``__main__``, so a plain script without an
-  ``if __name__ == "__main__":`` guard may call ``braintseg.prepare``; the pool is created before
-  any HDF5 file is opened, and the children only read NIfTI files.
+* ``fork`` when this process runs no other Python thread and has not imported TensorFlow, JAX
+  or PyTorch (:func:`fork_is_safe`; the CLI, or a script before its ``train``): workers do not
+  re-import ``__main__``, so a plain script without an ``if __name__ == "__main__":`` guard may
+  call ``braintseg.prepare``; the pool is created before any HDF5 file is opened, and the
+  children only read NIfTI files.
 * otherwise ``forkserver`` (fork is unsafe beside running threads), unless ``__main__`` is a
   script file that the workers would re-import: then one loader thread in this process instead.
 
@@ -63,6 +64,17 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="braintseg-parent-watch", daemon=True).start()
 
 
+#: runtimes whose own (C++) threads and device handles make a fork unsafe once imported
+FORK_UNSAFE_MODULES = ("tensorflow", "jax", "torch")
+
+
+def fork_is_safe() -> bool:
+    """No other Python thread runs and no deep-learning runtime is loaded (numpy's and Blosc's
+    native pools are fork-safe, and the children only read NIfTI files)."""
+    return (threading.active_count() == 1
+            and not any(m in sys.modules for m in FORK_UNSAFE_MODULES))
+
+
 def _main_is_reimported() -> bool:
     """True when spawn/forkserver children would run ``__main__`` again (a plain script)."""
     main = sys.modules.get("__main__")
@@ -78,12 +90,12 @@ def loader_pool(workers: int) -> Iterator[tuple[Executor, int]]:
     decompression and numpy release the GIL).  Create the pool before opening any HDF5 file.
     """
     methods = multiprocessing.get_all_start_methods()
-    method = ("fork" if "fork" in methods and threading.active_count() == 1
+    method = ("fork" if "fork" in methods and fork_is_safe()
               else None if _main_is_reimported()
               else "forkserver" if "forkserver" in methods else "spawn")
     if workers > 1 and method is None:
-        logger.info("loading cases in one thread: this process runs threads (fork is unsafe) "
-                    "and worker processes would re-run the script %s",
+        logger.info("loading cases in one thread: fork is unsafe here (threads or a deep-learning "
+                    "runtime loaded) and worker processes would re-run the script %s",
                     getattr(sys.modules["__main__"], "__file__", "__main__"))
     if workers <= 1 or method is None:
         with ThreadPoolExecutor(1, thread_name_prefix="braintseg-load") as ex:
