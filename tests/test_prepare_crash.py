@@ -115,6 +115,24 @@ def test_sigkill_from_outside_leaves_no_worker(cases: Path, tmp_path: Path) -> N
     assert not out.exists()
 
 
+def test_ctrl_c_is_one_line_and_leaves_nothing(cases: Path, tmp_path: Path) -> None:
+    """SIGINT to the whole group, as a terminal sends it: the parent says so in one line, the
+    workers print nothing and end, and no temporary file is left."""
+    out = tmp_path / "s.h5"
+    proc = start(cases, out)
+    deadline = time.monotonic() + 60
+    while len(group_members(proc.pid)) < 3 and proc.poll() is None:  # parent + 2 workers
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-run while the group gets the SIGINT
+    os.killpg(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGCONT)
+    code, err = finish(proc)
+    assert code == 130, err
+    assert [ln for ln in err.splitlines() if " INFO " not in ln] == ["braintseg: interrupted"]
+    assert list(tmp_path.iterdir()) == []
+
+
 SCRIPT = """\
 import logging, sys, threading, time
 from braintseg import load_config, prepare

@@ -48,7 +48,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker when process ``parent`` ends (see module doc)."""
+    """Pool initializer: end this worker when process ``parent`` ends (see module doc).
+
+    Ctrl-C is left to the parent (it cancels the pool; a worker finishes its case and exits),
+    so the terminal's SIGINT to the whole group prints no worker traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
