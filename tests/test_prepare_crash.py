@@ -21,13 +21,14 @@ from braintseg.synthetic import write_case
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--set", "data.crop=auto", "--set", "model.levels=2", "--set", "data.n_folds=2"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+N_CASES = 4
 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("crash_in")
-    for i in range(6):
-        write_case(root, f"Brats18_K_{i}_1", (48, 48, 32), seed=i)
+    for i in range(N_CASES):
+        write_case(root, f"Brats18_K_{i}_1", (32, 32, 24), seed=i)
     return root
 
 
@@ -80,7 +81,7 @@ def check_complete(out: Path) -> None:
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == ["s.config.yaml", "s.folds.json", "s.h5"], names
     store = open_store(out)
-    assert store.n_cases == 6 and len(store.folds) == 2
+    assert store.n_cases == N_CASES and len(store.folds) == 2
     store.close()
 
 
@@ -107,10 +108,29 @@ def test_sigkill_from_outside_leaves_no_worker(cases: Path, tmp_path: Path) -> N
     while len(group_members(proc.pid)) < 3 and proc.poll() is None:  # parent + 2 workers
         assert time.monotonic() < deadline, "the workers never started"
         time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-run (tiny cases go fast), then kill it
     os.kill(proc.pid, signal.SIGKILL)
     code, _ = finish(proc)  # asserts the whole group is gone within 5 s
     assert code == -signal.SIGKILL
     assert not out.exists()
+
+
+def test_ctrl_c_is_one_line_and_leaves_nothing(cases: Path, tmp_path: Path) -> None:
+    """SIGINT to the whole group, as a terminal sends it: the parent says so in one line, the
+    workers print nothing and end, and no temporary file is left."""
+    out = tmp_path / "s.h5"
+    proc = start(cases, out)
+    deadline = time.monotonic() + 60
+    while len(group_members(proc.pid)) < 3 and proc.poll() is None:  # parent + 2 workers
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-run while the group gets the SIGINT
+    os.killpg(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGCONT)
+    code, err = finish(proc)
+    assert code == 130, err
+    assert [ln for ln in err.splitlines() if " INFO " not in ln] == ["braintseg: interrupted"]
+    assert list(tmp_path.iterdir()) == []
 
 
 SCRIPT = """\
@@ -120,13 +140,15 @@ from braintseg import load_config, prepare
 logging.basicConfig(level=logging.INFO)
 if sys.argv[3] == "thread":  # a thread running: fork is unsafe, prepare must cope anyway
     threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+if sys.argv[3] == "runtime":  # as after `train` in the same script (stands for TensorFlow)
+    sys.modules["tensorflow"] = type(sys)("tensorflow")
 cfg = load_config(None, ["data.crop=auto", "model.levels=2", "data.n_folds=2"])
 prepare(cfg, sys.argv[1], sys.argv[2], workers=2)
 print("prepared", flush=True)
 """
 
 
-@pytest.mark.parametrize("threads", ["none", "thread"])
+@pytest.mark.parametrize("threads", ["none", "thread", "runtime"])
 def test_api_from_a_script_without_main_guard(cases: Path, tmp_path: Path, threads: str) -> None:
     script = tmp_path / "example.py"
     script.write_text(textwrap.dedent(SCRIPT))
@@ -136,5 +158,5 @@ def test_api_from_a_script_without_main_guard(cases: Path, tmp_path: Path, threa
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("prepared") == 1  # the script ran once: no worker re-imported it
     assert "bootstrapping phase" not in res.stderr
-    assert ("loading cases in one thread" in res.stderr) == (threads == "thread")
-    assert open_store(tmp_path / "s.h5").n_cases == 6
+    assert ("loading cases in one thread" in res.stderr) == (threads != "none")
+    assert open_store(tmp_path / "s.h5").n_cases == N_CASES
