@@ -23,15 +23,22 @@ from typing import Any
 import numpy as np
 
 from braintseg import __version__
-from braintseg.config import Config, DataConfig, dump_config, to_dict
-from braintseg.data.folds import Folds, folds_path, make_folds, write_folds
+from braintseg.config import Config, DataConfig, to_dict
+from braintseg.data.folds import Folds, make_folds
 from braintseg.data.formats import reader
 from braintseg.data.preprocess import apply_normalization, normalization_stats
 from braintseg.data.slices import SliceCase, SliceFiles, to_stack
 from braintseg.data.store_write_slices import PreparedSlices, SliceStoreWriter
 from braintseg.errors import ConfigError, DataError
 from braintseg.log import progress
-from braintseg.prepare import Failure, _write_report, imap_bounded, sidecar
+from braintseg.prepare import (
+    Failure,
+    _output_folder,
+    _sidecar_texts,
+    sidecar,
+    write_sidecars,
+)
+from braintseg.workers import imap_bounded, loader_pool
 
 logger = logging.getLogger(__name__)
 
@@ -173,13 +180,30 @@ def run_prepare_slices(cfg: Config, input_dir: Path, output: Path, fmt: str, *,
     fn = functools.partial(prepare_patient, root=root, size=size, data=cfg.data,
                            dtype=cfg.store.dtype, skip=skip_invalid)
     failures: list[Failure] = []
-    output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     n_channels = 3 if fmt == "lgg" else 1
+    with loader_pool(workers) as pool, _output_folder(output):  # pool first: no HDF5 file open
+        path, writer, folds = _write(cfg, root, output, fmt, cases, fn, pool, n_channels, size,
+                                     labelled, failures, folds_from, validation_cases)
+    if failures:
+        logger.warning("skipped %d invalid patient(s); see %s", len(failures),
+                       sidecar(output, ".skipped.txt"))
+    elapsed = time.perf_counter() - start
+    logger.info("wrote %s: %d patients, %d slices of %dx%d, %.1f s%s", path,
+                len(writer.case_ids), writer.n_slices, size[0], size[1], elapsed,
+                f", {len(folds.folds)} folds" if folds else "")
+    return path
+
+
+def _write(cfg: Config, root: Path, output: Path, fmt: str, cases: list[SliceFiles], fn: Any,
+           pool: Any, n_channels: int, size: tuple[int, int], labelled: bool,
+           failures: list[Failure], folds_from: Path | None, validation_cases: Path | None
+           ) -> tuple[Path, SliceStoreWriter, Folds | None]:
     writer = SliceStoreWriter(output, size, n_channels, cfg.store.compression,
                               cfg.store.complevel, cfg.store.dtype,
                               expected_slices=sum(len(c.slice_ids) for c in cases))
-    with writer, contextlib.closing(imap_bounded(fn, cases, workers)) as results:
+    results = imap_bounded(fn, cases, *pool, describe=lambda f: f"patient {f.case_id}")
+    with writer, contextlib.closing(results):
         for res in progress(results, len(cases), "prepare", "patient"):
             if isinstance(res, PreparedSlices):
                 if res.images.shape[-1] != n_channels:
@@ -200,15 +224,7 @@ def run_prepare_slices(cfg: Config, input_dir: Path, output: Path, fmt: str, *,
                 "config": to_dict(cfg), "source_root": str(root.resolve()),
                 "folds_source": str(folds_from or validation_cases or "make_folds"),
                 "braintseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        path = writer.finish(folds, info)
-    if folds is not None:
-        write_folds(folds, folds_path(output))
-    else:
-        folds_path(output).unlink(missing_ok=True)
-    _write_report(output, failures)
-    dump_config(cfg, sidecar(output, ".config.yaml"))
-    elapsed = time.perf_counter() - start
-    logger.info("wrote %s: %d patients, %d slices of %dx%d, %.1f s%s", path,
-                len(writer.case_ids), writer.n_slices, size[0], size[1], elapsed,
-                f", {len(folds.folds)} folds" if folds else "")
-    return path
+        texts = _sidecar_texts(cfg, folds, failures)
+        info["sidecars"] = texts
+        path = writer.finish(folds, info, before_rename=lambda: write_sidecars(output, texts))
+    return path, writer, folds

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,13 @@ class SliceStoreWriter:
                         chunkshape=(1, hh, ww, self.n_channels), expectedrows=self.expected)
         h.create_earray("/", "labels", tables.UInt8Atom(), (0, hh, ww), filters=self.filters,
                         chunkshape=(1, hh, ww), expectedrows=self.expected)
-        small = tables.Filters(complevel=5, complib="zlib")
+        small = tables.Filters(complevel=5, complib="zlib", fletcher32=self.filters.fletcher32)
         h.create_earray("/", "case_index", tables.Int64Atom(), (0, 2), filters=small)
         h.create_earray("/", "slice_tumour", tables.Int32Atom(), (0,), filters=small)
         h.create_earray("/", "slice_class", tables.UInt8Atom(), (0,), filters=small)
         h.create_earray("/", "slice_shape", tables.Int32Atom(), (0, 2), filters=small)
-        h.create_vlarray("/", "case_meta", tables.VLStringAtom(), filters=small)
+        h.create_vlarray("/", "case_meta", tables.VLStringAtom(),  # VLArrays take no checksum
+                         filters=tables.Filters(complevel=5, complib="zlib"))
 
     def append(self, case: PreparedSlices) -> None:
         """Write one patient's slices, labels (zeros when None), counts, classes, metadata."""
@@ -121,8 +123,10 @@ class SliceStoreWriter:
         self.metas.append(meta)
         self.n_slices += n
 
-    def finish(self, folds: Folds | None, info: dict[str, Any]) -> Path:
-        """Write the header, close, rename onto ``path`` (replacing it); return the path."""
+    def finish(self, folds: Folds | None, info: dict[str, Any],
+               before_rename: Callable[[], object] | None = None) -> Path:
+        """Write the header, close, call ``before_rename()`` (the files beside the store),
+        rename onto ``path`` (replacing it); return the path."""
         h = self._h
         if h is None:
             raise RuntimeError("SliceStoreWriter.finish outside its with-block")
@@ -139,8 +143,10 @@ class SliceStoreWriter:
         }
         h.root._v_attrs.braintseg_json = json.dumps(header)
         h.root._v_attrs.complete = True
-        h.close()
         self._h = None
+        h.close()
+        if before_rename is not None:
+            before_rename()
         os.replace(self.tmp, self.path)
         return self.path
 
