@@ -108,7 +108,7 @@ class _Checkpoints(keras.callbacks.Callback):
         new_best = value is not None and (self.best is None or (
             value > self.best if self.higher else value < self.best))
         self.epochs_done, self.epoch_end = number, iterations
-        if new_best:
+        if new_best and value is not None:
             self.best, self.best_epoch, self.best_iterations = float(value), number, iterations
         save_checkpoint(self.model, self.paths, self.state(), new_best)
         if new_best:
@@ -138,7 +138,7 @@ def optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
 def datasets(cfg: Config, store_path: Path, run: dict[str, Any]) -> tuple[SliceDataset, ...]:
     """The training and validation :class:`SliceDataset` of the run's fold."""
     t = cfg.train
-    common = {"view": t.view, "batch_size": t.batch_size, "cache": t.cache,
+    common: dict[str, Any] = {"view": t.view, "batch_size": t.batch_size, "cache": t.cache,
               "cache_max_gb": t.cache_max_gb, "prefetch": t.prefetch, "seed": t.seed}
     train = SliceDataset(store_path, run["train_cases"], shuffle=True,
                          augment=Augmenter(t.flip, t.rotate_degrees, t.zoom),
