@@ -134,20 +134,38 @@ def prepare(
               help="Run folder (config, logs, checkpoints, model.keras).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start afresh in a folder that holds a run.")
+@click.option("--coordinator", metavar="HOST:PORT", default=None,
+              help="Several processes, one model (JAX, train.distribution=data_parallel): "
+                   "address of process 0 [KERAS_DISTRIBUTION_JOB_ADDRESSES; under srun: "
+                   "found by JAX].")
+@click.option("--num-processes", type=click.IntRange(min=1), default=None,
+              help="Processes of the training [KERAS_DISTRIBUTION_NUM_PROCESSES].")
+@click.option("--process-id", type=click.IntRange(min=0), default=None,
+              help="This process, 0..N-1; 0 writes the run folder "
+                   "[KERAS_DISTRIBUTION_PROCESS_ID].")
 def train(
     config_path: Path | None, overrides: tuple[str, ...], store: Path, fold: int,
-    run_dir: Path, resume: bool, overwrite: bool,
+    run_dir: Path, resume: bool, overwrite: bool, coordinator: str | None,
+    num_processes: int | None, process_id: int | None,
 ) -> None:
     """Train one cross-validation fold.
 
     On SIGTERM or SIGUSR1 (Slurm's warning before walltime) training finishes the current step,
     saves a checkpoint and exits with code 75; `--resume` then continues at the next epoch.
+
+    \b
+    Several devices: --set train.distribution=data_parallel uses every GPU (JAX: also several
+    processes and nodes; TensorFlow: MirroredStrategy on one node).  train.batch_size is the
+    global batch: it must divide by the number of devices, and the learning rate is not
+    rescaled.  A signal to any process stops all of them at the same step (exit 75 each).
     """
     with user_errors():
         cfg = _load(config_path, overrides)
+        from braintseg.distribute import Launch
         from braintseg.train import run_train
 
-        run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite)
+        launch = Launch.from_options(coordinator, num_processes, process_id)
+        run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite, launch=launch)
         click.echo(f"finished {run_dir}")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import keras
 
-from braintseg import __version__
+from braintseg import __version__, distribute
 from braintseg.callbacks import logging_callbacks
 from braintseg.checkpoint import save_checkpoint, save_model, set_rng_state, trim_history
 from braintseg.config import Config, dump_config, load_config
@@ -48,10 +48,15 @@ class _Guard(keras.callbacks.Callback):
     Keras' asynchronous callback dispatch and make every step wait for the device (JAX, torch).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dist: distribute.Session | None = None) -> None:
         super().__init__()
         self.signum: int | None = None
         self.previous: dict[int, Any] = {}
+        self.dist = dist or distribute.Session()
+
+    def requested(self) -> bool:
+        """A signal arrived here or in another process of the training (a collective)."""
+        return self.dist.any_process(self.signum is not None)
 
     def install(self) -> None:
         for sig in SIGNALS:
@@ -67,7 +72,7 @@ class _Guard(keras.callbacks.Callback):
         self.signum = signum
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.signum is not None:
+        if self.requested():
             raise _StopRequested
 
 
@@ -90,7 +95,7 @@ class _Checkpoints(keras.callbacks.Callback):
             logger.info("epoch %d: %s %.4f, saved %s", epoch + 1, self.monitor, value,
                         self.paths.best)
         save_checkpoint(self.model, self.paths, epoch + 1, self.best, self.seed)
-        if self.guard.signum is not None:
+        if self.guard.requested():
             raise _StopRequested(saved=True)
 
 
@@ -151,10 +156,12 @@ def _prepare_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: 
     return None
 
 
-def _datasets(cfg: Config, store_path: Path, run: dict[str, Any]) -> tuple[SliceDataset, ...]:
+def _datasets(cfg: Config, store_path: Path, run: dict[str, Any],
+              dist: distribute.Session) -> tuple[SliceDataset, ...]:
     t = cfg.train
     common = {"view": t.view, "batch_size": t.batch_size, "cache": t.cache,
-              "cache_max_gb": t.cache_max_gb, "prefetch": t.prefetch, "seed": t.seed}
+              "cache_max_gb": t.cache_max_gb, "prefetch": t.prefetch, "seed": t.seed,
+              **dist.dataset_args()}
     train = SliceDataset(store_path, run["train_cases"], shuffle=True,
                          augment=Augmenter(t.flip, t.rotate_degrees, t.zoom),
                          tumour_oversampling=t.tumour_oversampling,
@@ -165,18 +172,19 @@ def _datasets(cfg: Config, store_path: Path, run: dict[str, Any]) -> tuple[Slice
 
 
 def _build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] | None,
-           paths: RunPaths) -> keras.Model:
+           paths: RunPaths, dist: distribute.Session) -> keras.Model:
     from braintseg.losses import build_loss
     from braintseg.metrics import build_metrics
     from braintseg.model import build_model
 
-    model = build_model(cfg.model, tuple(run["input_shape"]))
-    model.compile(optimizer=_optimizer(cfg, steps), loss=build_loss(cfg.train, cfg.model),
-                  metrics=build_metrics(cfg.model))
-    if state is not None:
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(paths.last)
-        set_rng_state(model, state.get("rng", []))
+    with dist.scope():
+        model = dist.prepare(build_model(cfg.model, tuple(run["input_shape"])))
+        model.compile(optimizer=_optimizer(cfg, steps), loss=build_loss(cfg.train, cfg.model),
+                      metrics=build_metrics(cfg.model))
+        if state is not None:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(paths.last)
+            set_rng_state(model, state.get("rng", []))
     return model
 
 
@@ -188,8 +196,11 @@ def _callbacks(cfg: Config, paths: RunPaths, train: SliceDataset, guard: _Guard,
 
 
 def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: bool = False,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, launch: distribute.Launch | None = None) -> Path:
     """Train fold ``fold`` of ``store`` into ``run_dir``; return ``run_dir``.
+
+    ``train.distribution`` and ``launch`` (several processes) spread the training over devices
+    (:mod:`braintseg.distribute`); only process 0 writes ``run_dir``.
 
     Raises:
         DataError: store missing/invalid, fold out of range, RUN_DIR holds a run.
@@ -197,9 +208,18 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
             model/data settings (names the keys).
         Interrupted: SIGTERM/SIGUSR1 arrived; the checkpoint was saved first.
     """
+    with distribute.session(cfg, launch) as dist:
+        local = dist.local_run_dir(Path(run_dir), resume)
+        _train(cfg, store, fold, local, resume, overwrite, dist)
+    return Path(run_dir)
+
+
+def _train(cfg: Config, store: Path, fold: int, run_dir: Path, resume: bool, overwrite: bool,
+           dist: distribute.Session) -> Path:
     paths = RunPaths(Path(run_dir))
     _, run = _check_inputs(cfg, Path(store), fold)
     state = _prepare_run_dir(paths, cfg, run, resume, overwrite)
+    dist.agree("store, fold and resume state", [run, state])
     done = int(state["epochs_done"]) if state else 0
     if done >= cfg.train.epochs:  # e.g. stopped by a signal just after its last epoch
         logger.info("%s already finished %d epochs", paths.root, done)
@@ -215,11 +235,11 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(
         "float32" if cfg.train.mixed_precision == "off" else cfg.train.mixed_precision)
-    guard = _Guard()
+    guard = _Guard(dist)
     datasets: tuple[SliceDataset, ...] = ()
     try:
-        train, val = datasets = _datasets(cfg, Path(store), run)
-        model = _build(cfg, run, len(train), state, paths)
+        train, val = datasets = _datasets(cfg, Path(store), run, dist)
+        model = _build(cfg, run, len(train), state, paths, dist)
         guard.install()
         _fit(model, cfg, paths, train, val, guard, state, done)
     finally:
