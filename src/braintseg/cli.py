@@ -184,18 +184,24 @@ def train(
               help="Predict this fold's validation cases (store input).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override predict.* keys, e.g. --set predict.min_component_size=50.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Predict only cases K, K+N, ... of the selection (0 <= K < N), e.g. "
+                   "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; the shards' files "
+                   "together equal an unsharded run's.")
 def predict(
     run_dirs: tuple[Path, ...], input_path: Path, out_dir: Path, probabilities: bool, tta: bool,
-    cases: str | None, fold: int | None, overrides: tuple[str, ...],
+    cases: str | None, fold: int | None, overrides: tuple[str, ...], shard: str | None,
 ) -> None:
     """Predict 3D label volumes in the original geometry (NIfTI, source affine and header)."""
     with user_errors():
+        from braintseg.distribute import parse_shard
         from braintseg.predict import run_predict
 
         written = run_predict(
             list(run_dirs), input_path, out_dir, overrides=overrides,
             probabilities=probabilities, tta=tta,
             cases=[c for c in cases.split(",") if c] if cases else None, fold=fold,
+            shard=parse_shard(shard),
         )
         click.echo(f"wrote {len(written)} predictions to {out_dir}")
 
@@ -206,12 +212,24 @@ def predict(
               help="Folder of BraTS case folders or <case>.nii.gz label files, or a store.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="Per-case CSV [default: PRED_DIR/metrics.csv]; summary written beside it.")
-def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
+@click.option("--shard", default=None, metavar="K/N",
+              help="Score only truth cases K, K+N, ... (sorted ids) into "
+                   "<output stem>.shard-K-of-N.csv/.json (a Slurm array task); then --merge.")
+@click.option("--merge", is_flag=True,
+              help="Join the --shard results beside OUTPUT into OUTPUT and its summary.")
+def evaluate(pred_dir: Path, truth: Path, output: Path | None, shard: str | None,
+             merge: bool) -> None:
     """Score predictions: Dice, HD95, sensitivity, specificity for WT, TC and ET."""
     with user_errors():
-        from braintseg.evaluate import format_summary, run_evaluate
+        from braintseg.distribute import parse_shard
+        from braintseg.evaluate import format_summary, merge_shards, run_evaluate
 
-        summary = run_evaluate(pred_dir, truth, output)
+        if merge:
+            if shard is not None:
+                raise click.UsageError("--merge joins the shards' results; drop --shard")
+            summary = merge_shards(output or pred_dir / "metrics.csv")
+        else:
+            summary = run_evaluate(pred_dir, truth, output, shard=parse_shard(shard))
         click.echo(format_summary(summary))
 
 
