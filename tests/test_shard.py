@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_predict import SHAPE, make_run
 
 from braintseg.cli import cli
 from braintseg.distribute import parse_shard, shard_items
 from braintseg.errors import ConfigError
 from braintseg.synthetic import write_case
+from test_predict import SHAPE, make_run
 
 CASES = ["Brats18_A_1", "Brats18_B_1", "Brats18_C_1"]
 
