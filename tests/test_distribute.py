@@ -284,3 +284,56 @@ def test_killed_peer_makes_the_other_exit_nonzero_in_bounded_time(synthetic_stor
     start = time.monotonic()
     code = _wait(procs[:1], 120)[0]
     assert code != 0 and time.monotonic() - start < 120
+
+
+# --------------------------------------------------------------------------- job scripts
+
+
+def _fake_bin(tmp_path: Path) -> dict[str, str]:
+    """``srun`` that records its argv and the distribution variables, ``scontrol`` that
+    expands a node list, ``braintseg`` that records its argv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(
+        "#!/usr/bin/env bash\n"
+        f'{{ printf "%s\\n" "$@"; env | grep -E "^(KERAS_|SLURM_NTASKS)" | sort; }} '
+        f'> {tmp_path}/srun.txt\n')
+    (bin_dir / "scontrol").write_text(
+        '#!/usr/bin/env bash\n[[ "$1 $2" == "show hostnames" ]] && printf "gpu07\\ngpu08\\n"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "KERAS_"))}
+    return env | {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+
+
+def test_train_sbatch_with_several_tasks_runs_srun_with_the_jax_distribution(tmp_path) -> None:
+    env = _fake_bin(tmp_path) | {
+        "STORE": "/s.h5", "CV_DIR": str(tmp_path / "cv"), "SLURM_ARRAY_TASK_ID": "1",
+        "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "1234"}
+    out = subprocess.run(["bash", str(REPO / "slurm" / "train.sbatch")], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rec = (tmp_path / "srun.txt").read_text().splitlines()
+    assert rec[1] == "braintseg" and rec[2] == "train"
+    assert "train.distribution=data_parallel" in rec and "--fold" in rec
+    assert "KERAS_BACKEND=jax" in rec and "KERAS_DISTRIBUTION_NUM_PROCESSES=8" in rec
+    assert "KERAS_DISTRIBUTION_JOB_ADDRESSES=gpu07:21234" in rec
+
+
+def test_submit_cv_gpus_nodes_and_predict_shards(tmp_path) -> None:
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "submit_cv.sh"), "-d", str(tmp_path), "-o",
+         str(tmp_path / "cv"), "--gpus", "4", "--nodes", "2", "--predict-shards", "3", "-n"],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["evaluate", "DRYRUN-evaluate-merge"]
+    cmds = {ln.split("--job-name=bts-")[1].split()[0]: ln for ln in out.stderr.splitlines()
+            if ln.startswith("sbatch ")}
+    assert "--nodes=2 --ntasks-per-node=4 --gres=gpu:4" in cmds["train"]
+    assert "--array=0-2" in cmds["predict"] and "--array=0-2" in cmds["evaluate"]
+    assert "--dependency=afterok:DRYRUN-evaluate " in cmds["evaluate-merge"]
+    assert "MERGE=1" in cmds["evaluate-merge"]
+    bad = subprocess.run(["bash", str(REPO / "scripts" / "submit_cv.sh"), "-d", str(tmp_path),
+                          "-o", str(tmp_path / "cv"), "--gpus", "0", "-n"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--gpus, --nodes and --predict-shards" in bad.stderr

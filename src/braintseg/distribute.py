@@ -89,14 +89,16 @@ class Launch:
     def check(self) -> None:
         if not self.multi_process:
             return
-        if self.coordinator is None or self.num_processes is None or self.process_id is None:
+        slurm = "SLURM_PROCID" in os.environ  # JAX fills what is missing from Slurm's variables
+        if self.coordinator is None or self.num_processes is None or (
+                self.process_id is None and not slurm):
             raise ConfigError(
                 "a multi-process launch needs --coordinator HOST:PORT, --num-processes N and "
                 f"--process-id I together; received {self.coordinator!r}, "
                 f"{self.num_processes!r}, {self.process_id!r}")
         if ":" not in self.coordinator:
             raise ConfigError(f"--coordinator must be HOST:PORT; received {self.coordinator!r}")
-        if not 0 <= self.process_id < self.num_processes:
+        if self.process_id is not None and not 0 <= self.process_id < self.num_processes:
             raise ConfigError(f"--process-id must be in 0..{self.num_processes - 1}; received "
                               f"{self.process_id}")
 
@@ -419,7 +421,9 @@ def _start(dist: Session, backend: str) -> Any:
 
         devices = _jax_devices()
         previous = keras.distribution.distribution()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        # each process's SliceDataset already reads only its rows: no tf.data auto-sharding
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
         dist.n_devices = len(devices)
         dist.n_processes, dist.process_id = jax.process_count(), jax.process_index()
         if dist.n_processes > 1:
