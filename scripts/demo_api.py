@@ -3,11 +3,12 @@
 Usage:
     python scripts/demo_api.py [OUT_DIR] [--epochs N] [--set section.key=value ...]
 
-Each step is one function of ``braintseg`` taking the same ``Config`` object as the CLI:
-prepare the four bundled real BraTS cases into a store, train on three of them (the fold whose
-validation case is the BraTS 2023 case), predict that held-out case from its NIfTI files,
-evaluate it against its ground truth, and draw the pictures.  Paste the body of ``main`` into a
-notebook cell to run it there.
+Each step is one function of ``braintseg`` taking the same ``Config`` object as the CLI: hold
+the BraTS 2023 case out of everything (training and model choice), prepare the other three
+bundled real BraTS cases into a store, train on two of them while choosing the model on the
+third (the validation case), predict the held-out case from its NIfTI files, evaluate it alone
+against its ground truth, print its Dice and draw the pictures.  Paste the body of ``main`` into
+a notebook cell to run it there.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from braintseg import evaluate, load_config, predict, prepare, sample_data_dir, train
-from braintseg.demo import HOLDOUT, draw_pictures, holdout_fold
+from braintseg.demo import HOLDOUT, VALIDATION, cases_except, draw_pictures, validation_fold
 from braintseg.evaluate import format_summary
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -28,9 +29,10 @@ def main(out: Path, epochs: int | None, overrides: list[str]) -> None:
     cases = sample_data_dir()  # <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz, 4 real cases
     out.mkdir(parents=True, exist_ok=True)
 
-    store = prepare(cfg, cases, out / "store.h5", workers=None, overwrite=True,
+    train_cases = cases_except(cases, HOLDOUT, out / "cases")  # links to the other three
+    store = prepare(cfg, train_cases, out / "store.h5", workers=None, overwrite=True,
                     skip_invalid=False, require_labels=True)
-    fold = holdout_fold(store, HOLDOUT)  # the fold that validates on the BraTS 2023 case
+    fold = validation_fold(store, VALIDATION)  # validate on one case, train on the other two
     train(cfg, store, fold, out / "run", resume=False, overwrite=True)
     predictions = predict([out / "run"], cases / HOLDOUT, out / "predictions", overrides=(),
                           probabilities=False, tta=False, cases=None, fold=None)
@@ -39,6 +41,8 @@ def main(out: Path, epochs: int | None, overrides: list[str]) -> None:
     pictures = draw_pictures(out / "run", out / "predictions", cases, out / "pictures")
 
     print(format_summary(summary))
+    dice = {r: round(summary["cases"][0][f"{r}_dice"], 3) for r in ("wt", "tc", "et")}
+    print("held-out case", HOLDOUT, "Dice", dice)
     for path in [store, *predictions, metrics, *pictures]:
         print("wrote", path)
 

@@ -22,7 +22,9 @@ from braintseg.demo import (
     CPU_CONFIG,
     GPU_CONFIG,
     HOLDOUT,
+    VALIDATION,
     _clear_output,
+    cases_except,
     demo_config,
     run_demo,
     sample_data_dir,
@@ -50,7 +52,7 @@ def test_gpu_config_is_the_default_with_the_demo_data_section():
     default = to_dict(load_config(None))
     gpu = to_dict(demo_config(gpu=True))
     assert gpu["model"] == default["model"] and gpu["train"] == default["train"]
-    assert gpu["data"]["crop"] == "auto" and gpu["data"]["n_folds"] == len(BUNDLED)
+    assert gpu["data"]["crop"] == "auto" and gpu["data"]["n_folds"] == len(BUNDLED) - 1
     assert GPU_CONFIG["data"] == CPU_CONFIG["data"]
 
 
@@ -111,7 +113,7 @@ def test_bad_override_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_overwrite_removes_only_the_demos_own_outputs(tmp_path):
-    for name in ("run", "predictions", "pictures"):
+    for name in ("cases", "run", "predictions", "validation", "pictures"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "old.txt").write_text("old")
     for name in ("store.h5", "store.folds.json", "demo.json", "notes.txt"):
@@ -134,15 +136,24 @@ def tiny_demo(tmp_path_factory):
     return out, result.output
 
 
-def test_tiny_demo_store_holds_the_four_cases_with_the_holdout_as_its_own_fold(tiny_demo):
+def test_tiny_demo_store_holds_the_three_other_cases_one_fold_each(tiny_demo):
     out, _ = tiny_demo
     with open_store(out / "store.h5") as store:
-        assert sorted(store.case_ids) == sorted(BUNDLED)
-        assert [HOLDOUT] in store.folds and len(store.folds) == 4
-        assert store.conventions[HOLDOUT] == "brats2023"
+        assert sorted(store.case_ids) == sorted(c for c in BUNDLED if c != HOLDOUT)
+        assert sorted(store.folds) == sorted([c] for c in store.case_ids)
         assert store.conventions["Brats18_2013_3_1"] == "brats2018"
         x0, x1, y0, y1, z0, z1 = store.crop_box
         assert (x1 - x0) % 4 == 0 and (y1 - y0) % 4 == 0  # auto crop, 2**levels with levels=2
+
+
+def test_tiny_demo_holdout_is_neither_trained_nor_validated_on(tiny_demo):
+    out, _ = tiny_demo
+    run_info = json.loads((out / "run" / "run.json").read_text())
+    assert HOLDOUT not in json.dumps(run_info)
+    assert run_info["val_cases"] == [VALIDATION]
+    assert sorted(run_info["train_cases"]) == sorted(set(BUNDLED) - {HOLDOUT, VALIDATION})
+    assert sorted(p.name for p in (out / "cases").iterdir()) == sorted(
+        set(BUNDLED) - {HOLDOUT})
 
 
 def test_tiny_demo_run_folder_holds_the_model_history_and_resolved_config(tiny_demo):
@@ -153,8 +164,6 @@ def test_tiny_demo_run_folder_holds_the_model_history_and_resolved_config(tiny_d
     assert len(history) == 2 and "val_loss" in history[0]  # header + 1 epoch
     expected = demo_config(gpu=False, epochs=1, overrides=TINY)
     assert load_config(run / "config.yaml") == expected
-    run_info = json.loads((run / "run.json").read_text())
-    assert HOLDOUT in json.dumps(run_info)
 
 
 def test_tiny_demo_prediction_has_the_holdout_geometry_and_convention(tiny_demo):
@@ -177,14 +186,30 @@ def test_tiny_demo_metrics_and_summary_agree_with_what_is_printed(tiny_demo):
     dice = {r: float(rows[0][f"{r}_dice"]) for r in REGIONS}
     assert summary["dice"] == pytest.approx(dice, nan_ok=True)
     assert summary["holdout"] == HOLDOUT and summary["device"] in ("cpu", "gpu")
+    assert summary["validation"] == VALIDATION
+    val_rows = list(csv.DictReader((out / "validation" / "metrics.csv").open()))
+    assert [r["case"] for r in val_rows] == [VALIDATION] and val_rows[0]["status"] == "ok"
+    val_dice = {r: float(val_rows[0][f"{r}_dice"]) for r in REGIONS}
+    assert summary["validation_dice"] == pytest.approx(val_dice, nan_ok=True)
     assert summary["config"]["train"]["epochs"] == 1
     assert set(summary["seconds"]) == {"prepare", "train", "predict", "evaluate", "pictures",
                                        "total"}
-    last = printed.strip().splitlines()[-1]
-    assert last.startswith(f"held-out case {HOLDOUT}: Dice")
+    *_, val_line, last = printed.strip().splitlines()
+    assert val_line.startswith(f"validation case {VALIDATION} (the model was chosen on it")
+    assert f"WT {val_dice['wt']:.3f}" in val_line and f"ET {val_dice['et']:.3f}" in val_line
+    assert last.startswith(f"held-out case {HOLDOUT} (never trained on nor used to choose")
     assert f"WT {dice['wt']:.3f}" in last and f"ET {dice['et']:.3f}" in last
     for path in (out / "store.h5", out / "run", out / "predictions" / "metrics.csv"):
         assert str(path) in printed
+
+
+def test_cases_except_links_every_other_case_and_is_rerunnable(tmp_path):
+    dest = cases_except(sample_data_dir(), HOLDOUT, tmp_path / "c")
+    assert sorted(p.name for p in dest.iterdir()) == sorted(set(BUNDLED) - {HOLDOUT})
+    assert (dest / VALIDATION / f"{VALIDATION}_seg.nii.gz").is_file()
+    assert cases_except(sample_data_dir(), VALIDATION, dest) == dest  # replaces the old links
+    assert sorted(p.name for p in dest.iterdir()) == sorted(set(BUNDLED) - {VALIDATION})
+    assert len(list(sample_data_dir().iterdir())) >= 4  # the links' targets untouched
 
 
 def test_tiny_demo_pictures_decode(tiny_demo):
@@ -207,6 +232,7 @@ def test_full_cpu_demo_segments_the_held_out_tumour(tmp_path):
     result = run_demo(tmp_path / "demo", gpu=False)
     assert result.seconds["total"] > 0 and len(result.pictures) == 2
     assert result.dice["wt"] > 0.5 and result.dice["tc"] > 0.3, result.dice
+    assert result.validation == VALIDATION and set(result.validation_dice) == set(REGIONS)
 
 
 @pytest.mark.slow
@@ -220,4 +246,6 @@ def test_demo_api_script_runs_the_steps_through_the_api(tmp_path):
     assert [r["case"] for r in rows] == [HOLDOUT] and rows[0]["status"] == "ok"
     assert sorted(p.name for p in (out / "pictures").glob("*.png")) == [
         f"{HOLDOUT}_overlay.png", "training_curves.png"]
-    assert "evaluated (0 missing predictions" in done.stdout
+    assert "1 scored against a prediction, 0 missing predictions" in done.stdout
+    assert f"held-out case {HOLDOUT} Dice {{'wt': " in done.stdout
+    assert HOLDOUT not in (out / "run" / "run.json").read_text()

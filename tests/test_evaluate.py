@@ -217,8 +217,46 @@ def test_missing_prediction_counts_as_failure_and_files_are_written(flat) -> Non
         stats = {(r["metric"], r["region"]): r for r in csv.DictReader(f)}
     assert float(stats[("dice", "et")]["p75"]) == pytest.approx(0.5)
     assert not list(pred.glob(".tmp-*"))
+    assert summary["n_scored"] == 2
     text = format_summary(summary)
-    assert "1 missing" in text and "0.667" in text
+    assert text.splitlines()[0] == ("3 cases evaluated: 2 scored against a prediction, "
+                                    "1 missing predictions (scored as failures: c)")
+    assert "0.667" in text
+
+
+def test_partial_overlap_says_how_many_were_scored(flat, caplog) -> None:
+    truth, pred, _ = flat
+    with caplog.at_level("WARNING", logger="braintseg.evaluate"):
+        run_evaluate(pred, truth)
+    assert "scored 2 of 3 truth cases against a prediction; 1 have none" in caplog.text
+
+
+def test_no_shared_case_is_an_error_naming_both_folders(flat, tmp_path: Path) -> None:
+    truth, pred, lab = flat
+    other = tmp_path / "other"
+    other.mkdir()
+    _save(other / "zz.nii.gz", lab)
+    with pytest.raises(DataError) as info:
+        run_evaluate(other, truth)
+    message = str(info.value)
+    assert "\n" not in message and str(other) in message and str(truth) in message
+    assert "share no case" in message and "'zz'" in message and "swapped" in message
+    assert not (other / "metrics.csv").exists()
+
+
+def test_cli_swapped_folders_exit_1_with_one_line(tmp_path: Path) -> None:
+    cases = tmp_path / "cases"
+    write_case(cases, "Brats18_X_1", shape=(16, 16, 8), seed=1)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    seg = next(cases.rglob("*seg.nii.gz"))
+    (preds / "Brats18_X_1.nii.gz").write_bytes(seg.read_bytes())
+    result = CliRunner().invoke(cli, ["evaluate", "-p", str(cases), "-t", str(preds)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert str(cases) in lines[0] and str(preds) in lines[0] and "-p and -t swapped" in lines[0]
+    assert not list(cases.glob("metrics*")) and not list(preds.glob("metrics*"))
 
 
 def test_grid_mismatch_names_case_and_shapes(flat, tmp_path: Path) -> None:
@@ -276,7 +314,7 @@ def test_cli_truth_against_itself(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["evaluate", "-p", str(preds), "-t", str(cases),
                                       "-o", str(tmp_path / "m.csv")])
     assert result.exit_code == 0, result.output
-    assert "3 cases evaluated (0 missing" in result.output
+    assert "3 cases evaluated: 3 scored against a prediction, 0 missing" in result.output
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
     assert len(rows) == 3
     for row in rows:
@@ -304,9 +342,9 @@ def test_evaluate_never_imports_keras(tmp_path: Path) -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_real_cases_against_themselves(shared_brats: Path, tmp_path: Path) -> None:
-    segs = sorted(shared_brats.rglob("*_seg.nii.gz"))[:1]
-    segs += sorted(shared_brats.rglob("*-seg.nii.gz"))
+def test_real_cases_against_themselves(real_brats: Path, tmp_path: Path) -> None:
+    segs = sorted(real_brats.rglob("*_seg.nii.gz"))[:1]
+    segs += sorted(real_brats.rglob("*-seg.nii.gz"))
     truth = tmp_path / "truth"
     for seg in segs:
         (truth / seg.parent.name).mkdir(parents=True)

@@ -251,10 +251,12 @@ def _copy_run(src: Path, dst: Path, **run_json) -> Path:
 def _bad(run_dirs, input_path, out: Path, error=DataError, match: str = "", **kw) -> None:
     from braintseg.predict import run_predict
 
+    existed = out.exists()
     with pytest.raises(error, match=match) as info:
         run_predict(run_dirs, input_path, out, **kw)
     assert "\n" not in str(info.value)
     assert not out.is_dir() or not any(out.iterdir()), "nothing may be written"
+    assert existed or not out.exists(), f"{out} was created and left behind"
 
 
 def test_bad_runs(runs, cases, tmp_path) -> None:
@@ -294,6 +296,55 @@ def test_bad_cases_and_outputs(runs, cases, tmp_path) -> None:
     assert blocker.read_text() == "x"
 
 
+def _lambda_run(src: Path, dst: Path) -> Path:
+    """A copy of run ``src`` whose model.keras holds a Lambda layer (refused by safe mode)."""
+    import keras
+
+    shutil.copytree(src, dst)
+    model = keras.saving.load_model(str(src / "model.keras"), compile=False)
+    inp = keras.Input(model.input_shape[1:])
+    out = model(keras.layers.Lambda(lambda x: x * 1.0)(inp))
+    keras.Model(inp, out).save(dst / "model.keras")
+    return dst
+
+
+def test_model_that_cannot_be_loaded_leaves_no_output_folder(runs, cases, tmp_path) -> None:
+    bad = _lambda_run(runs["axial"], tmp_path / "lambda")
+    out = tmp_path / "new" / "preds"
+    result = CliRunner().invoke(cli, ["predict", "-m", str(bad), "-i", str(cases),
+                                      "-o", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot load model" in lines[0] and str(bad) in lines[0]
+    assert not out.exists() and not out.parent.exists()
+    existing = tmp_path / "existing"  # a folder the user made is kept, with what it held
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    _bad([bad], cases, tmp_path / "existing_empty", match="cannot load model")
+    from braintseg.predict import run_predict
+
+    with pytest.raises(DataError, match="cannot load model"):
+        run_predict([bad], cases, existing)
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("pattern", ["{case.__class__}{case}.nii.gz", "{0}{case}.nii.gz",
+                                     "{}{case}.nii.gz", "{case}{{x}}.nii.gz", "{{case}}.nii.gz",
+                                     "{case}_{case}.nii.gz", "{case!r}.nii.gz"])
+def test_output_pattern_with_any_other_brace_is_refused(pattern: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"predict.output_pattern='{pattern}'"])
+    message = str(info.value)
+    assert "\n" not in message and "predict.output_pattern" in message and pattern in message
+
+
+def test_output_pattern_is_substituted_literally(tmp_path: Path) -> None:
+    from braintseg.config import output_name
+
+    assert output_name("seg_{case}.nii.gz", "a{0}b") == "seg_a{0}b.nii.gz"
+    assert check_case_id("x{case}y", "p_{case}.nii", tmp_path) == tmp_path / "p_x{case}y.nii"
+
+
 @pytest.mark.parametrize("case_id", ["../x", "a/b", "..", ".", "", "a\\b", ".hidden"])
 def test_unsafe_case_ids_rejected(case_id: str, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="would write outside"):
@@ -309,8 +360,24 @@ def test_cli_bad_input_is_one_line(tmp_path) -> None:
     assert len(lines) == 1 and "run folder" in lines[0] and "does not exist" in lines[0]
 
 
+def test_real_case_keeps_its_geometry_and_convention(runs, real_brats, tmp_path) -> None:
+    """A real BraTS 2023 case (bundled with the package, or the shared copy) through predict
+    with a tiny untrained run: the source grid, affine, sform code and label convention."""
+    from braintseg.predict import run_predict
+
+    case = "BraTS-GLI-00000-000"
+    (written,) = run_predict([runs["axial"]], real_brats, tmp_path / "p", cases=[case])
+    labels, img = _read(written)
+    src = nib.load(str(real_brats / case / f"{case}-t2f.nii.gz"))
+    assert labels.shape == src.shape == (240, 240, 155) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    assert int(img.header["sform_code"]) == int(src.header["sform_code"])
+    assert not labels[:8].any() and not labels[40:].any()  # outside the run's crop box: 0
+
+
 @pytest.mark.slow
-def test_real_cases_prepare_train_predict_evaluate(shared_brats, tmp_path) -> None:
+def test_real_cases_prepare_train_predict_evaluate(real_brats, tmp_path) -> None:
     """Real BraTS 2018 + 2023 cases end to end with the smoke config (1 epoch, 2 steps)."""
     import os
 
@@ -323,7 +390,7 @@ def test_real_cases_prepare_train_predict_evaluate(shared_brats, tmp_path) -> No
     root.mkdir()
     names = ("Brats18_2013_3_1", "BraTS-GLI-00000-000")
     for name in names:
-        os.symlink(shared_brats / name, root / name)
+        os.symlink(real_brats / name, root / name)
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
                       ["train.view=sagittal"])
     store = run_prepare(cfg, root, tmp_path / "real.h5", workers=1)
@@ -350,3 +417,13 @@ def test_real_cases_prepare_train_predict_evaluate(shared_brats, tmp_path) -> No
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert sorted(r["case"] for r in rows) == sorted(names)
     assert summary["n_missing"] == 0 and not summary["unmatched_predictions"]  # *_prob ignored
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_every_option_has_a_help_text(command: str) -> None:
+    import click
+
+    params = [p for p in cli.commands[command].params if isinstance(p, click.Option)]
+    assert params and all(p.help for p in params), [p.name for p in params if not p.help]
+    text = CliRunner().invoke(cli, [command, "--help"]).output
+    assert "-o, --output" in text and ("-p, --predictions" in text or command == "predict")

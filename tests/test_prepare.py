@@ -148,6 +148,15 @@ def test_overwrite_rule_and_sidecars(tmp_path: Path) -> None:
         "in", "s.config.yaml", "s.folds.json", "s.h5"]
     assert load_config(tmp_path / "s.config.yaml").model.levels == 2
     before = out.read_bytes()
+    # the same input and config again: the finished store is kept (a rerun after a kill)
+    (tmp_path / "s.folds.json").unlink()
+    code, output = _run(["-i", str(root), "-o", str(out), *SMALL])
+    assert code == 0 and out.read_bytes() == before, output
+    assert (tmp_path / "s.folds.json").is_file()  # restored from the copy inside the store
+    # another config, or changed input files: refused without --overwrite
+    code, output = _run(["-i", str(root), "-o", str(out), *SMALL, "--set", "data.seed=5"])
+    assert code == 1 and "already exists; use --overwrite" in output
+    os.utime(_f(root, 0, "t1"), ns=(1, 1))
     code, output = _run(["-i", str(root), "-o", str(out), *SMALL])
     assert code == 1 and "already exists; use --overwrite" in output
     assert out.read_bytes() == before

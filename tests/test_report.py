@@ -13,7 +13,15 @@ from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
 from braintseg.cli import cli
-from braintseg.figures import LABEL_COLOURS, to_display, tumour_centre
+from braintseg.figures import (
+    EDGES,
+    LABEL_COLOURS,
+    VIEWS,
+    montage,
+    source_slices,
+    to_display,
+    tumour_centre,
+)
 from braintseg.synthetic import write_case
 
 SHAPE = (40, 44, 28)
@@ -156,3 +164,105 @@ def test_tumour_centre_is_the_slice_with_most_voxels() -> None:
     mask[7, 1, 4] = True  # one more voxel: z=4 now holds 4 voxels, the most; x=7, y=1 hold 1
     assert tumour_centre(mask, mask.shape) == (2, 6, 4)
     assert tumour_centre(None, (10, 12, 8)) == (5, 6, 4)
+
+
+# --------------------------------------------------------------------------- orientation letters
+
+
+def _spy_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures handed to save_png (which still writes them)."""
+    import braintseg.report as report
+
+    figures: list = []
+    real = report.save_png
+
+    def spy(fig, path):
+        figures.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(report, "save_png", spy)
+    return figures
+
+
+def _check_letters_and_slices(fig, n_columns: int) -> list[str]:
+    """Every image panel has its view's four letters; every row names view and slice."""
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 3 * n_columns
+    ylabels = []
+    for r, view in enumerate(VIEWS):
+        row = panels[r * n_columns:(r + 1) * n_columns]
+        for ax in row:
+            assert sorted(t.get_text() for t in ax.texts) == sorted(EDGES[view]), view
+        ylabels.append(row[0].get_ylabel())
+        assert ylabels[-1].startswith(f"{view}\n") and " = " in ylabels[-1]
+    return ylabels
+
+
+def test_overlay_and_show_panels_carry_orientation_letters_and_slice_index(
+        cases: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = _spy_figures(monkeypatch)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    seg = next(cases.rglob("Brats18_R_1_seg.nii.gz"))
+    (preds / "Brats18_R_1.nii.gz").write_bytes(seg.read_bytes())
+    assert _invoke("report", str(preds), "-t", str(cases)).exit_code == 0
+    assert _invoke("show", str(cases / "Brats18_R_1"), "-o", str(tmp_path / "s.png")
+                   ).exit_code == 0
+    overlay, show = figures
+    labels = _check_letters_and_slices(overlay, 4)
+    assert _check_letters_and_slices(show, 5) == labels  # same case, same tumour slices
+    # the slice index is the seg's own voxel index with the most tumour voxels
+    lab = np.asarray(nib.load(seg).dataobj) > 0
+    z = int(np.argmax(lab.sum(axis=(0, 1))))
+    assert labels[0] == f"axial\nz = {z}"
+
+
+def test_source_slices_name_the_source_voxel_for_flipped_and_permuted_axes() -> None:
+    shape, voxel = (6, 7, 8), (1, 5, 2)
+    permuted = np.array([[0, 0, 2.0, 0], [1.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 0, 1]])
+    for affine in (np.eye(4), np.diag([-1.0, -1.0, 1.0, 1.0]), permuted):
+        vol = np.zeros(shape, bool)
+        vol[voxel] = True
+        shown = to_display([vol], affine, (1, 1, 1))[0][0]
+        centre = tuple(int(v) for v in np.argwhere(shown)[0])
+        names = source_slices(affine, shape, centre)
+        for view in VIEWS:
+            letter, index = names[view].split(" = ")
+            assert int(index) == voxel["xyz".index(letter)], (affine, view, names)
+    # permuted: the axial (superior) display axis is voxel axis 1 (world z)
+    assert source_slices(permuted, shape, (0, 0, 0))["axial"].startswith("y = ")
+
+
+def test_letters_match_where_the_patients_left_and_front_are_drawn() -> None:
+    # RAS voxel order (identity affine): low x = patient's left, high y = anterior,
+    # high z = superior; a bright block there must appear at the L/A, L/S and A/S edges
+    vol = np.full((40, 40, 40), 0.2, np.float32)
+    vol[:8, 30:, 30:] = 1.0
+    (shown,), spacing = to_display([vol], np.eye(4), (1.0, 1.0, 1.0))
+    centre = tuple(int(v) for v in np.argwhere(shown == 1.0).mean(0))
+    fig = montage([("img", shown, None)], spacing, centre, "t")
+    fig.canvas.draw()
+    buf = np.asarray(fig.canvas.buffer_rgba())[..., 0].astype(float) / 255
+    height = buf.shape[0]
+    for ax, view in zip([a for a in fig.axes if a.images], VIEWS, strict=True):
+        box = ax.get_window_extent()
+        x0, x1 = int(box.x0) + 2, int(box.x1) - 2
+        top, bottom = height - int(box.y1) + 2, height - int(box.y0) - 2
+        panel = buf[top:bottom, x0:x1]
+        rows, cols = np.nonzero(panel > 0.9)
+        _, right, _, top_letter = EDGES[view]
+        side = {"axial": "L", "coronal": "L", "sagittal": "A"}[view]  # the block's side
+        assert (cols.mean() > panel.shape[1] / 2) == (side == right), view
+        assert rows.mean() < panel.shape[0] / 2 and top_letter in ("A", "S"), view
+
+
+def test_training_curves_title_names_the_run_folders_path(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = _spy_figures(monkeypatch)
+    run = tmp_path / "cv1" / "run"
+    run.mkdir(parents=True)
+    (run / "history.csv").write_text("epoch,loss,val_loss\n1,1.0,1.1\n2,0.9,1.0\n")
+    assert _invoke("report", str(run)).exit_code == 0
+    title = figures[0]._suptitle.get_text()
+    assert title.startswith(f"training run {run.resolve()}: 2 epochs"), title
+    assert "run run" not in title

@@ -6,16 +6,19 @@ functions the ``braintseg`` commands call (``run_prepare``, ``run_train``, ``run
 Importing ``braintseg`` stays cheap: a step's module (and Keras with it) is imported on the
 step's first call.
 
-Example (the demo's steps; see ``scripts/demo_api.py``)::
+Example (the demo's steps, holding one case out of training and validation; see
+``scripts/demo_api.py`` and the README, whose copy of this example a test runs as a script)::
 
     from braintseg import demo, evaluate, load_config, predict, prepare, sample_data_dir, train
+    from braintseg.demo import HOLDOUT, VALIDATION, cases_except, validation_fold
 
     cfg = load_config("configs/demo.yaml", ["train.epochs=2"])  # YAML + --set style overrides
     cases = sample_data_dir()                                    # 4 bundled real BraTS cases
-    store = prepare(cfg, cases, "demo/store.h5")                 # NIfTI -> HDF5 store + folds
-    train(cfg, store, 0, "demo/run")                             # fold 0 -> demo/run/model.keras
-    predict(["demo/run"], cases / "BraTS-GLI-00000-000", "demo/predictions")
-    summary = evaluate("demo/predictions", cases, "demo/metrics.csv")
+    others = cases_except(cases, HOLDOUT, "demo/cases")          # links to the 3 other cases
+    store = prepare(cfg, others, "demo/store.h5")                # NIfTI -> HDF5 store + folds
+    train(cfg, store, validation_fold(store, VALIDATION), "demo/run")  # 2 train, 1 validation
+    predict(["demo/run"], cases / HOLDOUT, "demo/predictions")   # the held-out case only
+    summary = evaluate("demo/predictions", cases, "demo/metrics.csv", cases=[HOLDOUT])
     result = demo("demo-all-in-one")                             # or all of the above at once
 
 Why the machinery below: ``braintseg.prepare`` is both the name of a submodule and of the API

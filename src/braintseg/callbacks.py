@@ -58,6 +58,11 @@ class KeepFreedMemory(keras.callbacks.Callback):
     on_test_batch_begin = on_test_batch_end = _tune
 
 
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """Keras' CSVLogger with epochs numbered from 1, as the log prints them."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch + 1, logs)
 
 
 def logging_callbacks(cfg: Config, paths: RunPaths, train: SliceDataset,
@@ -71,7 +76,7 @@ def logging_callbacks(cfg: Config, paths: RunPaths, train: SliceDataset,
         cbs.append(keras.callbacks.ReduceLROnPlateau(
             monitor=t.monitor, mode="min" if t.monitor == "val_loss" else "max",
             factor=0.5, patience=5))
-    cbs.append(keras.callbacks.CSVLogger(str(paths.history), append=state is not None))
+    cbs.append(HistoryCSV(str(paths.history), append=state is not None))
     try:
         import tensorboard  # noqa: F401 - Keras' TensorBoard callback needs the package
         cbs.append(keras.callbacks.TensorBoard(str(paths.tensorboard), write_graph=False))

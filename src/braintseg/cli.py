@@ -8,6 +8,8 @@ modules are imported inside the commands.
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,12 +31,17 @@ class _State:
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn BraintsegError into a one-line message and exit 1 (re-raise with --debug)."""
+def user_errors(resume: Callable[[], tuple[str, str]] | None = None) -> Iterator[None]:
+    """Turn BraintsegError into a one-line message and exit 1 (re-raise with --debug).
+
+    ``resume`` (train) returns what is saved and the command that continues the run; the
+    command is added to the message of a stop (exit 75), both to that of Ctrl-C (exit 130).
+    """
     try:
         yield
     except Interrupted as exc:
-        click.echo(f"braintseg: {exc}", err=True)
+        hint = f"; continue with: {resume()[1]}" if resume else ""
+        click.echo(f"braintseg: {exc}{hint}", err=True)
         sys.exit(REQUEUE_EXIT_CODE)
     except BraintsegError as exc:
         if _State.debug:
@@ -43,8 +50,26 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         if _State.debug:
             raise
-        click.echo("braintseg: interrupted", err=True)
+        saved, command = resume() if resume else ("", "")
+        hint = f"; {saved}; continue with: {command}" if resume else ""
+        click.echo(f"braintseg: interrupted{hint}", err=True)
         sys.exit(130)
+
+
+def _train_resume(store: Path, fold: int, run_dir: Path, config_path: Path | None,
+                  overrides: tuple[str, ...]) -> Callable[[], tuple[str, str]]:
+    """For a stopped ``train``: (what its checkpoint holds, the exact --resume command)."""
+
+    def resume() -> tuple[str, str]:
+        from braintseg.checkpoint import describe
+        from braintseg.runs import RunPaths
+
+        args = ["braintseg", "train", "-i", str(store), "--fold", str(fold), "-o", str(run_dir)]
+        args += ["-c", str(config_path)] if config_path else []
+        args += [a for kv in overrides for a in ("--set", kv)]
+        return describe(RunPaths(run_dir)), shlex.join([*args, "--resume"])
+
+    return resume
 
 
 def config_options(fn: F) -> F:
@@ -83,6 +108,8 @@ def cli(verbose: int, quiet: bool, debug: bool) -> None:
     """
     from braintseg.log import setup_logging
 
+    if verbose < 2:  # TensorFlow's C++ start-up lines (CPU features, absl) only with -vv
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _State.debug = debug
     setup_logging(-1 if quiet else verbose)
 
@@ -105,7 +132,9 @@ def info() -> None:
               help="The HDF5 store to write (folds.json is written beside it).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes reading cases [default: all cores].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing store (without it, a store made from the same input "
+                   "files and config is kept and any other is refused).")
 @click.option("--skip-invalid", is_flag=True,
               help="Skip bad cases with a warning (listed in <store>.skipped.txt) "
                    "instead of failing.")
@@ -152,6 +181,7 @@ def train(
 
     On SIGTERM or SIGUSR1 (Slurm's warning before walltime) training finishes the current step,
     saves a checkpoint and exits with code 75; `--resume` then continues at the next epoch.
+    A folder whose run stopped before its first checkpoint is simply started again.
 
     \b
     Several devices: --set train.distribution=data_parallel uses every GPU (JAX: also several
@@ -159,7 +189,7 @@ def train(
     global batch: it must divide by the number of devices, and the learning rate is not
     rescaled.  A signal to any process stops all of them at the same step (exit 75 each).
     """
-    with user_errors():
+    with user_errors(_train_resume(store, fold, run_dir, config_path, overrides)):
         cfg = _load(config_path, overrides)
         from braintseg.distribute import Launch
         from braintseg.train import run_train
@@ -175,7 +205,10 @@ def train(
               help="Run folder (repeat to ensemble folds and views).")
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
               help="Folder of case folders, one case folder, or a store.")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for <case>.nii.gz (predict.output_pattern), predictions.csv and "
+                   "predict_config.yaml; created if needed, removed again if nothing was "
+                   "predicted.")
 @click.option("--probabilities", is_flag=True,
               help="Also write class probabilities (<case>_prob.nii.gz, float32).")
 @click.option("--tta", is_flag=True, help="Average over flips (test-time augmentation).")
@@ -207,7 +240,8 @@ def predict(
 
 
 @cli.command()
-@click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path))
+@click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of predicted <case>.nii.gz label files (the -o of predict).")
 @click.option("-t", "--truth", required=True, type=click.Path(path_type=Path),
               help="Folder of BraTS case folders or <case>.nii.gz label files, or a store.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
@@ -246,8 +280,9 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None, shard: str | None
 def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...]) -> None:
     """Run the whole pipeline on 4 bundled real BraTS cases (a few minutes on a CPU).
 
-    Prepares the cases, trains on three, predicts and evaluates the held-out BraTS 2023 case,
-    draws pictures, and prints what was written where and the held-out Dice per region.
+    Trains on two cases, chooses the model on a third (validation) and predicts and evaluates
+    the fourth, the BraTS 2023 case, held out of both; draws pictures, and prints what was
+    written where, the validation Dice and the held-out Dice per region.
     """
     with user_errors():
         from braintseg.demo import format_result, run_demo

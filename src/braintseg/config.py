@@ -26,6 +26,8 @@ View = Literal["axial", "sagittal", "coronal"]
 VIEWS: tuple[str, ...] = ("axial", "sagittal", "coronal")
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 REGIONS: tuple[str, ...] = ("wt", "tc", "et")
+#: the one field of ``predict.output_pattern``, substituted literally
+CASE_FIELD = "{case}"
 
 
 @dataclass(frozen=True)
@@ -249,18 +251,30 @@ def validate(cfg: Config) -> Config:
                           f"received {t.tumour_oversampling}")
     if cfg.predict.batch_size < 1:
         raise ConfigError(f"predict.batch_size must be >= 1; received {cfg.predict.batch_size}")
-    pattern = cfg.predict.output_pattern
-    try:
-        name = pattern.format(case="x")
-    except (KeyError, IndexError, ValueError):
-        name = ""
-    if ("{case}" not in pattern or "/" in pattern or "\\" in pattern
-            or not name.endswith((".nii.gz", ".nii"))):
-        raise ConfigError(
-            "predict.output_pattern must contain '{case}', no other field and no '/', and end "
-            f"in .nii.gz or .nii; received {pattern!r}"
-        )
+    check_output_pattern(cfg.predict.output_pattern)
     return cfg
+
+
+def check_output_pattern(pattern: str) -> str:
+    """Check ``predict.output_pattern``: ``{case}`` exactly once, no other brace, no ``/``,
+    ending in ``.nii.gz`` or ``.nii``.  The pattern is never given to ``str.format``.
+
+    Raises:
+        ConfigError: naming the key and the received pattern.
+    """
+    rest = pattern.replace(CASE_FIELD, "")
+    if (pattern.count(CASE_FIELD) != 1 or "{" in rest or "}" in rest or "/" in pattern
+            or "\\" in pattern or not pattern.endswith((".nii.gz", ".nii"))):
+        raise ConfigError(
+            "predict.output_pattern must contain '{case}' once and no other field or brace, "
+            f"no '/', and end in .nii.gz or .nii; received {pattern!r}"
+        )
+    return pattern
+
+
+def output_name(pattern: str, case_id: str) -> str:
+    """The file name for ``case_id``: ``{case}`` in ``pattern`` replaced literally."""
+    return pattern.replace(CASE_FIELD, case_id)
 
 
 def from_dict(raw: Mapping[str, Any], where: str = "config") -> Config:

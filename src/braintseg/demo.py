@@ -1,13 +1,20 @@
 """``braintseg demo``: the whole pipeline on the four real BraTS cases bundled with the package.
 
-prepare (4 cases → store) → train (3 cases; validation and test case: ``BraTS-GLI-00000-000``,
-the BraTS 2023 case, so both label conventions are exercised) → predict the held-out case from its
-NIfTI files → evaluate against its ground truth → pictures.  Output folder layout::
+The four cases have three roles: ``BraTS-GLI-00000-000`` (the BraTS 2023 case, so both label
+conventions are exercised) is the *held-out* case, never seen in training nor used to choose
+the model; ``Brats18_2013_3_1`` is the *validation* case, on which the best epoch's model is
+chosen; the other two BraTS 2018 cases are trained on.  prepare (the three non-held-out cases →
+store, 3 folds of one case) → train (the fold validating on :data:`VALIDATION`) → predict the
+held-out and the validation case from their NIfTI files → evaluate each against its ground
+truth → pictures.  Both Dice figures are printed, each named as what it is: the validation Dice
+is optimistic (the model was chosen on that case), the held-out Dice is not.  Output folder::
 
-    DIR/store.h5 (+ .folds.json, ...)  the prepared store
+    DIR/cases/                         links to the three training/validation case folders
+    DIR/store.h5 (+ .folds.json, ...)  the prepared store (those three cases)
     DIR/run/                           the training run (config.yaml, model.keras, history.csv)
     DIR/predictions/<case>.nii.gz      the held-out case's labels, in its geometry and convention
-    DIR/predictions/metrics.csv        Dice, HD95, sensitivity, specificity (+ .json, _summary.csv)
+    DIR/predictions/metrics.csv        its Dice, HD95, sensitivity, specificity (+ .json, ...)
+    DIR/validation/                    the same for the validation case
     DIR/pictures/*.png                 training curves and an overlay montage of the held-out case
     DIR/demo.json                      what was written where, Dice per region, timings
 
@@ -34,13 +41,15 @@ from braintseg.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-#: the case kept out of training: validation during training, then predicted and evaluated
+#: the held-out (test) case: neither trained on nor used to choose the model
 HOLDOUT = "BraTS-GLI-00000-000"
+#: the validation case: the model of the best epoch on it is kept (never trained on)
+VALIDATION = "Brats18_2013_3_1"
 DEFAULT_OUTPUT = Path("braintseg-demo")
 
 #: the demo's configuration on a CPU (configs/demo.yaml holds the same keys; a test checks this)
 CPU_CONFIG: dict[str, dict[str, Any]] = {
-    "data": {"crop": "auto", "n_folds": 4},
+    "data": {"crop": "auto", "n_folds": 3},
     "model": {"levels": 3, "start_channels": 8},
     "train": {
         "batch_size": 8,
@@ -53,11 +62,11 @@ CPU_CONFIG: dict[str, dict[str, Any]] = {
     },
     "predict": {"batch_size": 16},
 }
-#: with a GPU: the default configuration plus the demo's data section (4 folds of 1 case)
+#: with a GPU: the default configuration plus the demo's data section (3 folds of 1 case)
 GPU_CONFIG: dict[str, dict[str, Any]] = {"data": dict(CPU_CONFIG["data"])}
 
 #: top-level names the demo writes in its output folder (removed first by ``overwrite``)
-OUTPUT_NAMES = ("run", "predictions", "pictures", "demo.json")
+OUTPUT_NAMES = ("cases", "run", "predictions", "validation", "pictures", "demo.json")
 
 
 @dataclass(frozen=True)
@@ -69,10 +78,13 @@ class DemoResult:
         store: the prepared store (``.h5``).
         run_dir: the training run folder.
         predictions: the held-out case's predicted label NIfTI files.
-        metrics: the per-case metrics CSV written by evaluate.
+        metrics: the held-out case's metrics CSV written by evaluate.
         pictures: PNG files (training curves, overlay montages).
         dice: held-out Dice per region, ``{"wt": .., "tc": .., "et": ..}`` (NaN if undefined).
         holdout: the held-out case id.
+        validation: the validation case id (the model was chosen on it).
+        validation_dice: the chosen model's Dice per region on the validation case (optimistic).
+        validation_metrics: the validation case's metrics CSV.
         device: ``"cpu"`` or ``"gpu"`` (which configuration was trained).
         seconds: wall time per step and in total.
     """
@@ -85,6 +97,9 @@ class DemoResult:
     pictures: list[Path]
     dice: dict[str, float]
     holdout: str
+    validation: str
+    validation_dice: dict[str, float]
+    validation_metrics: Path
     device: str
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -146,8 +161,37 @@ def _clear_output(out_dir: Path, entries: Sequence[str]) -> None:
                 path.unlink()
 
 
-def holdout_fold(store_path: Path, holdout: str) -> int:
-    """Index of the fold whose validation cases are exactly ``[holdout]`` (or contain it)."""
+def cases_except(cases_dir: Path, excluded: str, dest: Path) -> Path:
+    """``dest`` holding every case folder of ``cases_dir`` except ``excluded``.
+
+    The folders are symbolic links (copies where links cannot be made); a ``dest`` made by an
+    earlier call is replaced.  Returns ``dest``, to give to ``prepare``.
+
+    Raises:
+        DataError: ``cases_dir`` has no case folder ``excluded``, or ``dest`` is a file.
+    """
+    cases_dir, dest = Path(cases_dir), Path(dest)
+    names = sorted(p.name for p in cases_dir.iterdir() if p.is_dir())
+    if excluded not in names:
+        raise DataError(f"{cases_dir} has no case folder {excluded!r} to leave out; "
+                        f"found {names}")
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"{dest} is a file; expected a folder for links to the cases")
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in names:
+        if name == excluded:
+            continue
+        try:
+            (dest / name).symlink_to((cases_dir / name).resolve(), target_is_directory=True)
+        except OSError:  # no symbolic links here (some Windows setups): copy
+            shutil.copytree(cases_dir / name, dest / name)
+    return dest
+
+
+def validation_fold(store_path: Path, case: str) -> int:
+    """Index of the fold whose validation cases are exactly ``[case]`` (or contain it)."""
     from braintseg.data.store import open_store
 
     store = open_store(store_path)
@@ -157,9 +201,9 @@ def holdout_fold(store_path: Path, holdout: str) -> int:
         store.close()
     for exact in (True, False):
         for i, val in enumerate(folds):
-            if (val == [holdout]) if exact else (holdout in val):
+            if (val == [case]) if exact else (case in val):
                 return i
-    raise DataError(f"store {store_path}: case {holdout} is in no validation fold; folds: {folds}")
+    raise DataError(f"store {store_path}: case {case} is in no validation fold; folds: {folds}")
 
 
 def run_demo(
@@ -171,6 +215,7 @@ def run_demo(
     gpu: bool | None = None,
     data_dir: Path | None = None,
     holdout: str = HOLDOUT,
+    validation: str = VALIDATION,
 ) -> DemoResult:
     """Prepare, train, predict, evaluate and draw on the bundled cases; see the module docstring.
 
@@ -181,7 +226,8 @@ def run_demo(
         overrides: ``"section.key=value"`` strings applied to the demo's configuration.
         gpu: train the GPU (default) configuration; ``None``: when Keras sees a GPU.
         data_dir: BraTS case folders to use instead of the bundled ones.
-        holdout: the case kept out of training, then predicted and evaluated.
+        holdout: the case kept out of training and validation, then predicted and evaluated.
+        validation: the case the best model is chosen on (predicted and evaluated too).
 
     Returns:
         A :class:`DemoResult`; also written to ``out_dir/demo.json``.
@@ -193,26 +239,32 @@ def run_demo(
     out_dir = Path(out_dir)
     entries = _check_output(out_dir, overwrite)
     cases = Path(data_dir) if data_dir is not None else sample_data_dir()
-    if not (cases / holdout).is_dir():
-        raise DataError(f"demo data {cases}: no case folder {holdout!r} to hold out")
+    for role, case in (("hold out", holdout), ("validate on", validation)):
+        if not (cases / case).is_dir():
+            raise DataError(f"demo data {cases}: no case folder {case!r} to {role}")
+    if holdout == validation:
+        raise DataError(f"demo: the held-out case {holdout} cannot also be the validation case")
     demo_config(False, epochs, overrides)  # bad overrides fail here, before Keras is imported
     use_gpu = gpu_visible() if gpu is None else gpu
     cfg = demo_config(use_gpu, epochs, overrides)
     _clear_output(out_dir, entries)
-    logger.info("demo: %s configuration, holding out %s, writing to %s",
-                "GPU (default)" if use_gpu else "CPU (configs/demo.yaml)", holdout, out_dir)
-    result = _run_steps(cfg, cases, out_dir, holdout, "gpu" if use_gpu else "cpu")
+    logger.info("demo: %s configuration, holding out %s, validating on %s, writing to %s",
+                "GPU (default)" if use_gpu else "CPU (configs/demo.yaml)", holdout, validation,
+                out_dir)
+    result = _run_steps(cfg, cases, out_dir, (holdout, validation), "gpu" if use_gpu else "cpu")
     _write_json(result, cfg, out_dir / "demo.json")
     return result
 
 
-def _run_steps(cfg: Config, cases: Path, out_dir: Path, holdout: str, device: str) -> DemoResult:
-    """The pipeline itself, timed step by step."""
+def _run_steps(cfg: Config, cases: Path, out_dir: Path, roles: tuple[str, str],
+               device: str) -> DemoResult:
+    """The pipeline itself, timed step by step; ``roles`` = (held-out, validation) case."""
     from braintseg.evaluate import run_evaluate
     from braintseg.predict import run_predict
     from braintseg.prepare import run_prepare
     from braintseg.train import run_train
 
+    holdout, validation = roles
     seconds: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -222,24 +274,28 @@ def _run_steps(cfg: Config, cases: Path, out_dir: Path, holdout: str, device: st
         clock[0] = now
         logger.info("demo: %s done in %.1f s", step, seconds[step])
 
-    store = Path(run_prepare(cfg, cases, out_dir / "store.h5", overwrite=True))
+    train_cases = cases_except(cases, holdout, out_dir / "cases")
+    store = Path(run_prepare(cfg, train_cases, out_dir / "store.h5", overwrite=True))
     lap("prepare")
     run_dir = out_dir / "run"
-    run_train(cfg, store, holdout_fold(store, holdout), run_dir, overwrite=True)
+    run_train(cfg, store, validation_fold(store, validation), run_dir, overwrite=True)
     lap("train")
-    pred_dir = out_dir / "predictions"
+    pred_dir, val_dir = out_dir / "predictions", out_dir / "validation"
     predictions = [Path(p) for p in run_predict([run_dir], cases / holdout, pred_dir)]
+    run_predict([run_dir], cases / validation, val_dir)
     lap("predict")
-    metrics = pred_dir / "metrics.csv"
+    metrics, val_metrics = pred_dir / "metrics.csv", val_dir / "metrics.csv"
     summary = run_evaluate(pred_dir, cases, metrics, cases=[holdout])
+    val_summary = run_evaluate(val_dir, cases, val_metrics, cases=[validation])
     lap("evaluate")
     pictures = draw_pictures(run_dir, pred_dir, cases, out_dir / "pictures")
     lap("pictures")
     seconds["total"] = round(sum(seconds.values()), 1)
     return DemoResult(
         out_dir=out_dir, store=store, run_dir=run_dir, predictions=predictions, metrics=metrics,
-        pictures=pictures, dice=holdout_dice(summary, holdout), holdout=holdout, device=device,
-        seconds=seconds,
+        pictures=pictures, dice=case_dice(summary, holdout), holdout=holdout,
+        validation=validation, validation_dice=case_dice(val_summary, validation),
+        validation_metrics=val_metrics, device=device, seconds=seconds,
     )
 
 
@@ -260,11 +316,11 @@ def draw_pictures(run_dir: Path, pred_dir: Path, cases_dir: Path, out_dir: Path)
     return [curves, *plot_prediction_overlays(Path(pred_dir), Path(cases_dir), out_dir)]
 
 
-def holdout_dice(summary: dict[str, Any], holdout: str) -> dict[str, float]:
-    """``{"wt", "tc", "et"} → Dice`` of case ``holdout`` from a ``run_evaluate`` summary."""
-    rows = [r for r in summary["cases"] if r["case"] == holdout]
+def case_dice(summary: dict[str, Any], case: str) -> dict[str, float]:
+    """``{"wt", "tc", "et"} → Dice`` of ``case`` from a ``run_evaluate`` summary."""
+    rows = [r for r in summary["cases"] if r["case"] == case]
     if not rows or rows[0]["status"] != "ok":
-        raise DataError(f"evaluation has no scored prediction for the held-out case {holdout}")
+        raise DataError(f"evaluation has no scored prediction for case {case}")
     return {region: float(rows[0][f"{region}_dice"]) for region in REGIONS}
 
 
@@ -278,7 +334,8 @@ def _write_json(result: DemoResult, cfg: Config, path: Path) -> None:
 
 
 def format_result(result: DemoResult) -> str:
-    """The lines ``braintseg demo`` prints: what was written where, and the held-out Dice."""
+    """The lines ``braintseg demo`` prints: what was written where, the validation Dice and
+    (last) the held-out Dice."""
     out = result.out_dir
     lines = [
         f"braintseg demo finished in {result.seconds.get('total', 0):.0f} s "
@@ -288,9 +345,16 @@ def format_result(result: DemoResult) -> str:
         f"  run          {result.run_dir}  (model.keras, history.csv, config.yaml)",
         *[f"  prediction   {p}" for p in result.predictions],
         f"  metrics      {result.metrics}",
+        f"  validation   {result.validation_metrics}",
         *[f"  picture      {p}" for p in result.pictures],
         f"  summary      {out / 'demo.json'}",
-        f"held-out case {result.holdout}: Dice "
-        + "  ".join(f"{r.upper()} {v:.3f}" for r, v in result.dice.items()),
+        f"validation case {result.validation} (the model was chosen on it: optimistic): Dice "
+        + _dice_text(result.validation_dice),
+        f"held-out case {result.holdout} (never trained on nor used to choose the model): Dice "
+        + _dice_text(result.dice),
     ]
     return "\n".join(lines)
+
+
+def _dice_text(dice: dict[str, float]) -> str:
+    return "  ".join(f"{r.upper()} {v:.3f}" for r, v in dice.items())

@@ -238,20 +238,17 @@ class Session:
                 f"{self.n_devices} (the learning rate is not rescaled)")
 
     # -- the run folder
-    def local_run_dir(self, run_dir: Path, resume: bool) -> Path:
-        """``run_dir`` on process 0; elsewhere a private scratch folder holding a copy of the
-        files a resume reads (the process trains there and it is removed at the end)."""
+    def local_run_dir(self, run_dir: Path) -> Path:
+        """``run_dir`` on process 0; elsewhere a private scratch copy of it (without
+        ``tensorboard/``), so every process takes the same start decisions (resume, refuse,
+        overwrite) while only process 0 writes the run folder; removed at the end."""
         if self.is_writer:
             return run_dir
         self._scratch = Path(tempfile.mkdtemp(prefix=f"braintseg-p{self.process_id}-"))
-        if resume:
-            for name in ("config.yaml", "run.json", "last.keras", "checkpoint/state.json",
-                         "history.csv"):
-                src = run_dir / name
-                if src.is_file():
-                    (self._scratch / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(src, self._scratch / name)
-        return self._scratch / run_dir.name
+        local = self._scratch / (run_dir.name or "run")
+        if run_dir.is_dir():
+            shutil.copytree(run_dir, local, ignore=shutil.ignore_patterns("tensorboard"))
+        return local
 
     # -- agreement between processes
     def agree(self, what: str, value: Any) -> None:
@@ -382,6 +379,9 @@ def session(cfg: Config, launch: Launch | None = None) -> Iterator[Session]:
     launch = launch or Launch()
     mode = cfg.train.distribution
     multi = launch.multi_process or (mode != "none" and _in_slurm_step())
+    if mode == "none" and not multi:  # nothing to set up (and no Keras import yet)
+        yield Session()
+        return
     backend = _backend()
     if multi and (mode == "none" or backend != "jax"):
         raise ConfigError(

@@ -13,7 +13,8 @@ Pure numpy/scipy/nibabel (never imports Keras), so it runs anywhere.
   specificity, predicted/true volume in voxels and ml.  Empty masks (BraTS convention): both
   empty → Dice 1, HD95 0; exactly one empty → Dice 0, HD95 :data:`HD95_EMPTY`.  A truth case
   without a prediction is a failure (status ``missing``: Dice 0, HD95 :data:`HD95_EMPTY`,
-  sensitivity and specificity 0), never dropped.
+  sensitivity and specificity 0), never dropped; but predictions and truth that share no case
+  id at all are an error (wrong folders, or ``-p``/``-t`` swapped).
 
 Outputs (temporary name, then rename): the per-case CSV (default ``PRED_DIR/metrics.csv``),
 ``<stem>_summary.csv`` and ``<stem>.json`` beside it (mean, std, median, 25th/75th percentile per
@@ -251,12 +252,13 @@ def run_evaluate(
             ``.shard-K-of-N`` before their suffix; :func:`merge_shards` joins them.
 
     Returns:
-        ``{"n_cases", "n_missing", "missing", "unmatched_predictions", "pred_dir", "truth",
-        "files": {"per_case", "summary_csv", "json"}, "summary": {metric: {region: {stat}}},
-        "cases": [per-case rows]}``.
+        ``{"n_cases", "n_scored", "n_missing", "missing", "unmatched_predictions", "pred_dir",
+        "truth", "files": {"per_case", "summary_csv", "json"},
+        "summary": {metric: {region: {stat}}}, "cases": [per-case rows]}``.
 
     Raises:
-        DataError: missing folders, unreadable files, grids that differ, output not writable.
+        DataError: missing folders, prediction and truth sharing no case id, unreadable files,
+            grids that differ, output not writable.
     """
     pred_dir, truth = Path(pred_dir), Path(truth)
     output = Path(output) if output is not None else pred_dir / "metrics.csv"
@@ -267,6 +269,7 @@ def run_evaluate(
         if unknown:
             raise DataError(f"cases {unknown} have no labels in {truth}")
         sources = {c: sources[c] for c in cases}
+    _check_overlap(preds, sources, pred_dir, truth)
     extra = sorted(set(preds) - set(sources)) if cases is None and shard is None else []
     sources = {c: sources[c] for c in shard_items(sorted(sources), shard)}
     output = output.with_name(f"{_stem(output)}{shard_suffix(shard)}{output.suffix}")
@@ -281,8 +284,13 @@ def run_evaluate(
             logger.warning("case %s: no prediction in %s; counted as a failure", case, pred_dir)
         rows.append(evaluate_case(case, pred, sources[case]()))
     missing = [r["case"] for r in rows if r["status"] == "missing"]
+    if missing:
+        logger.warning("scored %d of %d truth cases against a prediction; %d have none in %s and "
+                       "count as failures", len(rows) - len(missing), len(rows), len(missing),
+                       pred_dir)
     summary = {
-        "n_cases": len(rows), "n_missing": len(missing), "missing": missing,
+        "n_cases": len(rows), "n_scored": len(rows) - len(missing),
+        "n_missing": len(missing), "missing": missing,
         "unmatched_predictions": extra, "pred_dir": str(pred_dir), "truth": str(truth),
         "files": _paths(output), "summary": summarize(rows) if rows else {}, "cases": rows,
     }
@@ -316,8 +324,8 @@ def merge_shards(output: Path) -> dict[str, Any]:
     rows = sorted((r for p in parts for r in p["cases"]), key=lambda r: r["case"])
     missing = [r["case"] for r in rows if r["status"] == "missing"]
     summary = {
-        "n_cases": len(rows), "n_missing": len(missing), "missing": missing,
-        "unmatched_predictions": [], "pred_dir": parts[0]["pred_dir"],
+        "n_cases": len(rows), "n_scored": len(rows) - len(missing), "n_missing": len(missing),
+        "missing": missing, "unmatched_predictions": [], "pred_dir": parts[0]["pred_dir"],
         "truth": parts[0]["truth"], "files": _paths(output),
         "summary": summarize(rows) if rows else {}, "cases": rows,
     }
@@ -333,6 +341,20 @@ def _paths(output: Path) -> dict[str, str]:
     stem = _stem(output)
     return {"per_case": str(output), "summary_csv": str(output.with_name(f"{stem}_summary.csv")),
             "json": str(output.with_name(f"{stem}.json"))}
+
+
+def _check_overlap(preds: dict[str, Path], sources: dict[str, Any], pred_dir: Path,
+                   truth: Path) -> None:
+    """No truth case with a prediction is an error: nothing would be scored but failures."""
+    if set(preds) & set(sources):
+        return
+    example = (f" (e.g. prediction {sorted(preds)[0]!r}, truth case {sorted(sources)[0]!r})"
+               if preds and sources else "")
+    raise DataError(
+        f"predictions {pred_dir} ({len(preds)} label files) and truth {truth} "
+        f"({len(sources)} cases) share no case id{example}; expected predictions named "
+        "<case>.nii.gz for the truth's cases (are -p and -t swapped?)"
+    )
 
 
 def _check_writable(output: Path) -> None:
@@ -367,9 +389,10 @@ def _write_outputs(summary: dict[str, Any], output: Path) -> None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The table ``braintseg evaluate`` prints: mean ± std (median) per metric and region."""
-    n = summary["n_cases"]
-    head = (f"{n} case{'s' if n != 1 else ''} evaluated ({summary['n_missing']} missing predictions"
-            f"{': ' + ', '.join(summary['missing']) if summary['missing'] else ''})")
+    n, missing = summary["n_cases"], summary["missing"]
+    head = (f"{n} case{'s' if n != 1 else ''} evaluated: {n - len(missing)} scored against a "
+            f"prediction, {len(missing)} missing predictions"
+            + (f" (scored as failures: {', '.join(missing)})" if missing else ""))
     lines = [head, f"{'metric':<14}" + "".join(f"{r.upper():>26}" for r in REGIONS)]
     for metric, fmt in (("dice", ".3f"), ("hd95_mm", ".2f"), ("sensitivity", ".3f"),
                         ("specificity", ".4f"), ("true_ml", ".1f"), ("pred_ml", ".1f")):

@@ -26,6 +26,12 @@ LABEL_COLOURS: dict[int, tuple[str, str]] = {
 }
 #: view name → axis of the (X, Y, Z) volume it slices
 VIEWS: dict[str, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
+#: view name → patient directions at the (left, right, bottom, top) edges of its panels, as
+#: drawn from L-A-S volumes (:func:`to_display`, :func:`_plane`): radiological convention
+EDGES: dict[str, tuple[str, str, str, str]] = {
+    "axial": ("R", "L", "P", "A"), "coronal": ("R", "L", "I", "S"),
+    "sagittal": ("A", "P", "I", "S"),
+}
 REGION_COLOURS = {"wt": "#1f77b4", "tc": "#d62728", "et": "#ff7f0e"}
 OVERLAY_ALPHA = 0.5
 
@@ -89,7 +95,8 @@ def _window(image: NDArray[Any]) -> tuple[float, float]:
 
 
 def _draw(ax: Any, image: NDArray[Any], window: tuple[float, float], aspect: float,
-          labels: NDArray[np.uint8] | None = None, title: str = "") -> None:
+          labels: NDArray[np.uint8] | None = None, title: str = "",
+          edges: tuple[str, str, str, str] | None = None) -> None:
     ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], origin="lower",
               aspect=aspect, interpolation="nearest")
     if labels is not None:
@@ -98,17 +105,32 @@ def _draw(ax: Any, image: NDArray[Any], window: tuple[float, float], aspect: flo
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=10, color="white")
+    if edges is not None:  # orientation letters at the middle of each edge
+        style = {"color": "#8fd3ff", "fontsize": 8, "fontweight": "bold",
+                 "transform": ax.transAxes}
+        for (x, y, ha, va), letter in zip(
+                ((0.02, 0.5, "left", "center"), (0.98, 0.5, "right", "center"),
+                 (0.5, 0.02, "center", "bottom"), (0.5, 0.98, "center", "top")), edges,
+                strict=True):
+            ax.text(x, y, letter, ha=ha, va=va, **style)
 
 
 def montage(columns: list[tuple[str, NDArray[Any], NDArray[np.uint8] | None]],
-            spacing: tuple[float, ...], centre: tuple[int, ...], title: str) -> Any:
+            spacing: tuple[float, ...], centre: tuple[int, ...], title: str,
+            slice_names: dict[str, str] | None = None) -> Any:
     """A ``views × columns`` figure: rows axial, coronal, sagittal through ``centre``.
 
+    Every panel carries the patient directions at its edges (:data:`EDGES`); each row is
+    labelled with its view and slice.
+
     Args:
-        columns: ``(name, image (X, Y, Z), labels (X, Y, Z) uint8 internal or None)`` per column.
+        columns: ``(name, image (X, Y, Z), labels (X, Y, Z) uint8 internal or None)`` per column,
+            volumes in L-A-S display order (:func:`to_display`).
         spacing: voxel size in mm per axis (sets each panel's aspect ratio).
-        centre: ``(x, y, z)`` slice indices.
+        centre: ``(x, y, z)`` slice indices (display order).
         title: figure title.
+        slice_names: view → how its slice is named (default ``slice N`` of the display volume;
+            :func:`source_slices` gives the source file's voxel index).
     """
     from matplotlib.patches import Patch
 
@@ -125,8 +147,9 @@ def montage(columns: list[tuple[str, NDArray[Any], NDArray[np.uint8] | None]],
             window = windows[id(image)]
             lab = None if labels is None else _plane(labels, axis, centre[axis], box)
             _draw(axes[r, c], _plane(image, axis, centre[axis], box), window, aspect, lab,
-                  name if r == 0 else "")
-        axes[r, 0].set_ylabel(view, color="white", fontsize=10)
+                  name if r == 0 else "", EDGES[view])
+        where = (slice_names or {}).get(view, f"slice {centre[axis]}")
+        axes[r, 0].set_ylabel(f"{view}\n{where}", color="white", fontsize=9)
     handles = [Patch(color=colour, label=name) for name, colour in LABEL_COLOURS.values()]
     fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, labelcolor="white")
     fig.suptitle(title, color="white", fontsize=12)
@@ -151,10 +174,35 @@ def to_display(volumes: list[Any], affine: NDArray[np.float64], zooms: tuple[flo
     (patient's left on the right, anterior/superior up); sagittal slices are mirrored in
     :func:`_plane` so anterior is on the left.  Returns the volumes and the permuted spacing.
     """
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+    from nibabel.orientations import apply_orientation
 
-    t = ornt_transform(io_orientation(affine), axcodes2ornt(("L", "A", "S")))
+    t = display_transform(affine)
     spacing = [0.0, 0.0, 0.0]
     for i in range(3):
         spacing[int(t[i, 0])] = float(zooms[i])
     return ([None if v is None else apply_orientation(v, t) for v in volumes], tuple(spacing))
+
+
+def display_transform(affine: NDArray[np.float64]) -> NDArray[np.float64]:
+    """nibabel orientation transform from the voxel axes of ``affine`` to L-A-S: row ``i`` =
+    (display axis of source axis ``i``, 1 or -1 for a flip)."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    return ornt_transform(io_orientation(affine), axcodes2ornt(("L", "A", "S")))
+
+
+def source_slices(affine: NDArray[np.float64], shape: tuple[int, ...],
+                  centre: tuple[int, ...]) -> dict[str, str]:
+    """view → ``"x = 120"``-style name of the slice drawn, in the source file's voxel axes.
+
+    Args:
+        affine: the source voxel-to-world affine.  shape: the source ``(X, Y, Z)`` shape.
+        centre: slice indices in display (L-A-S) order, as given to :func:`montage`.
+    """
+    t = display_transform(affine)
+    names = {}
+    for view, axis in VIEWS.items():
+        src = next(i for i in range(3) if int(t[i, 0]) == axis)
+        index = centre[axis] if t[src, 1] > 0 else shape[src] - 1 - centre[axis]
+        names[view] = f"{'xyz'[src]} = {index}"
+    return names

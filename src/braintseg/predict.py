@@ -34,6 +34,7 @@ from braintseg.inference.cases import CaseInput, check_case_id, plan_cases
 from braintseg.inference.runs import RunInfo, check_ensemble, load_model, read_run
 from braintseg.inference.writing import (
     prepare_out_dir,
+    remove_unused_out_dir,
     save_probabilities,
     write_csv,
     write_yaml,
@@ -149,13 +150,18 @@ def run_predict(
         return []
     plans = shard_items(plans, shard)
     targets = [check_case_id(p.case_id, pcfg.output_pattern, out_dir) for p in plans]
-    prepare_out_dir(out_dir)
-    predictors = _predictors(runs, pcfg.batch_size, tta)
-    record = _record(runs, pcfg, tta, probabilities, Path(input_path), n_selected)
-    write_yaml(out_dir / CONFIG_NAME, record)  # first: never beside another run's predictions
+    created = prepare_out_dir(out_dir)
     try:
+        predictors = _predictors(runs, pcfg.batch_size, tta)
+        record = _record(runs, pcfg, tta, probabilities, Path(input_path), n_selected)
+        write_yaml(out_dir / CONFIG_NAME, record)  # first: never beside another run's predictions
         rows, written = _predict_all(plans, targets, predictors, pcfg, probabilities,
                                      first.output)
+    except BaseException:
+        # a model that cannot be loaded, a case that cannot be read, Ctrl-C: a folder this call
+        # created is removed again if no prediction reached it
+        remove_unused_out_dir(out_dir, created, own=(CONFIG_NAME,))
+        raise
     finally:
         plans[0].close()  # all plans share one input
     write_csv(out_dir / CSV_NAME.replace(".csv", f"{shard_suffix(shard)}.csv"), rows)

@@ -1,35 +1,47 @@
 """``braintseg prepare``: BraTS NIfTI case folders → one PyTables store + folds JSON.
 
-Flow: find cases (exact suffixes) → validate the crop box against every case's header (before
-any heavy work; ``auto`` first reads every case to find the nonzero bounding box) → worker
-processes load, check, normalise and crop one case each → the parent process appends cases in
-case-id order to a temporary store → folds → rename into place.  Files written beside the store
-``<stem>.h5``: ``<stem>.folds.json``, ``<stem>.config.yaml`` and, with skipped cases,
-``<stem>.skipped.txt``.
+Flow: check the output (parent folders, writable: a probe file; remove stale temporaries of
+killed runs) → find cases (exact suffixes) → an existing store made from the very same input
+files and config is kept as it is (a rerun after a kill succeeds) → validate the crop box
+against every case's header (before any heavy work; ``auto`` first reads every case to find the
+nonzero bounding box) → worker processes (:mod:`braintseg.workers`) load, check, normalise and
+crop one case each → the parent appends cases in case-id order to a temporary store → folds →
+the files beside the store ``<stem>.h5`` (``<stem>.folds.json``, ``<stem>.config.yaml`` and, with
+skipped cases, ``<stem>.skipped.txt``; each written atomically) → the store is renamed into place
+last.  A kill at any instant leaves either no store or a complete store with its files (their
+texts are also kept inside the store and rewritten by a rerun).
+
+Every error, in a worker or here, is one :class:`DataError` naming the case and file (or the
+output path and the system's reason, e.g. "No space left on device").
+
+Test hook: ``BRAINTSEG_PREPARE_KILL_AT=<point>`` makes the process SIGKILL itself at that point
+(:data:`KILL_POINTS`), so crash tests can stop it at exact places.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
+import hashlib
+import json
 import logging
-import multiprocessing
 import os
+import signal
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
+import yaml
 
 from braintseg import __version__
-from braintseg.atomic import atomic_write_text
-from braintseg.config import MODALITIES, Config, DataConfig, dump_config, to_dict
+from braintseg.atomic import atomic_write_text, remove_stale_temporaries
+from braintseg.config import MODALITIES, Config, DataConfig, to_dict
 from braintseg.data.codec import encode_int16
-from braintseg.data.folds import Folds, folds_path, make_folds, write_folds
+from braintseg.data.folds import Folds, make_folds
 from braintseg.data.nifti import CaseFiles, header_to_hex, load_case, read_header, scan_cases
 from braintseg.data.preprocess import (
     apply_normalization,
@@ -42,12 +54,15 @@ from braintseg.data.preprocess import (
 from braintseg.data.store_write import PreparedCase, StoreWriter
 from braintseg.errors import BraintsegError, DataError
 from braintseg.log import progress
+from braintseg.workers import imap_bounded, loader_pool
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
 Failure = tuple[str, str]  # (case id, message)
+#: the files written beside the store, in the order they are written (the store comes last)
+SIDECARS = (".skipped.txt", ".config.yaml", ".folds.json")
+#: where ``BRAINTSEG_PREPARE_KILL_AT`` may stop the process (crash tests)
+KILL_POINTS = ("scanned", "appended", "closed", "sidecars", "renamed")
 
 
 def sidecar(store: Path, suffix: str) -> Path:
@@ -82,6 +97,13 @@ def _fail_or_raise(exc: BraintsegError, files: CaseFiles, skip: bool) -> Failure
     return (files.case_id, str(exc))
 
 
+def _unexpected(files: CaseFiles, exc: Exception) -> DataError:
+    """Any other error of a worker, as one line naming the case and its folder."""
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return DataError(f"case {files.case_id}: cannot prepare the files in {files.folder} "
+                     f"({type(exc).__name__}: {text})")
+
+
 def _stats(images: Any, data: DataConfig) -> list[dict[str, Any]]:
     if data.normalization == "zscore":
         return normalization_stats(images, data.clip_percentiles, MODALITIES)
@@ -96,7 +118,8 @@ def prepare_case(files: CaseFiles, root: Path, box: Sequence[int], data: DataCon
     """Worker: load, check, normalise (whole brain), crop one case; a Failure when skipping.
 
     ``dtype`` int16 keeps the clipped source intensities (normalised on read, see
-    :mod:`braintseg.data.codec`); float16/float32 store the normalised values.
+    :mod:`braintseg.data.codec`); float16/float32 store the normalised values.  Every error is
+    a one-line DataError naming the case (and the file, where one file is at fault).
     """
     try:
         loaded = load_case(files)
@@ -110,11 +133,14 @@ def prepare_case(files: CaseFiles, root: Path, box: Sequence[int], data: DataCon
         else:  # crop first: only the box is converted (the checks still see the whole volume)
             stats = _stats(loaded.images, data)
             images = np.ascontiguousarray(crop(loaded.images, box), dtype=dtype)
+        labels = None if loaded.labels is None else np.ascontiguousarray(crop(loaded.labels, box))
+        meta = case_meta(files, root, loaded, box, stats)
     except DataError as exc:
         msg = str(exc) if str(exc).startswith("case ") else f"case {files.case_id}: {exc}"
         return _fail_or_raise(DataError(msg), files, skip)
-    labels = None if loaded.labels is None else np.ascontiguousarray(crop(loaded.labels, box))
-    return PreparedCase(files.case_id, images, labels, case_meta(files, root, loaded, box, stats))
+    except Exception as exc:  # noqa: BLE001 - one line for anything a worker meets
+        return _fail_or_raise(_unexpected(files, exc), files, skip)
+    return PreparedCase(files.case_id, images, labels, meta)
 
 
 def case_box(files: CaseFiles, skip: bool) -> tuple[str, Any] | Failure:
@@ -130,52 +156,22 @@ def case_box(files: CaseFiles, skip: bool) -> tuple[str, Any] | Failure:
                                 f"({files.images[m].name}) is all zero")
     except DataError as exc:
         return _fail_or_raise(exc, files, skip)
+    except Exception as exc:  # noqa: BLE001 - one line for anything a worker meets
+        return _fail_or_raise(_unexpected(files, exc), files, skip)
     return ("ok", (files.case_id, box, loaded.images.shape[:3]))
 
 
-def imap_bounded(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
-    """``map`` in worker processes, in order, with at most ``workers`` results in flight.
-
-    One worker is a thread instead: it loads the next case while the caller writes this one
-    (NIfTI decompression and numpy release the GIL; 0.55 -> 0.39 s per case on 14 real cases).
-    """
-    if workers <= 1:
-        with ThreadPoolExecutor(1, thread_name_prefix="braintseg-load") as ex:
-            it = iter(items)
-            ahead = [ex.submit(fn, item) for item in itertools.islice(it, 1)]
-            try:
-                while ahead:
-                    result = ahead.pop().result()
-                    ahead += [ex.submit(fn, item) for item in itertools.islice(it, 1)]
-                    yield result
-            finally:
-                for fut in ahead:
-                    fut.cancel()
-        return
-    # forkserver/spawn, never fork: the parent may hold HDF5 handles or TensorFlow threads
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload([__name__])
-    pool = ProcessPoolExecutor(workers, mp_context=ctx)
-    pending: deque[Future[R]] = deque()
-    it = iter(items)
-    try:
-        for item in it:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, nxt))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+def _case_name(files: CaseFiles) -> str:
+    return f"case {files.case_id}"
 
 
-def _resolve_box(cfg: Config, cases: list[CaseFiles], workers: int, skip: bool,
+def _kill_point(name: str) -> None:
+    """Crash-test hook: SIGKILL this process at ``name`` when BRAINTSEG_PREPARE_KILL_AT says so."""
+    if os.environ.get("BRAINTSEG_PREPARE_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _resolve_box(cfg: Config, cases: list[CaseFiles], pool: tuple[Executor, int], skip: bool,
                  failures: list[Failure]) -> tuple[tuple[int, ...], list[CaseFiles]]:
     multiple = 2 ** cfg.model.levels
     shapes: dict[str, tuple[int, ...]] = {}
@@ -195,13 +191,15 @@ def _resolve_box(cfg: Config, cases: list[CaseFiles], workers: int, skip: bool,
         return tuple(cfg.data.crop), cases
     boxes, good = [], []
     fn = functools.partial(case_box, skip=skip)
-    for files, res in zip(cases, progress(imap_bounded(fn, cases, workers), len(cases),
-                                          "scanning (crop auto)", "case"), strict=True):
-        if res[0] == "ok":
-            boxes.append(res[1][1])
-            good.append(files)
-        else:
-            failures.append(res)
+    results = imap_bounded(fn, cases, *pool, describe=_case_name)
+    with contextlib.closing(results):
+        for files, res in zip(cases, progress(results, len(cases), "scanning (crop auto)",
+                                              "case"), strict=True):
+            if res[0] == "ok":
+                boxes.append(res[1][1])
+                good.append(files)
+            else:
+                failures.append(res)
     if not good:
         raise DataError("no valid cases left to prepare")
     shape = tuple(min(shapes[c.case_id][a] for c in good) for a in range(3))
@@ -212,17 +210,45 @@ def _resolve_box(cfg: Config, cases: list[CaseFiles], workers: int, skip: bool,
     return box, good
 
 
+def _sidecar_texts(cfg: Config, folds: Folds | None, failures: Iterable[Failure]
+                   ) -> dict[str, str | None]:
+    """Suffix → text of each file beside the store (None: no such file for this store)."""
+    lines = [f"{cid}\t{msg}" for cid, msg in failures]
+    return {
+        ".skipped.txt": ("# case_id<TAB>reason: cases skipped by braintseg prepare "
+                         "--skip-invalid\n" + "\n".join(lines) + "\n") if lines else None,
+        ".config.yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False),
+        ".folds.json": folds.to_json() if folds is not None else None,
+    }
+
+
+def write_sidecars(output: Path, texts: dict[str, str | None]) -> None:
+    """Write (atomically) or remove each file beside the store, in :data:`SIDECARS` order."""
+    for suffix in SIDECARS:
+        path, text = sidecar(output, suffix), texts.get(suffix)
+        if text is None:
+            try:
+                path.unlink(missing_ok=True)  # e.g. an --overwrite'n store's old folds
+            except OSError as exc:
+                raise DataError(f"cannot remove {path} ({exc.strerror})") from None
+        else:
+            atomic_write_text(path, text)
+
+
 def _write(cfg: Config, root: Path, output: Path, cases: list[CaseFiles], box: tuple[int, ...],
-           workers: int, skip: bool, failures: list[Failure]) -> tuple[Path, Folds | None]:
+           pool: tuple[Executor, int], skip: bool, failures: list[Failure],
+           fingerprint: str) -> tuple[Path, Folds | None]:
     shape = (box[1] - box[0], box[3] - box[2], box[5] - box[4])
     fn = functools.partial(prepare_case, root=root, box=box, data=cfg.data,
                            dtype=cfg.store.dtype, skip=skip)
     writer = StoreWriter(output, shape, len(MODALITIES), cfg.store.compression,
                          cfg.store.complevel, cfg.store.dtype, expected_cases=len(cases))
-    with writer, contextlib.closing(imap_bounded(fn, cases, workers)) as results:
+    results = imap_bounded(fn, cases, *pool, describe=_case_name)
+    with writer, contextlib.closing(results):
         for res in progress(results, len(cases), "prepare", "case"):
             if isinstance(res, PreparedCase):
                 writer.append(res)
+                _kill_point("appended")
             else:
                 logger.warning("skipping %s", res[1])
                 failures.append(res)
@@ -236,29 +262,102 @@ def _write(cfg: Config, root: Path, output: Path, cases: list[CaseFiles], box: t
                                d.n_folds, d.seed, d.holdout_fraction)
         else:
             logger.warning("store has cases without labels: no folds (inference-only store)")
+        texts = _sidecar_texts(cfg, folds, failures)
         info = {"crop_box": list(box), "modalities": list(MODALITIES),
                 "config": to_dict(cfg), "source_root": str(root.resolve()),
-                "braintseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        path = writer.finish(folds, info)
-    # the readable copies beside the store, once the store is in place (never for a failed run)
-    if folds is not None:
-        write_folds(folds, folds_path(output))
-    else:
-        folds_path(output).unlink(missing_ok=True)  # an --overwrite'n store's old folds
-    _write_report(output, failures)
-    dump_config(cfg, sidecar(output, ".config.yaml"))
+                "braintseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "input_fingerprint": fingerprint, "sidecars": texts}
+
+        def beside() -> None:  # the store is complete under its temporary name
+            _kill_point("closed")
+            write_sidecars(output, texts)
+            _kill_point("sidecars")
+
+        path = writer.finish(folds, info, before_rename=beside)
+    _kill_point("renamed")
+    if failures:
+        logger.warning("skipped %d invalid case(s); see %s", len(failures),
+                       sidecar(output, ".skipped.txt"))
     return path, folds
 
 
-def _write_report(output: Path, failures: Iterable[Failure]) -> None:
-    path = sidecar(output, ".skipped.txt")
-    lines = [f"{cid}\t{msg}" for cid, msg in failures]
-    if not lines:
-        path.unlink(missing_ok=True)
-        return
-    atomic_write_text(path, "# case_id<TAB>reason: cases skipped by braintseg prepare "
-                      "--skip-invalid\n" + "\n".join(lines) + "\n")
-    logger.warning("skipped %d invalid case(s); see %s", len(lines), path)
+def input_fingerprint(cfg: Config, root: Path, cases: Sequence[CaseFiles],
+                      problems: Sequence[Failure], options: dict[str, Any]) -> str:
+    """SHA-256 over the config, the options, and every input file's path, size and mtime."""
+    files = []
+    for c in cases:
+        for key, p in sorted({**c.images, **({"seg": c.seg} if c.seg else {})}.items()):
+            try:
+                st = os.stat(p)
+                files.append([c.case_id, key, str(p), st.st_size, st.st_mtime_ns])
+            except OSError:
+                files.append([c.case_id, key, str(p), None, None])
+    text = json.dumps({"config": to_dict(cfg), "root": str(root.resolve()), "options": options,
+                       "files": files, "problems": [list(p) for p in problems]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _kept_store(output: Path, fingerprint: str) -> bool:
+    """True when ``output`` is a complete store made from the same input and config (its
+    files beside it are rewritten from the copies inside it)."""
+    from braintseg.data.store import open_store
+
+    try:
+        with open_store(output) as store:
+            header = store.header
+    except DataError:
+        return False
+    if header.get("input_fingerprint") != fingerprint:
+        return False
+    write_sidecars(output, header.get("sidecars", {}))
+    logger.info("%s is already prepared from these input files with this config; kept it "
+                "(use --overwrite to prepare it again)", output)
+    return True
+
+
+def check_output(output: Path) -> None:
+    """Before any work: ``output`` can be created (no file where a folder must be, the nearest
+    existing folder writable: a probe file), and stale temporaries of killed runs are removed.
+
+    Raises:
+        DataError: naming the path at fault and the system's reason.
+    """
+    if output.is_dir():
+        raise DataError(f"output {output} is a folder; expected a store file path like store.h5")
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        if os.path.lexists(folder):  # a dangling symlink
+            raise DataError(f"cannot create {output}: {folder} is a broken link")
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"cannot create {output}: {folder} is a file, not a folder")
+    probe = folder / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{output.name}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(f"output folder {folder} is not writable ({exc.strerror})") from None
+    if folder == output.parent:
+        remove_stale_temporaries(folder, {output.name, *(sidecar(output, s).name
+                                                          for s in SIDECARS)})
+
+
+@contextlib.contextmanager
+def _output_folder(output: Path) -> Iterator[None]:
+    """Create the store's folder; on failure remove the folders created here (when empty)."""
+    missing = [p for p in output.parents if not p.exists()]
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output folder {output.parent} "
+                        f"({exc.strerror})") from None
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | None = None,
@@ -272,7 +371,8 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
         input_dir: BraTS root: case folders anywhere below it (nested HGG/LGG or flat).
         output: the ``.h5`` store to write (atomically: temporary name, then rename).
         workers: processes that load and normalise cases (default: all cores).
-        overwrite: replace an existing store.
+        overwrite: replace an existing store (without it, an existing store prepared from the
+            same input files and config is kept and its path returned; any other is refused).
         skip_invalid: skip bad cases with a warning and list them in ``<stem>.skipped.txt``.
         require_labels: every case needs a seg file (False: inference-only store allowed).
 
@@ -283,11 +383,15 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
         DataError, ConfigError: bad input (one line naming the case/file/key); no store is left.
     """
     output, root = Path(output), Path(input_dir)
-    if output.is_dir():
-        raise DataError(f"output {output} is a folder; expected a store file path like store.h5")
-    if output.exists() and not overwrite:
-        raise DataError(f"store {output} already exists; use --overwrite to replace it")
+    check_output(output)
     cases, problems = scan_cases(root, require_labels)
+    options = {"skip_invalid": skip_invalid, "require_labels": require_labels}
+    fingerprint = input_fingerprint(cfg, root, cases, problems, options)
+    if output.exists() and not overwrite:
+        if _kept_store(output, fingerprint):
+            return output
+        raise DataError(f"store {output} already exists; use --overwrite to replace it")
+    _kill_point("scanned")
     failures: list[Failure] = []
     for cid, msg in problems:
         if not skip_invalid:
@@ -298,12 +402,13 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
         make_folds([c.case_id for c in cases], {c.case_id: c.grade for c in cases},
                    d.n_folds, d.seed, d.holdout_fraction)
     workers = max(1, min(workers or os.cpu_count() or 1, len(cases) or 1))
-    box, cases = _resolve_box(cfg, cases, workers, skip_invalid, failures)
-    if not cases:
-        raise DataError(f"no valid cases left to prepare under {root}")
-    output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    path, folds = _write(cfg, root, output, cases, box, workers, skip_invalid, failures)
+    with loader_pool(workers) as pool, _output_folder(output):  # pool first: no HDF5 file open
+        box, cases = _resolve_box(cfg, cases, pool, skip_invalid, failures)
+        if not cases:
+            raise DataError(f"no valid cases left to prepare under {root}")
+        path, folds = _write(cfg, root, output, cases, box, pool, skip_invalid, failures,
+                             fingerprint)
     elapsed = time.perf_counter() - start
     n = len(cases) - sum(1 for cid, _ in failures if cid in {c.case_id for c in cases})
     logger.info("wrote %s: %d cases, crop %s, %.1f s (%.2f s/case, %d workers)%s",

@@ -12,7 +12,9 @@
 Label colours (ITK-SNAP's defaults for BraTS): NCR/NET red, edema green, ET yellow.  Volumes are
 reoriented to L-A-S (:func:`braintseg.figures.to_display`): axial and coronal slices in
 radiological convention (patient's left on the right, anterior/superior up), sagittal with
-anterior on the left; aspect from the voxel spacing, cropped to the brain.
+anterior on the left; aspect from the voxel spacing, cropped to the brain.  Every panel carries
+the patient directions at its edges (R/L, A/P, S/I) and every row its view and the slice's voxel
+index in the source file (e.g. ``z = 77``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from braintseg.figures import (
     figure,
     montage,
     save_png,
+    source_slices,
     to_display,
     tumour_centre,
 )
@@ -82,9 +85,16 @@ def plot_history(run_dir: Path, out: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"training run {Path(run_dir).resolve().name}: {len(epochs)} epochs")
+    fig.suptitle(f"training run {_short(Path(run_dir).resolve())}: {len(epochs)} epochs "
+                 "(training solid, validation dashed)", fontsize=10)
     fig.tight_layout()
     return save_png(fig, out)
+
+
+def _short(path: Path, limit: int = 70) -> str:
+    """``path`` as text, its start elided to fit ``limit`` characters."""
+    text = str(path)
+    return text if len(text) <= limit else "…" + text[len(text) - limit + 1:]
 
 
 # --------------------------------------------------------------------------- overlays
@@ -137,6 +147,7 @@ def plot_case_overlay(case: Any, pred_path: Path, out: Path,
         if arr is not None and arr.shape != flair.shape:
             raise DataError(f"case {cid}: {name} grid {arr.shape} differs from FLAIR grid "
                             f"{flair.shape} ({case.images['flair']})")
+    shape = flair.shape
     (flair, t1ce, pred, truth), spacing = to_display([flair, t1ce, pred, truth], affine, zooms)
     centre = tumour_centre(region_mask(truth if truth is not None else pred, "wt"), flair.shape)
     if dice is None and truth is not None:
@@ -147,7 +158,8 @@ def plot_case_overlay(case: Any, pred_path: Path, out: Path,
     columns.append(("prediction", flair, pred))
     scores = ("Dice " + "  ".join(f"{g.upper()} {v:.3f}" for g, v in dice.items())
               if dice else "no ground truth")
-    return save_png(montage(columns, spacing, centre, f"{cid}    {scores}"), out)
+    return save_png(montage(columns, spacing, centre, f"{cid}    {scores}",
+                            source_slices(affine, shape, centre)), out)
 
 
 def plot_prediction_overlays(pred_dir: Path, cases_dir: Path, out_dir: Path) -> list[Path]:
@@ -241,4 +253,5 @@ def show_case(case_dir: Path, out: Path | None = None) -> Path:
     title = (f"{case.files.case_id}    {shape} voxels, "
              f"{'x'.join(f'{s:g}' for s in zooms)} mm, {case.files.convention}")
     target = Path(out) if out is not None else Path(f"{case.files.case_id}_show.png")
-    return save_png(montage(columns, spacing, centre, title), target)
+    return save_png(montage(columns, spacing, centre, title,
+                            source_slices(case.affine, case.images.shape[:3], centre)), target)

@@ -5,25 +5,31 @@ Layout of ``RUN_DIR``::
     config.yaml      resolved config (braintseg.config.dump_config)
     run.json         store path, fold, view, input shape (H, W, C), channels, crop box,
                      store schema version, training/validation case ids
-    history.csv      one row per finished epoch (Keras CSVLogger; appended on resume)
+    history.csv      one row per finished epoch, epochs numbered from 1 (appended on resume)
     tensorboard/     TensorBoard logs
     model.keras      best model by train.monitor (Keras native format)
-    last.keras       last checkpoint, with the optimizer state
-    checkpoint/state.json   resume state: epochs finished, best monitor value, seed
+    last.keras       THE checkpoint: weights, optimizer state and the resume state inside
+                     (see braintseg.checkpoint); its rename is the commit
+    checkpoint/state.json   a copy of the resume state in last.keras (for people and scripts)
     DONE             written when all epochs finished
 
-Every file is written under a temporary name beside the target and renamed on success.
+Every file is written under a temporary name beside the target (``.tmp-<pid>-<hex>-<name>``) and
+renamed on success; a run's start removes the temporaries of killed runs.  A folder "holds a run"
+(:meth:`RunPaths.started`) only once it holds a checkpoint or ``DONE``: a folder left by a run
+stopped before its first checkpoint is simply started again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from braintseg.atomic import atomic_write_text
+from braintseg.atomic import atomic_write_text, temporary_name
 from braintseg.config import Config, to_dict
 from braintseg.errors import DataError
 
@@ -76,8 +82,18 @@ class RunPaths:
                 self.last, self.state.parent, self.done]
 
     def started(self) -> bool:
-        """True when the folder holds (part of) a run."""
+        """True when the folder holds a run worth keeping: a checkpoint or ``DONE``."""
+        return self.last.exists() or self.done.exists()
+
+    def has_artefacts(self) -> bool:
+        """True when the folder holds any file a run writes (a started run or its beginning)."""
         return any(p.exists() for p in self.artefacts())
+
+    def target_names(self) -> dict[Path, set[str]]:
+        """The file names a run writes, by folder (whose stale temporaries a start removes)."""
+        return {self.root: {p.name for p in self.artefacts() if p != self.state.parent}
+                | {"write-probe"},
+                self.state.parent: {self.state.name}}
 
     def clear(self) -> None:
         """Remove the run's artefacts (and nothing else in the folder)."""
@@ -86,6 +102,47 @@ class RunPaths:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
+
+
+def check_writable(folder: Path) -> None:
+    """Check that files can be created in ``folder`` (and its ``checkpoint/``), or in the
+    nearest existing folder above it when it does not exist yet.
+
+    Both the permission bits (``os.access``) and a real file (created and removed at once) are
+    tried: a read-only mount passes the first and fails the second, and root passes the first
+    whatever the bits say.
+
+    Raises:
+        DataError: one line naming the folder that is not writable (or the file in the way).
+    """
+    folder = Path(folder)
+    probe_in = [folder, folder / "checkpoint"] if folder.is_dir() else []
+    if not probe_in:
+        parent = folder
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise DataError(f"cannot create run folder {folder}: {parent} is a file, not a "
+                            "folder")
+        probe_in = [parent]
+    for where in probe_in:
+        if not where.is_dir():
+            continue
+        reason = None if os.access(where, os.W_OK | os.X_OK) else "permission denied"
+        if reason is None:
+            probe = temporary_name(where / "write-probe")
+            try:
+                probe.write_bytes(b"")
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+            finally:
+                with contextlib.suppress(OSError):
+                    probe.unlink(missing_ok=True)
+        if reason is not None:
+            what = "run folder" if where == folder else (
+                "checkpoint folder" if where.parent == folder else "folder")
+            raise DataError(f"{what} {where} is not writable ({reason}); training writes its "
+                            f"run into {folder}")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.spatialimages import HeaderDataError
 from numpy.typing import NDArray
 
 from braintseg.atomic import atomic_write
@@ -33,17 +32,17 @@ from braintseg.errors import DataError
 
 try:  # Intel ISA-L: gunzip about twice as fast as zlib (the largest cost of prepare)
     from isal import igzip as _gzip
-    from isal.isal_zlib import error as _isal_error
 except ImportError:  # pragma: no cover - optional speed-up, same results
     import gzip as _gzip  # type: ignore[no-redef]
 
-    _isal_error = zlib.error  # type: ignore[misc,assignment]
-
 logger = logging.getLogger(__name__)
+#: nibabel prints its header checks ("sizeof_hdr should be 348") to stderr itself; a file that
+#: fails them becomes one DataError here, so only critical messages of its own are let through
+logging.getLogger("nibabel.global").setLevel(logging.CRITICAL)
 
-#: what reading a broken, truncated or foreign file raises (each becomes a one-line DataError)
-_READ_ERRORS = (nib.filebasedimages.ImageFileError, HeaderDataError, OSError, EOFError,
-                zlib.error, _isal_error, ValueError)
+#: the largest input file read (bytes on disk): BraTS files are 1-10 MiB; anything past this is
+#: refused before reading (an unbounded read would exhaust memory)
+MAX_INPUT_BYTES = 4 * 2**30
 
 #: ``sizeof_hdr`` of a NIfTI-2 header, little and big endian (NIfTI-1 has 348)
 _NIFTI2 = ((540).to_bytes(4, "little"), (540).to_bytes(4, "big"))
@@ -189,9 +188,40 @@ def find_cases(root: Path, require_labels: bool = True) -> list[CaseFiles]:
     return cases
 
 
+def check_input_file(path: Path) -> None:
+    """Refuse, before reading, what is not a regular file of at most :data:`MAX_INPUT_BYTES`.
+
+    A modality symlinked to ``/dev/zero`` or a FIFO would otherwise be read without end.
+
+    Raises:
+        DataError: ``<path> is not a regular file (character device)``, ``... is empty``,
+            ``... is 5.0 GiB; larger than ...``, or ``... cannot be read (<reason>)``.
+    """
+    try:
+        st = os.stat(path)  # follows symlinks: the file that would be read
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("folder" if stat.S_ISDIR(st.st_mode) else "character device"
+                if stat.S_ISCHR(st.st_mode) else "block device" if stat.S_ISBLK(st.st_mode)
+                else "FIFO" if stat.S_ISFIFO(st.st_mode) else "socket")
+        raise DataError(f"{path} is not a regular file ({kind}); expected a NIfTI file")
+    if st.st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes); expected a NIfTI file")
+    if st.st_size > MAX_INPUT_BYTES:
+        raise DataError(f"{path} is {st.st_size:,} bytes; larger than the {MAX_INPUT_BYTES:,}-"
+                        "byte bound for one NIfTI file (braintseg.data.nifti.MAX_INPUT_BYTES)")
+
+
 def load_image(path: Path) -> Any:
     """A nibabel image of ``path``; a ``.gz`` file is decompressed in one call (ISA-L when
-    installed) instead of nibabel's streamed zlib reads: the same image, in half the time."""
+    installed) instead of nibabel's streamed zlib reads: the same image, in half the time.
+
+    Raises:
+        DataError: not a regular file, empty or too large (:func:`check_input_file`).
+    """
+    path = Path(path)
+    check_input_file(path)
     if not path.name.endswith(".gz"):
         return nib.load(str(path))
     raw = _gzip.decompress(path.read_bytes())
@@ -204,11 +234,11 @@ def _read(path: Path, case_id: str) -> tuple[Any, NDArray[Any]]:
     try:
         img = load_image(path)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise DataError(f"case {case_id}: {path} is {type(img).__name__}; expected NIfTI")
+            raise DataError(f"{path} is {type(img).__name__}; expected NIfTI")
         data = np.asanyarray(img.dataobj)
-    except DataError:
-        raise
-    except _READ_ERRORS as exc:
+    except DataError as exc:
+        raise DataError(f"case {case_id}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
         raise DataError(
             f"case {case_id}: cannot read {path} as NIfTI ({type(exc).__name__}: {exc})"
         ) from None
@@ -222,10 +252,14 @@ def _read(path: Path, case_id: str) -> tuple[Any, NDArray[Any]]:
 def read_header(path: Path, case_id: str) -> tuple[tuple[int, ...], NDArray[np.float64]]:
     """``(shape, affine)`` from a NIfTI header only (cheap)."""
     try:
+        check_input_file(path)
         img = nib.load(str(path))
         return tuple(int(s) for s in img.shape), np.asarray(img.affine, np.float64)
-    except _READ_ERRORS as exc:
-        raise DataError(f"case {case_id}: cannot read {path} as NIfTI ({exc})") from None
+    except DataError as exc:
+        raise DataError(f"case {case_id}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
+        raise DataError(f"case {case_id}: cannot read {path} as NIfTI "
+                        f"({type(exc).__name__}: {exc})") from None
 
 
 def load_case(files: CaseFiles) -> LoadedCase:

@@ -12,17 +12,23 @@ Layout (one copy of every voxel; all cases share one crop box, so one shape):
 * root attrs: ``schema_version`` (int), ``complete`` (bool), ``braintseg_json`` (JSON text with
   case ids, grades, conventions, folds, crop box, config).  Nothing is pickled.
 
+Every chunk carries HDF5's Fletcher-32 checksum (stores written before it existed still open):
+a damaged chunk fails its read, and every read error becomes one :class:`DataError` naming the
+store, the case and "damaged: re-run prepare".
+
 Views: ``axial`` index z → ``(X, Y)``; ``coronal`` index y → ``(X, Z)``; ``sagittal`` index x →
 ``(Y, Z)``.  Slices are returned channel-last: images ``(n, H, W, C)``, labels ``(n, H, W)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,17 @@ CHUNK_CACHE_BYTES = 64 * 2**20
 DECODER_CACHE_CASES = 32
 #: HDF5/PyTables is not thread-safe: every read of an open store happens under this lock
 HDF5_LOCK = threading.RLock()
+#: what a damaged or truncated store raises on read (each becomes one "damaged" DataError)
+READ_ERRORS = (tables.HDF5ExtError, OSError, ValueError, KeyError, tables.NoSuchNodeError)
+#: the first 8 bytes of every HDF5 file (superblock at offset 0, as PyTables writes it)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def damaged(store: Path, what: str, exc: BaseException) -> DataError:
+    """The one-line error for a store that fails a read: ``store X: <what> cannot be read
+    (<exception type>); damaged: re-run prepare`` (HDF5's own text names C functions only)."""
+    return DataError(f"store {store}: {what} cannot be read ({type(exc).__name__}); "
+                     "damaged: re-run prepare")
 
 
 class SliceStore:
@@ -67,6 +84,8 @@ class SliceStore:
         with HDF5_LOCK:
             header, metas, tumour = _read_header(self.path)
         self._header, self._metas, self._tumour = header, metas, tumour
+        #: the whole header (prepare's ``input_fingerprint`` and ``sidecars`` texts included)
+        self.header: dict[str, Any] = header
         self.case_ids: list[str] = list(header["case_ids"])
         self.n_cases = len(self.case_ids)
         self.volume_shape: tuple[int, int, int] = tuple(header["volume_shape"])  # type: ignore
@@ -134,6 +153,15 @@ class SliceStore:
         except ValueError:
             raise DataError(f"case {case_id!r} is not in {self.path}") from None
 
+    @contextlib.contextmanager
+    def _reading(self, i: int) -> Iterator[tables.File]:
+        """The open handle, under :data:`HDF5_LOCK`; a read error names the store and case."""
+        try:
+            with HDF5_LOCK:
+                yield self._handle()
+        except READ_ERRORS as exc:
+            raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
+
     def _labels_or_none(self, i: int, arr: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
         return arr if self._metas[i]["has_labels"] else None
 
@@ -155,8 +183,7 @@ class SliceStore:
         Images are float16 for float16 and int16 stores, float32 for float32 stores.
         """
         i = self._index(i)
-        with HDF5_LOCK:
-            h = self._handle()
+        with self._reading(i) as h:
             raw, labels = h.root.images[i], h.root.labels[i]
         images = self._decoder(i)(raw) if self.image_dtype == "int16" else raw
         return images, self._labels_or_none(i, labels)
@@ -176,8 +203,7 @@ class SliceStore:
             raise DataError(f"slices {start}:{stop} out of range 0:{size} for view {view}")
         sel: list[Any] = [i, slice(None), slice(None), slice(None)]
         sel[1 + axis] = slice(start, stop)
-        with HDF5_LOCK:
-            h = self._handle()
+        with self._reading(i) as h:
             img, lab = h.root.images[tuple(sel)], h.root.labels[tuple(sel)]
         lab = np.ascontiguousarray(np.moveaxis(lab, axis, 0))
         if self.image_dtype == "int16":  # the decoder moves the slicing axis to the front
@@ -209,20 +235,40 @@ def _read_header(
     if not path.is_file():
         raise DataError(f"store {path} does not exist; create it with `braintseg prepare`")
     try:
+        with path.open("rb") as f:
+            signature = f.read(len(HDF5_SIGNATURE))
+    except OSError as exc:
+        raise DataError(f"cannot read store {path}: {exc.strerror}") from None
+    if signature != HDF5_SIGNATURE:
+        raise DataError(f"{path} is not an HDF5 file; expected a store written by "
+                        "`braintseg prepare`")
+    try:
         h = tables.open_file(str(path), "r")
-    except (tables.HDF5ExtError, OSError, ValueError) as exc:
-        raise DataError(f"{path} is not an HDF5 file ({type(exc).__name__})") from None
-    with h:
-        attrs = h.root._v_attrs
-        if "braintseg_json" not in attrs._v_attrnames or not bool(attrs["complete"]):
-            raise DataError(f"{path} is not a finished braintseg store (prepare did not complete)")
-        version = int(attrs["schema_version"])
-        if version != SCHEMA_VERSION:
-            raise DataError(f"{path} has store schema version {version}; this braintseg reads "
-                            f"version {SCHEMA_VERSION} (run `braintseg prepare` again)")
-        header = json.loads(str(attrs["braintseg_json"]))
-        metas = [json.loads(bytes(row).decode()) for row in h.root.case_meta.read()]
-        tumour = {v: h.get_node("/tumour", v).read() for v in VIEW_AXIS}
+    except READ_ERRORS as exc:
+        what = "truncated" if "truncated" in str(exc) else "damaged"
+        raise DataError(f"store {path} is {what} ({type(exc).__name__} on open): "
+                        "re-run prepare") from None
+    try:
+        return _read_attrs(path, h)
+    except READ_ERRORS as exc:
+        raise damaged(path, "the header", exc) from None
+    finally:
+        h.close()
+
+
+def _read_attrs(
+    path: Path, h: tables.File
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, NDArray[np.int32]]]:
+    attrs = h.root._v_attrs
+    if "braintseg_json" not in attrs._v_attrnames or not bool(attrs["complete"]):
+        raise DataError(f"{path} is not a finished braintseg store (prepare did not complete)")
+    version = int(attrs["schema_version"])
+    if version != SCHEMA_VERSION:
+        raise DataError(f"{path} has store schema version {version}; this braintseg reads "
+                        f"version {SCHEMA_VERSION} (run `braintseg prepare` again)")
+    header = json.loads(str(attrs["braintseg_json"]))
+    metas = [json.loads(bytes(row).decode()) for row in h.root.case_meta.read()]
+    tumour = {v: h.get_node("/tumour", v).read() for v in VIEW_AXIS}
     return header, metas, tumour
 
 

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,45 +44,69 @@ class PreparedCase:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def make_filters(compression: str, complevel: int) -> tables.Filters:
+def make_filters(compression: str, complevel: int, fletcher32: bool = True) -> tables.Filters:
     """``"blosc:lz4"``, ``"blosc2:zstd"``, ``"zlib"``, ``"none"``; ``+bitshuffle`` optional.
+
+    ``fletcher32``: HDF5's Fletcher-32 checksum on every chunk (checked on each read, before
+    decompression), so a damaged byte in the store is an error instead of a wrong voxel.
 
     Raises:
         ConfigError: unknown compressor (names ``store.compression`` and the valid ones).
     """
     lib, _, opt = compression.partition("+")
     if lib == "none":
-        return tables.Filters(complevel=0)
+        return tables.Filters(complevel=0, fletcher32=fletcher32)
     valid = sorted(tables.filters.all_complibs)
     if lib not in valid or opt not in ("", "bitshuffle"):
         raise ConfigError(f"store.compression must be one of {valid} (optionally +bitshuffle); "
                           f"received {compression!r}")
     return tables.Filters(complevel=complevel, complib=lib, shuffle=not opt,
-                          bitshuffle=bool(opt))
+                          bitshuffle=bool(opt), fletcher32=fletcher32)
+
+
+def write_failure(path: Path, exc: BaseException) -> DataError:
+    """``cannot write <path> (No space left on device)``, as atomic writes say it: the system's
+    reason from an OSError or from the ``errno = N`` inside an HDF5 error."""
+    errno = getattr(exc, "errno", None)
+    found = re.search(r"errno = (\d+)", str(exc))
+    if not isinstance(errno, int) and found:
+        errno = int(found.group(1))
+    reason = os.strerror(errno) if isinstance(errno, int) and errno else type(exc).__name__
+    return DataError(f"cannot write {path} ({reason})")
 
 
 class StoreWriter:
     """Append cases to a new store under a temporary name; ``finish`` renames it into place.
 
     Use as a context manager: leaving the block without ``finish`` deletes the temporary file.
+    Write errors (a full disk, a vanished folder) become one :class:`DataError` naming the store.
     """
 
     def __init__(self, path: Path, volume_shape: tuple[int, int, int], n_channels: int,
                  compression: str = "blosc:lz4", complevel: int = 5, dtype: str = "float16",
-                 expected_cases: int = 100, chunk_edge: int = CHUNK_EDGE) -> None:
+                 expected_cases: int = 100, chunk_edge: int = CHUNK_EDGE,
+                 checksum: bool = True) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(
             f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.shape, self.n_channels = tuple(volume_shape), n_channels
-        self.filters = make_filters(compression, complevel)
+        self.filters = make_filters(compression, complevel, checksum)
         self.dtype, self.expected, self.edge = np.dtype(dtype), max(expected_cases, 1), chunk_edge
         self.case_ids: list[str] = []
         self.metas: list[dict[str, Any]] = []
         self._h: tables.File | None = None
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except (tables.HDF5ExtError, OSError) as exc:
+            raise write_failure(self.path, exc) from None
+
     def __enter__(self) -> StoreWriter:
         try:
-            self._create()
+            with self._writing():
+                self._create()
         except BaseException:  # e.g. a full disk: close and remove the partial file
             self.__exit__(None, None, None)
             raise
@@ -100,12 +127,12 @@ class StoreWriter:
                         chunkshape=(1, *(min(LABEL_CHUNK_SCALE * e, s) for s in shp)),
                         expectedrows=self.expected)
         h.create_group("/", "tumour")
-        small = tables.Filters(complevel=5, complib="zlib")
+        small = tables.Filters(complevel=5, complib="zlib", fletcher32=self.filters.fletcher32)
         for view, axis in VIEW_AXIS.items():
             h.create_earray("/tumour", view, tables.Int32Atom(), (0, shp[axis]), filters=small,
                             chunkshape=(16, shp[axis]))
         h.create_vlarray("/", "case_meta", tables.VLStringAtom(),
-                         filters=tables.Filters(complevel=5, complib="zlib"))
+                         filters=tables.Filters(complevel=5, complib="zlib"))  # VL: no checksum
 
     def append(self, case: PreparedCase) -> None:
         """Write one case: images, labels (zeros when None), tumour counts, metadata."""
@@ -120,21 +147,24 @@ class StoreWriter:
                                        or len(stats) != self.n_channels):
             raise DataError(f"case {case.case_id}: an int16 store takes int16 source intensities "
                             f"with meta['normalization'] per channel; received {case.images.dtype}")
-        h.root.images.append(np.asarray(case.images, self.dtype)[None])
         labels = case.labels if case.labels is not None else np.zeros(self.shape, np.uint8)
-        h.root.labels.append(labels[None])
-        tumour = labels > 0
-        for view, axis in VIEW_AXIS.items():
-            other = tuple(a for a in range(3) if a != axis)
-            counts = tumour.sum(axis=other, dtype=np.int32)
-            getattr(h.root.tumour, view).append(counts[None])
         meta = dict(case.meta, case_id=case.case_id, has_labels=case.labels is not None)
-        h.root.case_meta.append(json.dumps(meta).encode())
+        tumour = labels > 0
+        with self._writing():
+            h.root.images.append(np.asarray(case.images, self.dtype)[None])
+            h.root.labels.append(labels[None])
+            for view, axis in VIEW_AXIS.items():
+                other = tuple(a for a in range(3) if a != axis)
+                counts = tumour.sum(axis=other, dtype=np.int32)
+                getattr(h.root.tumour, view).append(counts[None])
+            h.root.case_meta.append(json.dumps(meta).encode())
         self.case_ids.append(case.case_id)
         self.metas.append(meta)
 
-    def finish(self, folds: Folds | None, info: dict[str, Any]) -> Path:
-        """Write the store header, close, rename onto ``path`` (replacing it); return path."""
+    def finish(self, folds: Folds | None, info: dict[str, Any],
+               before_rename: Callable[[], object] | None = None) -> Path:
+        """Write the store header, close, call ``before_rename()`` (e.g. write the files that
+        belong beside the store), rename onto ``path`` (replacing it); return path."""
         h = self._h
         if h is None:
             raise RuntimeError("StoreWriter.finish outside its with-block")
@@ -148,15 +178,20 @@ class StoreWriter:
             "folds": folds.folds if folds else [], "holdout": folds.holdout if folds else [],
             "folds_seed": folds.seed if folds else None, **info,
         }
-        h.root._v_attrs.braintseg_json = json.dumps(header)
-        h.root._v_attrs.complete = True
-        h.close()
-        self._h = None
-        os.replace(self.tmp, self.path)
+        with self._writing():
+            h.root._v_attrs.braintseg_json = json.dumps(header)
+            h.root._v_attrs.complete = True
+            self._h = None
+            h.close()  # flushes: a full disk shows here at the latest
+        if before_rename is not None:
+            before_rename()
+        with self._writing():
+            os.replace(self.tmp, self.path)
         return self.path
 
     def __exit__(self, *exc: object) -> None:
-        if self._h is not None:
-            self._h.close()
-            self._h = None
+        h, self._h = self._h, None
+        if h is not None:
+            with contextlib.suppress(tables.HDF5ExtError, OSError):  # e.g. a full disk
+                h.close()
         self.tmp.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from braintseg.config import DataConfig
+from braintseg.config import DataConfig, output_name
 from braintseg.data.nifti import find_cases, header_from_hex, read_header
 from braintseg.data.store import open_store
 from braintseg.errors import ConfigError, DataError
@@ -70,10 +70,11 @@ def check_case_id(case_id: str, pattern: str, out_dir: Path) -> Path:
     """
     bad = (not case_id or case_id.strip(".") == "" or "/" in case_id or "\\" in case_id
            or ".." in case_id or "\x00" in case_id)
-    target = out_dir / pattern.format(case=case_id)
+    name = output_name(pattern, case_id)
+    target = out_dir / name
     if bad or target.parent != out_dir or target.name.startswith("."):
         raise DataError(f"case id {case_id!r} would write outside {out_dir} "
-                        f"({pattern.format(case=case_id)!r}); expected a plain file name")
+                        f"({name!r}); expected a plain file name")
     return target
 
 

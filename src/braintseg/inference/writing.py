@@ -28,23 +28,48 @@ CSV_COLUMNS = ("case", "convention", "file", "seconds", "voxels_background", "vo
                "voxels_edema", "voxels_et")
 
 
-def prepare_out_dir(out_dir: Path) -> Path:
+def prepare_out_dir(out_dir: Path) -> list[Path]:
     """Create ``out_dir`` if needed and check that files can be created in it.
 
+    Returns:
+        The folders this call created, outermost first (empty when ``out_dir`` existed), for
+        :func:`remove_unused_out_dir`.
+
     Raises:
-        DataError: it is a file, cannot be created, or is not writable (names the folder).
+        DataError: it is a file, cannot be created, or is not writable (names the folder);
+            nothing is left behind.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output {out_dir} is a file; expected a folder for the predictions")
+    created = [p for p in (*reversed(out_dir.parents), out_dir) if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        remove_unused_out_dir(out_dir, created)
         raise DataError(f"output folder {out_dir} is not writable ({exc.strerror})") from None
-    return out_dir
+    return created
+
+
+def remove_unused_out_dir(out_dir: Path, created: list[Path], own: tuple[str, ...] = ()) -> None:
+    """After a failure: remove the folders in ``created`` if nothing but files named ``own``
+    (written by this predict, e.g. its config) is in ``out_dir``; those files go with them."""
+    out_dir = Path(out_dir)
+    if not created or not out_dir.is_dir():
+        return
+    entries = list(out_dir.iterdir())
+    if any(p.name not in own for p in entries):
+        return
+    for path in entries:
+        path.unlink(missing_ok=True)
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def save_probabilities(probs: NDArray[np.floating], reference_header: Any,

@@ -1,0 +1,225 @@
+"""Damaged stores: Fletcher-32 checksums catch a flipped byte, and every read error is one line
+naming the store and the case (``damaged: re-run prepare``), at the SliceStore level and through
+``braintseg predict``."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tables
+from click.testing import CliRunner
+
+from braintseg.cli import cli
+from braintseg.config import dump_config, load_config
+from braintseg.data.store import PreparedCase, StoreWriter, open_store
+from braintseg.errors import DataError
+from braintseg.prepare import run_prepare
+from braintseg.synthetic import write_case
+
+REPO = Path(__file__).resolve().parents[2]
+CASES = ("Brats18_D_0_1", "Brats18_D_1_1", "Brats18_D_2_1", "Brats18_D_3_1")
+
+
+@pytest.fixture(scope="module")
+def cases_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("damage_in")
+    for i, cid in enumerate(CASES):
+        write_case(root, cid, (24, 24, 16), seed=i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pristine(cases_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config(None, ["data.crop=auto", "model.levels=2", "data.n_folds=2"])
+    return run_prepare(cfg, cases_root, tmp_path_factory.mktemp("damage") / "s.h5", workers=1)
+
+
+@pytest.fixture
+def store(pristine: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the pristine store to damage."""
+    copy = tmp_path / "s.h5"
+    copy.write_bytes(pristine.read_bytes())
+    return copy
+
+
+def _chunk(path: Path, array: str, case: int) -> tuple[int, int]:
+    """``(byte offset, size)`` of the first chunk of ``case`` in ``/images`` or ``/labels``."""
+    with tables.open_file(str(path)) as h:
+        node = h.get_node("/", array)
+        info = node.chunk_info((case, *[0] * (node.ndim - 1)))
+        return int(info.offset), int(info.size)
+
+
+def _patch(path: Path, offset: int, new: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(new)
+
+
+def _message(case: str) -> str:
+    return rf"^store .*s\.h5: case {case} cannot be read \(HDF5ExtError\); damaged: re-run prepare$"
+
+
+def test_store_data_carries_fletcher32(pristine: Path) -> None:
+    with tables.open_file(str(pristine)) as h:
+        for node in (h.root.images, h.root.labels, h.root.tumour.axial):
+            assert node.filters.fletcher32, node
+
+
+def test_single_flipped_byte_is_detected(store: Path) -> None:
+    offset, size = _chunk(store, "images", 1)
+    with store.open("rb") as f:
+        f.seek(offset + size // 2)
+        byte = f.read(1)[0]
+    _patch(store, offset + size // 2, bytes([byte ^ 0x01]))
+    s = open_store(store)  # the header is intact: the store opens
+    for read in (lambda: s.read_case(1), lambda: s.read_view(1, "axial"),
+                 lambda: s.read_slices(1, "coronal", 0, 4)):
+        with pytest.raises(DataError, match=_message(CASES[1])) as info:
+            read()
+        assert "\n" not in str(info.value)
+    images, labels = s.read_case(0)  # the other cases still read
+    assert images.shape[-1] == 4 and labels is not None
+    s.close()
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+def test_flipped_byte_found_only_with_fletcher32(tmp_path: Path, checksum: bool) -> None:
+    """Uncompressed chunks: without the checksum a flipped byte reads back silently as another
+    voxel value; with it, the read fails."""
+    path = tmp_path / "s.h5"
+    images = np.ones((16, 16, 16, 4), np.float16)
+    with StoreWriter(path, (16, 16, 16), 4, "none", checksum=checksum) as w:
+        w.append(PreparedCase("raw", images, np.zeros((16, 16, 16), np.uint8)))
+        w.finish(None, {"crop_box": [0, 16, 0, 16, 0, 16]})
+    offset, size = _chunk(path, "images", 0)
+    with path.open("rb") as f:
+        f.seek(offset + 1001)
+        byte = f.read(1)[0]
+    _patch(path, offset + 1001, bytes([byte ^ 0x10]))
+    s = open_store(path)
+    if checksum:
+        with pytest.raises(DataError, match=_message("raw")):
+            s.read_case(0)
+    else:
+        assert not np.array_equal(s.read_case(0)[0], images)  # wrong data, no error
+    s.close()
+
+
+def test_random_bytes_in_a_label_chunk(store: Path) -> None:
+    offset, size = _chunk(store, "labels", 2)
+    _patch(store, offset + 4, np.random.default_rng(0).bytes(min(64, size - 8)))
+    s = open_store(store)
+    with pytest.raises(DataError, match=_message(CASES[2])):
+        s.read_slices(2, "sagittal", 0, 4)
+    s.close()
+
+
+def test_truncated_store_says_truncated(store: Path) -> None:
+    data = store.read_bytes()
+    store.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"store .*s\.h5 is truncated .*re-run prepare") as info:
+        open_store(store)
+    assert "not an HDF5 file" not in str(info.value)
+
+
+def test_not_hdf5_and_empty_file(tmp_path: Path) -> None:
+    for content in (b"", b"just some text, not a store"):
+        (tmp_path / "x.h5").write_bytes(content)
+        with pytest.raises(DataError, match=r"x\.h5 is not an HDF5 file; expected a store"):
+            open_store(tmp_path / "x.h5")
+
+
+def test_store_without_checksums_still_opens(tmp_path: Path) -> None:
+    """Stores written before Fletcher-32 was added read as before."""
+    path = tmp_path / "old.h5"
+    images = np.arange(8 * 8 * 8 * 4, dtype=np.float16).reshape(8, 8, 8, 4)
+    labels = np.zeros((8, 8, 8), np.uint8)
+    with StoreWriter(path, (8, 8, 8), 4, checksum=False) as w:
+        w.append(PreparedCase("old", images, labels, {"grade": None, "convention": "brats2018"}))
+        w.finish(None, {"crop_box": [0, 8, 0, 8, 0, 8]})
+    with tables.open_file(str(path)) as h:
+        assert not h.root.images.filters.fletcher32
+    s = open_store(path)
+    np.testing.assert_array_equal(s.read_case(0)[0], images)
+    s.close()
+
+
+def _run_folder(folder: Path, box: tuple[int, ...]) -> Path:
+    """A run folder with an untrained tiny axial model, as ``train`` writes it."""
+
+    from braintseg.data.preprocess import box_shape
+    from braintseg.model import build_model
+
+    cfg = load_config(None, ["model.levels=2", "model.start_channels=4", "train.view=axial",
+                             "predict.batch_size=8"])
+    sizes = box_shape(box)[:2]
+    folder.mkdir(parents=True)
+    build_model(cfg.model, (*sizes, 4)).save(folder / "model.keras")
+    dump_config(cfg, folder / "config.yaml")
+    (folder / "run.json").write_text(json.dumps({
+        "schema_version": 1, "store": "s.h5", "fold": 0, "view": "axial",
+        "input_shape": [*sizes, 4], "n_channels": 4, "crop_box": list(box)}))
+    (folder / "DONE").write_text("")
+    return folder
+
+
+def test_evaluate_against_damaged_store_is_one_line(store: Path, cases_root: Path,
+                                                     tmp_path: Path) -> None:
+    """The CLI without TensorFlow: a damaged truth store read by ``evaluate``."""
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for cid in CASES:  # the truth itself as predictions
+        shutil.copy(cases_root / cid / f"{cid}_seg.nii.gz", preds / f"{cid}.nii.gz")
+    offset, size = _chunk(store, "labels", 3)
+    _patch(store, offset + size // 2, bytes([0xFF]) * 3)
+    result = CliRunner().invoke(cli, ["evaluate", "-p", str(preds), "-t", str(store),
+                                      "-o", str(tmp_path / "m.csv")])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert re.search(rf"store .*s\.h5: case {CASES[3]} cannot be read \(HDF5ExtError\); "
+                     "damaged: re-run prepare", result.output), result.output
+    assert not (tmp_path / "m.csv").exists()
+
+
+@pytest.mark.slow  # TensorFlow import and a model: ~40 s on a busy 2-core machine
+def test_predict_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> None:
+    s = open_store(store)
+    box, victim = s.crop_box, s.fold_cases(0)[1][0]
+    index = s.index_of(victim)
+    s.close()
+    run = _run_folder(tmp_path / "run", box)
+    offset, size = _chunk(store, "images", index)
+    _patch(store, offset + size // 3, bytes(16))
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(cli, ["predict", "-m", str(run), "-i", str(store), "--fold", "0",
+                                      "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
+                     "damaged: re-run prepare", result.output), result.output
+    assert not (out / f"{victim}.nii.gz").exists()
+
+
+@pytest.mark.slow  # TensorFlow import and a few training steps
+def test_train_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> None:
+    s = open_store(store)
+    victim = s.fold_cases(0)[0][0]  # a training case of fold 0
+    index = s.index_of(victim)
+    s.close()
+    offset, size = _chunk(store, "images", index)
+    _patch(store, offset + size // 2, b"\xff\x00\xff")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "-c", str(REPO / "configs" / "smoke.yaml"), "-i",
+                                      str(store), "--fold", "0", "-o", str(run),
+                                      "--set", "train.epochs=1"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
+                     "damaged: re-run prepare", result.output), result.output
+    assert not (run / "model.keras").exists()
