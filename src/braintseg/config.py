@@ -89,6 +89,7 @@ class TrainConfig:
     cache: Literal["auto", "ram", "stream"] = "auto"
     cache_max_gb: float = 16.0
     prefetch: int = 4
+    distribution: Literal["none", "data_parallel", "auto"] = "none"
 
 
 @dataclass(frozen=True)

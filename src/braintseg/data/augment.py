@@ -34,6 +34,14 @@ class Augmenter:
         """True when any transform is on."""
         return self.flip or self.rotate_degrees > 0 or self.zoom > 0
 
+    def skip(self, rng: np.random.Generator, n_samples: int) -> None:
+        """Advance ``rng`` past the draws of ``n_samples`` samples, so that a process holding
+        rows ``k..`` of a batch augments them as the whole batch would (each sample draws a
+        fixed number of doubles: 2 for the flips, 1 each for rotation and zoom)."""
+        per_sample = 2 * self.flip + (self.rotate_degrees > 0) + (self.zoom > 0)
+        if self.enabled and n_samples > 0:
+            rng.random(n_samples * per_sample)
+
     def __call__(
         self, x: NDArray[Any], y: NDArray[np.uint8], rng: np.random.Generator,
         copy: bool = True,

@@ -149,6 +149,12 @@ class SliceDataset(keras.utils.PyDataset):
         max_batches: cap on batches per epoch (``train.steps_per_epoch``).
         block_slices: slices per stream block (the store's chunk edge).
         buffer_blocks: blocks per shuffle window (stream mode).
+        shard: ``(k, n)``: this process reads only rows ``[k*B/n, (k+1)*B/n)`` of every batch
+            of ``B = batch_size`` rows (the global batch of a multi-process training; every
+            process draws the same epoch plan from ``seed``, so the rows of all processes
+            together are exactly the one-process batch, augmentation included).
+        drop_remainder: leave out the last batch of an epoch when it is incomplete (a batch
+            split over several devices is never ragged).
 
     Raises:
         DataError: unknown case id or view.  ConfigError: bad batch size or cache mode.
@@ -160,6 +166,7 @@ class SliceDataset(keras.utils.PyDataset):
         cache: Cache = "auto", cache_max_gb: float = 16.0, prefetch: int = 4,
         tumour_oversampling: float = 0.0, max_batches: int | None = None,
         block_slices: int = CHUNK_EDGE, buffer_blocks: int = 32,
+        shard: tuple[int, int] = (0, 1), drop_remainder: bool = False,
     ) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         if batch_size < 1 or prefetch < 1 or block_slices < 1 or buffer_blocks < 1:
@@ -168,6 +175,10 @@ class SliceDataset(keras.utils.PyDataset):
                               f"{buffer_blocks}")
         if not case_ids:
             raise DataError(f"no cases to read from {store_path} (view {view})")
+        if not 0 <= shard[0] < shard[1] or batch_size % shard[1]:
+            raise ConfigError(f"shard {shard[0]}/{shard[1]} of batches of {batch_size} rows: "
+                              "the batch must divide by the number of shards")
+        self.shard, self.drop_remainder = shard, drop_remainder
         self.store = shared_store(store_path)
         axis = view_axis(view)
         self.view, self.batch_size, self.shuffle, self.seed = view, batch_size, shuffle, seed
@@ -222,7 +233,8 @@ class SliceDataset(keras.utils.PyDataset):
 
     # -- Keras PyDataset interface
     def __len__(self) -> int:
-        n = math.ceil(self.n_slices / self.batch_size)
+        n = (self.n_slices // self.batch_size if self.drop_remainder
+             else math.ceil(self.n_slices / self.batch_size))
         return min(n, self.max_batches) if self.max_batches else n
 
     def __getitem__(self, i: int) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
@@ -269,14 +281,18 @@ class SliceDataset(keras.utils.PyDataset):
     ) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
         plan = self._plan_for(epoch)
         p0, p1 = i * self.batch_size, min((i + 1) * self.batch_size, self.n_slices)
+        k, n = self.shard
+        skip = k * self.batch_size // n
+        p0, p1 = p0 + skip, min(p0 + skip + self.batch_size // n, p1)
         if self.mode == "ram":
             rows = plan.source[p0:p1]
             x, y = self._x[rows], self._y[rows]
         else:
             x, y = self._gather_stream(plan, p0, p1, blocks)
         if self.augment is not None:
-            x, y = self.augment(x, y, np.random.default_rng([self.seed, epoch, i, 1]),
-                                copy=False)  # fresh arrays: augment in place
+            rng = np.random.default_rng([self.seed, epoch, i, 1])
+            self.augment.skip(rng, skip)  # the draws of the rows other processes read
+            x, y = self.augment(x, y, rng, copy=False)  # fresh arrays: augment in place
         return x, y
 
     def _gather_stream(
