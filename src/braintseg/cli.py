@@ -127,7 +127,8 @@ def info() -> None:
 @cli.command()
 @config_options
 @click.option("-i", "--input", "input_dir", required=True,
-              type=click.Path(path_type=Path), help="BraTS root: case folders anywhere below it.")
+              type=click.Path(path_type=Path),
+              help="BraTS root, LGG root (patient folders) or a folder of figshare .mat slices.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="The HDF5 store to write (folds.json is written beside it).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -139,17 +140,27 @@ def info() -> None:
               help="Skip bad cases with a warning (listed in <store>.skipped.txt) "
                    "instead of failing.")
 @click.option("--no-labels", is_flag=True, help="Allow cases without a seg file (inference-only).")
+@click.option("--format", "fmt", type=click.Choice(["brats", "lgg", "figshare"]), default=None,
+              help="Force the input reader [default: detected from the folder's layout].")
+@click.option("--folds-from", type=click.Path(path_type=Path), default=None,
+              help="figshare: the data set's official split cvind.mat (patient-level folds).")
+@click.option("--validation-cases", type=click.Path(path_type=Path), default=None,
+              help="2D data sets: file of patient ids (one a line) = fold 0's validation set.")
 def prepare(
     config_path: Path | None, overrides: tuple[str, ...], input_dir: Path, output: Path,
-    workers: int | None, overwrite: bool, skip_invalid: bool, no_labels: bool,
+    workers: int | None, overwrite: bool, skip_invalid: bool, no_labels: bool, fmt: str | None,
+    folds_from: Path | None, validation_cases: Path | None,
 ) -> None:
-    """Crop, normalise and pack BraTS NIfTI cases into one PyTables store with k-fold splits."""
+    """Normalise and pack BraTS NIfTI cases (cropped volumes) or 2D slice data sets (LGG
+    kaggle_3m TIFF folders, figshare .mat slices) into one PyTables store with patient-level
+    folds."""
     with user_errors():
         cfg = _load(config_path, overrides)
         from braintseg.prepare import run_prepare
 
         path = run_prepare(cfg, input_dir, output, workers=workers, overwrite=overwrite,
-                           skip_invalid=skip_invalid, require_labels=not no_labels)
+                           skip_invalid=skip_invalid, require_labels=not no_labels,
+                           fmt=fmt, folds_from=folds_from, validation_cases=validation_cases)
         click.echo(f"wrote {path}")
 
 
@@ -204,7 +215,8 @@ def train(
               type=click.Path(path_type=Path),
               help="Run folder (repeat to ensemble folds and views).")
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
-              help="Folder of case folders, one case folder, or a store.")
+              help="Folder of case folders, one case folder, or a store (runs trained on 2D "
+                   "slices: an LGG/figshare folder or a slice store).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for <case>.nii.gz (predict.output_pattern), predictions.csv and "
                    "predict_config.yaml; created if needed, removed again if nothing was "
@@ -243,7 +255,8 @@ def predict(
 @click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of predicted <case>.nii.gz label files (the -o of predict).")
 @click.option("-t", "--truth", required=True, type=click.Path(path_type=Path),
-              help="Folder of BraTS case folders or <case>.nii.gz label files, or a store.")
+              help="Folder of BraTS case folders or <case>.nii.gz label files, or a store; "
+                   "or an LGG/figshare folder or slice store for 2D predictions.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="Per-case CSV [default: PRED_DIR/metrics.csv]; summary written beside it.")
 @click.option("--shard", default=None, metavar="K/N",
@@ -277,7 +290,11 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None, shard: str | None
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the demo's config (configs/demo.yaml), e.g. "
                    "--set model.start_channels=16 (repeatable).")
-def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...]) -> None:
+@click.option("--dataset", type=click.Choice(["brats", "lgg"]), default="brats",
+              help="brats: 4 bundled BraTS volumes; lgg: 2 bundled LGG kaggle_3m patients "
+                   "(2D TIFF slices).")
+def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...],
+         dataset: str) -> None:
     """Run the whole pipeline on 4 bundled real BraTS cases (a few minutes on a CPU).
 
     Trains on two cases, chooses the model on a third (validation) and predicts and evaluates
@@ -287,6 +304,12 @@ def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[st
     with user_errors():
         from braintseg.demo import format_result, run_demo
 
+        if dataset == "lgg":
+            from braintseg.demo_lgg import format_lgg_result, run_demo_lgg
+
+            click.echo(format_lgg_result(run_demo_lgg(out_dir, overwrite=overwrite,
+                                                      epochs=epochs, overrides=overrides)))
+            return
         result = run_demo(out_dir, overwrite=overwrite, epochs=epochs, overrides=overrides)
         click.echo(format_result(result))
 

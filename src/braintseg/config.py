@@ -61,7 +61,7 @@ class ModelConfig:
     norm: Literal["batch", "group", "instance"] = "batch"
     dropout: float = 0.0
     noise_stddev: float = 0.01
-    output: Literal["classes", "regions"] = "classes"
+    output: Literal["classes", "regions", "binary"] = "classes"
 
 
 @dataclass(frozen=True)

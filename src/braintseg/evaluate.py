@@ -244,7 +244,9 @@ def run_evaluate(
 
     Args:
         pred_dir: folder of ``<case>.nii.gz`` label files (either label convention).
-        truth: folder of BraTS case folders or of ``<case>.nii.gz`` label files, or a store.
+        truth: folder of BraTS case folders or of ``<case>.nii.gz`` label files, or a store;
+            2D slice folders and stores go to
+            :func:`braintseg.evaluate_slices.run_evaluate_slices`.
         output: per-case CSV (default ``pred_dir/metrics.csv``); ``<stem>_summary.csv`` and
             ``<stem>.json`` are written beside it.
         cases: evaluate only these truth case ids (default: all truth cases).
@@ -261,6 +263,11 @@ def run_evaluate(
             grids that differ, output not writable.
     """
     pred_dir, truth = Path(pred_dir), Path(truth)
+    from braintseg.evaluate_slices import is_slice_truth, run_evaluate_slices
+
+    if is_slice_truth(truth):  # 2D slice data sets: per-patient and per-slice figures
+        return run_evaluate_slices(pred_dir, truth, output,
+                                   list(cases) if cases is not None else None)
     output = Path(output) if output is not None else pred_dir / "metrics.csv"
     preds = find_predictions(pred_dir)
     sources = truth_sources(truth)
@@ -389,6 +396,10 @@ def _write_outputs(summary: dict[str, Any], output: Path) -> None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The table ``braintseg evaluate`` prints: mean ± std (median) per metric and region."""
+    if "dice_pooled" in summary.get("summary", {}):  # 2D slice data sets
+        from braintseg.evaluate_slices import format_slice_summary
+
+        return format_slice_summary(summary)
     n, missing = summary["n_cases"], summary["missing"]
     head = (f"{n} case{'s' if n != 1 else ''} evaluated: {n - len(missing)} scored against a "
             f"prediction, {len(missing)} missing predictions"

@@ -33,12 +33,13 @@ REGION_MATRIX: tuple[tuple[float, float, float], ...] = (
 )
 
 
-def labels_to_onehot(y_true: Any, ndim_pred: int = 4) -> Any:
-    """Integer labels ``(B, H, W)`` (or ``(B, H, W, 1)``) → float32 one-hot ``(B, H, W, 4)``."""
+def labels_to_onehot(y_true: Any, ndim_pred: int = 4, n_classes: int = N_CLASSES) -> Any:
+    """Integer labels ``(B, H, W)`` (or ``(B, H, W, 1)``) → float32 one-hot
+    ``(B, H, W, n_classes)`` (4 BraTS classes; 2 for ``output: binary``)."""
     labels = ops.convert_to_tensor(y_true)
     if len(labels.shape) == ndim_pred:
         labels = ops.squeeze(labels, axis=-1)
-    return ops.one_hot(ops.cast(labels, "int32"), N_CLASSES, dtype="float32")
+    return ops.one_hot(ops.cast(labels, "int32"), n_classes, dtype="float32")
 
 
 def onehot_to_regions(onehot: Any) -> Any:
@@ -110,7 +111,7 @@ class GeneralizedDiceCE(keras.losses.Loss):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         probs = ops.cast(y_pred, "float32")
-        onehot = labels_to_onehot(y_true, len(probs.shape))
+        onehot = labels_to_onehot(y_true, len(probs.shape), int(probs.shape[-1]))
         dice_loss = 1.0 - generalized_dice(onehot, probs, self.epsilon)
         clipped = ops.clip(probs, self.epsilon, 1.0 - self.epsilon)
         ce = -ops.sum(onehot * ops.log(clipped), axis=-1)
@@ -162,7 +163,7 @@ class RegionDiceLoss(keras.losses.Loss):
 def build_loss(train_cfg: TrainConfig, model_cfg: ModelConfig) -> keras.losses.Loss:
     """The loss for a model config: :class:`GeneralizedDiceCE` (``ce_weight`` from
     ``train.ce_weight``) for ``output: classes``, :class:`RegionDiceLoss` for ``regions``."""
-    if model_cfg.output == "classes":
+    if model_cfg.output in ("classes", "binary"):
         if train_cfg.ce_weight < 0:
             raise ConfigError(f"train.ce_weight must be >= 0; received {train_cfg.ce_weight}")
         return GeneralizedDiceCE(ce_weight=train_cfg.ce_weight)

@@ -129,6 +129,9 @@ def run_predict(
             N); the shards' label files are the unsharded run's, their table is
             ``predictions.shard-K-of-N.csv``.
 
+    Runs trained on a 2D slice store go to :func:`braintseg.predict_slices.run_predict_slices`
+    (``<slice>_mask.tif`` per slice and a per-slice ``predictions.csv``).
+
     Returns:
         The label files written, in case order.
 
@@ -137,6 +140,11 @@ def run_predict(
             anything is written, every file is written under a temporary name and renamed.
     """
     runs = [read_run(Path(p)) for p in run_dirs]
+    if any(r.layout == "slices" for r in runs):  # runs trained on a 2D slice store
+        from braintseg.predict_slices import run_predict_slices
+
+        return run_predict_slices(run_dirs, input_path, out_dir, overrides=overrides,
+                                  probabilities=probabilities, tta=tta, cases=cases, fold=fold)
     check_ensemble(runs)
     pcfg = predict_config(runs[0].cfg, overrides)
     tta = tta or pcfg.tta

@@ -23,7 +23,6 @@ from braintseg import __version__, distribute
 from braintseg.atomic import remove_stale_temporaries
 from braintseg.checkpoint import kill_point, load_state, repair_run
 from braintseg.config import Config, dump_config, load_config
-from braintseg.data.preprocess import view_axis
 from braintseg.data.store import open_store
 from braintseg.errors import ConfigError, DataError
 from braintseg.runs import RunPaths, check_writable, read_json, resume_differences, write_json
@@ -44,8 +43,13 @@ def check_inputs(cfg: Config, store_path: Path, fold: int) -> dict[str, Any]:
         if not store.has_labels:
             raise DataError(f"store {store_path} has cases without labels; training needs labels")
         train_ids, val_ids = store.fold_cases(fold)
-        axis = view_axis(cfg.train.view)
-        hw = [s for a, s in enumerate(store.volume_shape) if a != axis]
+        hw = list(store.slice_shape(cfg.train.view))  # slice stores: the only view is 'slice'
+        binary = store.layout == "slices"  # 2D slice sets: labels 0/1 (binary, tumour_type)
+        if binary != (cfg.model.output == "binary"):
+            want = "binary" if binary else "classes or regions"
+            raise ConfigError(f"store {store_path} holds {'0/1 slice' if binary else 'BraTS'} "
+                              f"labels: set model.output: {want} "
+                              f"(received {cfg.model.output!r})")
         factor = 2 ** cfg.model.levels
         if hw[0] % factor or hw[1] % factor:
             raise ConfigError(
@@ -53,6 +57,7 @@ def check_inputs(cfg: Config, store_path: Path, fold: int) -> dict[str, Any]:
                 f"{cfg.model.levels} needs both divisible by {factor} (adjust data.crop or "
                 "levels)")
         return {"store": str(Path(store_path).resolve()), "fold": fold, "view": cfg.train.view,
+                "layout": store.layout,
                 "input_shape": [*hw, store.n_channels], "n_channels": store.n_channels,
                 "crop_box": list(store.crop_box), "schema_version": store.schema_version,
                 "train_cases": train_ids, "val_cases": val_ids, "braintseg_version": __version__}

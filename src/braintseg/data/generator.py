@@ -40,7 +40,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.data.augment import Augmenter
-from braintseg.data.preprocess import view_axis
 from braintseg.data.store import CHUNK_EDGE, SliceStore
 from braintseg.errors import ConfigError, DataError
 
@@ -180,21 +179,21 @@ class SliceDataset(keras.utils.PyDataset):
                               "the batch must divide by the number of shards")
         self.shard, self.drop_remainder = shard, drop_remainder
         self.store = shared_store(store_path)
-        axis = view_axis(view)
+        hw = self.store.slice_shape(view)  # checks the view (slice stores: only 'slice')
         self.view, self.batch_size, self.shuffle, self.seed = view, batch_size, shuffle, seed
         self.rows = [self.store.index_of(c) for c in case_ids]
         self.case_ids = list(case_ids)
-        shape = self.store.volume_shape
-        self.slices_per_case = shape[axis]
-        hw = tuple(s for a, s in enumerate(shape) if a != axis)
+        #: slices of each case (all equal for volume stores; per patient for slice stores)
+        self.case_len = np.array([self.store.n_slices(r, view) for r in self.rows], np.int64)
+        self.case_base = np.concatenate([[0], np.cumsum(self.case_len)[:-1]]).astype(np.int64)
         self.input_shape: tuple[int, int, int] = (hw[0], hw[1], self.store.n_channels)
-        self.n_slices = len(self.rows) * self.slices_per_case
+        self.n_slices = int(self.case_len.sum())
         self.augment = augment if augment is not None and augment.enabled else None
         self.prefetch, self.oversampling = prefetch, tumour_oversampling
         self.max_batches, self.block, self.buffer_blocks = max_batches, block_slices, buffer_blocks
         self.tumour = np.concatenate(
-            [np.isin(np.arange(self.slices_per_case), self.store.tumour_slices(r, view))
-             for r in self.rows])
+            [np.isin(np.arange(n), self.store.tumour_slices(r, view))
+             for r, n in zip(self.rows, self.case_len.tolist(), strict=True)])
         self.mode = self._choose_mode(cache, cache_max_gb)
         self.epoch = 0
         self._lock = threading.RLock()  # consumer state (reader, epoch)
@@ -202,10 +201,10 @@ class SliceDataset(keras.utils.PyDataset):
         self._plan: tuple[int, _Plan] | None = None
         self._reader: _Reader | None = None
         self._closed = False
-        self._blocks = [(k, s, min(s + self.block, self.slices_per_case))
-                        for k in range(len(self.rows))
-                        for s in range(0, self.slices_per_case, self.block)]
-        self._block_base = np.array([k * self.slices_per_case + s for k, s, _ in self._blocks])
+        self._blocks = [(k, s, min(s + self.block, n))
+                        for k, n in enumerate(self.case_len.tolist())
+                        for s in range(0, n, self.block)]
+        self._block_base = np.array([self.case_base[k] + s for k, s, _ in self._blocks], np.int64)
         self._block_len = np.array([e - s for _, s, e in self._blocks])
         if self.mode == "ram":
             self._load_ram()
@@ -224,10 +223,10 @@ class SliceDataset(keras.utils.PyDataset):
         shape = (self.n_slices, *self.input_shape)
         self._x = np.empty(shape, np.float16)
         self._y = np.empty(shape[:3], np.uint8)
-        s = self.slices_per_case
         for k, row in enumerate(self.rows):
             x, y = self.store.read_view(row, self.view)
-            self._x[k * s:(k + 1) * s], self._y[k * s:(k + 1) * s] = x, y
+            s0, s1 = self.case_base[k], self.case_base[k] + self.case_len[k]
+            self._x[s0:s1], self._y[s0:s1] = x, y
         logger.debug("cached %d %s slices in RAM (%.2f GB)", self.n_slices, self.view,
                      (self._x.nbytes + self._y.nbytes) / 1e9)
 
