@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -58,6 +59,60 @@ class KeepFreedMemory(keras.callbacks.Callback):
     on_test_batch_begin = on_test_batch_end = _tune
 
 
+class EpochTensorBoard(keras.callbacks.Callback):
+    """Epoch-level TensorBoard scalars without per-batch hooks (so Keras dispatch stays async).
+
+    Writes ``epoch_<metric>`` at step ``epoch`` into ``LOGDIR/train`` (training metrics, the
+    learning rate, slices/s) and ``LOGDIR/validation`` (``val_*`` metrics without the prefix),
+    the layout and tags of ``keras.callbacks.TensorBoard(update_freq="epoch")``.  Event files
+    are written with the ``tensorboard`` package alone (no TensorFlow needed, any backend).
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str) -> Any:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        if name not in self._writers:
+            self._writers[name] = EventFileWriter(str(self.log_dir / name))
+        return self._writers[name]
+
+    def _write(self, name: str, step: int, values: dict[str, float]) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=f"epoch_{k}", simple_value=v)
+                                 for k, v in values.items()])
+        writer = self._writer(name)
+        writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+        writer.flush()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        train: dict[str, float] = {}
+        val: dict[str, float] = {}
+        for key, value in (logs or {}).items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if key.startswith("val_"):
+                val[key[4:]] = number
+            else:
+                train[key] = number
+        lr = getattr(getattr(self.model, "optimizer", None), "learning_rate", None)
+        if lr is not None and "learning_rate" not in train:
+            train["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        self._write("train", epoch, train)
+        if val:
+            self._write("validation", epoch, val)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
 
 
 def logging_callbacks(cfg: Config, paths: RunPaths, train: SliceDataset,
@@ -73,8 +128,8 @@ def logging_callbacks(cfg: Config, paths: RunPaths, train: SliceDataset,
             factor=0.5, patience=5))
     cbs.append(keras.callbacks.CSVLogger(str(paths.history), append=state is not None))
     try:
-        import tensorboard  # noqa: F401 - Keras' TensorBoard callback needs the package
-        cbs.append(keras.callbacks.TensorBoard(str(paths.tensorboard), write_graph=False))
+        import tensorboard  # noqa: F401 - the event file writer comes from the package
+        cbs.append(EpochTensorBoard(paths.tensorboard))
     except ImportError:
         logger.warning("the tensorboard package is not installed: no TensorBoard logs")
     return cbs
