@@ -21,7 +21,7 @@ from braintseg import __version__
 from braintseg.callbacks import logging_callbacks
 from braintseg.checkpoint import save_checkpoint, save_model, set_rng_state, trim_history
 from braintseg.config import Config, dump_config, load_config
-from braintseg.data.augment import Augmenter
+from braintseg.data.augment import Augmenter, install_device_affine
 from braintseg.data.generator import SliceDataset, release_store
 from braintseg.data.preprocess import view_axis
 from braintseg.data.store import SliceStore, open_store
@@ -220,6 +220,8 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
     try:
         train, val = datasets = _datasets(cfg, Path(store), run)
         model = _build(cfg, run, len(train), state, paths)
+        if train.augment is not None and train.augment.geometric:  # rotation/zoom on device
+            install_device_affine(model, val.batch(0, 0))
         guard.install()
         _fit(model, cfg, paths, train, val, guard, state, done)
     finally:

@@ -2,7 +2,11 @@
 
 :class:`SliceDataset` yields ``(x, y)``: ``x`` float16 ``(B, H, W, C)`` (channels FLAIR, T1,
 T1ce, T2), ``y`` uint8 ``(B, H, W)`` internal labels {0 background, 1 NCR/NET, 2 edema, 3 ET}
-(no one-hot here: the loss and metrics one-hot inside).
+(no one-hot here: the loss and metrics one-hot inside).  Flips are applied while gathering (one
+strided copy per slice into the batch buffer, :func:`~braintseg.data.augment.gather_flipped`).
+With rotation/zoom on, batches are ``((x, transforms), y)``, ``transforms`` float32 ``(B, 8)``:
+the model's training step applies them on the device
+(:func:`~braintseg.data.augment.install_device_affine`).
 
 Batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``: the epoch's *plan* (which slice
 goes to which position) is drawn from ``np.random.default_rng([seed, e])`` and augmentation from
@@ -39,7 +43,7 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from braintseg.data.augment import Augmenter
+from braintseg.data.augment import Augmenter, Draws, device_transforms, gather_flipped
 from braintseg.data.preprocess import view_axis
 from braintseg.data.store import CHUNK_EDGE, SliceStore
 from braintseg.errors import ConfigError, DataError
@@ -225,7 +229,7 @@ class SliceDataset(keras.utils.PyDataset):
         n = math.ceil(self.n_slices / self.batch_size)
         return min(n, self.max_batches) if self.max_batches else n
 
-    def __getitem__(self, i: int) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
+    def __getitem__(self, i: int) -> Any:
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range 0..{len(self) - 1}")
         with self._lock:
@@ -260,28 +264,30 @@ class SliceDataset(keras.utils.PyDataset):
             self._reader = None
 
     # -- batches
-    def batch(self, epoch: int, i: int) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
+    def batch(self, epoch: int, i: int) -> Any:
         """Batch ``i`` of ``epoch`` read directly (no reader thread)."""
         return self._make_batch(epoch, i, {})
 
     def _make_batch(
         self, epoch: int, i: int, blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]]
-    ) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
+    ) -> Any:
         plan = self._plan_for(epoch)
         p0, p1 = i * self.batch_size, min((i + 1) * self.batch_size, self.n_slices)
+        draws = None
+        if self.augment is not None:
+            draws = self.augment.draw(np.random.default_rng([self.seed, epoch, i, 1]), p1 - p0)
         if self.mode == "ram":
             rows = plan.source[p0:p1]
-            x, y = self._x[rows], self._y[rows]
+            x, y = gather_flipped(self._x, rows, draws), gather_flipped(self._y, rows, draws)
         else:
-            x, y = self._gather_stream(plan, p0, p1, blocks)
-        if self.augment is not None:
-            x, y = self.augment(x, y, np.random.default_rng([self.seed, epoch, i, 1]),
-                                copy=False)  # fresh arrays: augment in place
+            x, y = self._gather_stream(plan, p0, p1, blocks, draws)
+        if draws is not None and self.augment is not None and self.augment.geometric:
+            return (x, device_transforms(draws, *self.input_shape[:2])), y
         return x, y
 
     def _gather_stream(
         self, plan: _Plan, p0: int, p1: int,
-        blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]],
+        blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]], draws: Draws | None,
     ) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
         src, off = plan.source[p0:p1], plan.offset[p0:p1]
         first_window = plan.window[src].min()
@@ -289,12 +295,23 @@ class SliceDataset(keras.utils.PyDataset):
             del blocks[b]  # a finished window: free its blocks
         x = np.empty((p1 - p0, *self.input_shape), np.float16)
         y = np.empty((p1 - p0, *self.input_shape[:2]), np.uint8)
-        for j, (b, o) in enumerate(zip(src.tolist(), off.tolist(), strict=True)):
-            if b not in blocks:
-                k, s0, s1 = self._blocks[b]
-                blocks[b] = self.store.read_slices(self.rows[k], self.view, s0, s1)
-            x[j], y[j] = blocks[b][0][o], blocks[b][1][o]
+        missing = [b for b in dict.fromkeys(src.tolist()) if b not in blocks]
+        for b, block in zip(missing, self._read_blocks(missing), strict=True):
+            blocks[b] = block
+        step_h = np.where(draws.flip_h, -1, 1).tolist() if draws else [1] * len(src)
+        step_w = np.where(draws.flip_w, -1, 1).tolist() if draws else [1] * len(src)
+        for j, (b, o, sh, sw) in enumerate(zip(src.tolist(), off.tolist(), step_h, step_w,
+                                               strict=True)):
+            bx, by = blocks[b]
+            x[j], y[j] = bx[o, ::sh, ::sw], by[o, ::sh, ::sw]  # one copy, flips included
         return x, y
+
+    def _read_blocks(self, ids: list[int]) -> list[tuple[NDArray[Any], NDArray[np.uint8]]]:
+        out = []
+        for b in ids:
+            k, s0, s1 = self._blocks[b]
+            out.append(self.store.read_slices(self.rows[k], self.view, s0, s1))
+        return out
 
     def _plan_for(self, epoch: int) -> _Plan:
         with self._plan_lock:
