@@ -192,3 +192,31 @@ def test_rotation_zoom_batches_carry_device_transforms(synthetic_store: Path) ->
     assert t.shape == (4, 8) and t.dtype == np.float32 and x.shape == fx.shape
     assert y.dtype == np.uint8 and x.dtype == np.float16
     assert not np.allclose(t[:, :6], [1, 0, 0, 0, 1, 0])
+
+
+def test_block_read_ahead_order_bound_and_errors() -> None:
+    from braintseg.data.readahead import BlockReadAhead
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def read(b: int) -> int:
+        with lock:
+            started.append(b)
+        if b == 7:
+            raise DataError("block 7 is damaged")
+        return b * 10
+
+    order = [3, 1, 4, 0, 5, 9, 2, 6, 7, 8]
+    ra = BlockReadAhead(read, order, ahead=2, threads=2)
+    assert ra.get(3) == 30 and ra.get(1) == 10
+    assert len(ra.held()) <= 4  # the blocks asked for plus at most `ahead` more
+    ra.drop([3, 1])
+    for b in (4, 0, 5, 9, 2, 6):
+        assert ra.get(b) == b * 10
+        ra.drop([b])
+    with pytest.raises(DataError, match="block 7"):
+        ra.get(7)
+    assert ra.get(11) == 110  # not in the order: read on the spot
+    ra.close()
+    assert started[:4] == [3, 1, 4, 0] or sorted(started[:4]) == [0, 1, 3, 4]

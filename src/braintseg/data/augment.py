@@ -119,14 +119,26 @@ def gather_flipped(src: NDArray[Any], index: NDArray[np.int64], draws: Draws | N
     """
     if out is None:
         out = np.empty((len(index), *src.shape[1:]), src.dtype)
-    if draws is None or not (draws.flip_h.any() or draws.flip_w.any()):
-        np.take(src, index, axis=0, out=out)
-        return out
-    step_h = np.where(draws.flip_h, -1, 1).tolist()
-    step_w = np.where(draws.flip_w, -1, 1).tolist()
+    n = len(index)
+    step_h = np.where(draws.flip_h, -1, 1).tolist() if draws is not None else [1] * n
+    step_w = np.where(draws.flip_w, -1, 1).tolist() if draws is not None else [1] * n
+    s, o = pixels(src), pixels(out)
     for j, (i, sh, sw) in enumerate(zip(index.tolist(), step_h, step_w, strict=True)):
-        out[j] = src[i, ::sh, ::sw]
+        o[j] = s[i, ::sh, ::sw]
     return out
+
+
+_WIDE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.complex128}
+
+
+def pixels(a: NDArray[Any]) -> NDArray[Any]:
+    """``a (..., H, W, C)`` C-contiguous viewed as ``(..., H, W)`` of one C-byte element per
+    pixel when a numpy type that wide exists (else ``a``): a reversed-W copy then moves whole
+    pixels (about 3x faster than 4 float16 at a time).  Bytes are copied, never converted."""
+    wide = _WIDE.get(a.shape[-1] * a.itemsize) if a.ndim >= 4 else None
+    if wide is None or not a.flags.c_contiguous:
+        return a
+    return a.view(wide)[..., 0]
 
 
 def device_transforms(draws: Draws, height: int, width: int) -> NDArray[np.float32]:

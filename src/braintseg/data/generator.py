@@ -35,6 +35,7 @@ import logging
 import math
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,8 +44,15 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from braintseg.data.augment import Augmenter, Draws, device_transforms, gather_flipped
+from braintseg.data.augment import (
+    Augmenter,
+    Draws,
+    device_transforms,
+    gather_flipped,
+    pixels,
+)
 from braintseg.data.preprocess import view_axis
+from braintseg.data.readahead import BlockReadAhead
 from braintseg.data.store import CHUNK_EDGE, SliceStore
 from braintseg.errors import ConfigError, DataError
 
@@ -54,6 +62,15 @@ Cache = Literal["auto", "ram", "stream"]
 _STORES: dict[tuple[str, int], SliceStore] = {}
 _STORES_LOCK = threading.Lock()
 _EMPTY: NDArray[np.int64] = np.zeros(0, np.int64)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity mask where the OS has one)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def shared_store(path: Path) -> SliceStore:
@@ -90,6 +107,31 @@ class _Plan:
     window: NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
 
 
+class _SyncBlocks:
+    """Blocks read when first asked for, on the asking thread (RAM mode, direct reads)."""
+
+    def __init__(self, read: Callable[[int], Any]) -> None:
+        self._read, self._blocks = read, {}  # type: ignore[var-annotated]
+
+    def get(self, b: int) -> Any:
+        if b not in self._blocks:
+            self._blocks[b] = self._read(b)
+        return self._blocks[b]
+
+    def drop(self, blocks: list[int]) -> None:
+        for b in blocks:
+            self._blocks.pop(b, None)
+
+    def held(self) -> list[int]:
+        return list(self._blocks)
+
+    def close(self) -> None:
+        self._blocks.clear()
+
+
+_Blocks = _SyncBlocks | BlockReadAhead[Any]
+
+
 class _Reader:
     """A thread that makes batches ``start, start+1, …`` of one epoch into a bounded queue."""
 
@@ -102,20 +144,23 @@ class _Reader:
         self.thread.start()
 
     def _run(self, ds: SliceDataset) -> None:
-        blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]] = {}
-        for i in range(self.next, len(ds)):
-            try:
-                item: Any = ds._make_batch(self.epoch, i, blocks)
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                item = exc
-            while not self.stop_event.is_set():
+        blocks = ds._block_source(self.epoch, self.next)
+        try:
+            for i in range(self.next, len(ds)):
                 try:
-                    self.queue.put((i, item), timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
-            if self.stop_event.is_set() or isinstance(item, BaseException):
-                return
+                    item: Any = ds._make_batch(self.epoch, i, blocks)
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                    item = exc
+                while not self.stop_event.is_set():
+                    try:
+                        self.queue.put((i, item), timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop_event.is_set() or isinstance(item, BaseException):
+                    return
+        finally:
+            blocks.close()
 
     def get(self) -> Any:
         while True:
@@ -152,7 +197,10 @@ class SliceDataset(keras.utils.PyDataset):
             tumour (from the same window in stream mode); 0 disables it.
         max_batches: cap on batches per epoch (``train.steps_per_epoch``).
         block_slices: slices per stream block (the store's chunk edge).
-        buffer_blocks: blocks per shuffle window (stream mode).
+        buffer_blocks: blocks per shuffle window (stream mode); the next window's blocks are
+            read ahead while one is consumed (memory: about two windows).
+        read_threads: stream mode: threads that read blocks ahead (HDF5 calls stay one at a
+            time under the store lock); default: usable cores, at most 4.
 
     Raises:
         DataError: unknown case id or view.  ConfigError: bad batch size or cache mode.
@@ -163,7 +211,7 @@ class SliceDataset(keras.utils.PyDataset):
         shuffle: bool = True, seed: int = 0, augment: Augmenter | None = None,
         cache: Cache = "auto", cache_max_gb: float = 16.0, prefetch: int = 4,
         tumour_oversampling: float = 0.0, max_batches: int | None = None,
-        block_slices: int = CHUNK_EDGE, buffer_blocks: int = 32,
+        block_slices: int = CHUNK_EDGE, buffer_blocks: int = 32, read_threads: int | None = None,
     ) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         if batch_size < 1 or prefetch < 1 or block_slices < 1 or buffer_blocks < 1:
@@ -185,6 +233,7 @@ class SliceDataset(keras.utils.PyDataset):
         self.augment = augment if augment is not None and augment.enabled else None
         self.prefetch, self.oversampling = prefetch, tumour_oversampling
         self.max_batches, self.block, self.buffer_blocks = max_batches, block_slices, buffer_blocks
+        self.read_threads = read_threads or min(4, usable_cores())
         self.tumour = np.concatenate(
             [np.isin(np.arange(self.slices_per_case), self.store.tumour_slices(r, view))
              for r in self.rows])
@@ -266,11 +315,27 @@ class SliceDataset(keras.utils.PyDataset):
     # -- batches
     def batch(self, epoch: int, i: int) -> Any:
         """Batch ``i`` of ``epoch`` read directly (no reader thread)."""
-        return self._make_batch(epoch, i, {})
+        blocks = _SyncBlocks(self._read_block)
+        try:
+            return self._make_batch(epoch, i, blocks)
+        finally:
+            blocks.close()
 
-    def _make_batch(
-        self, epoch: int, i: int, blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]]
-    ) -> Any:
+    def _block_source(self, epoch: int, start: int) -> _Blocks:
+        """Stream mode: blocks of ``epoch`` from batch ``start`` on, read ahead in the order of
+        first use on ``read_threads`` threads (see :mod:`braintseg.data.readahead`)."""
+        if self.mode != "stream":
+            return _SyncBlocks(self._read_block)
+        src = self._plan_for(epoch).source[start * self.batch_size:]
+        _, first = np.unique(src, return_index=True)
+        order = src[np.sort(first)].tolist()
+        return BlockReadAhead(self._read_block, order, self.buffer_blocks, self.read_threads)
+
+    def _read_block(self, b: int) -> tuple[NDArray[Any], NDArray[np.uint8]]:
+        k, s0, s1 = self._blocks[b]
+        return self.store.read_slices(self.rows[k], self.view, s0, s1)
+
+    def _make_batch(self, epoch: int, i: int, blocks: _Blocks) -> Any:
         plan = self._plan_for(epoch)
         p0, p1 = i * self.batch_size, min((i + 1) * self.batch_size, self.n_slices)
         draws = None
@@ -286,32 +351,21 @@ class SliceDataset(keras.utils.PyDataset):
         return x, y
 
     def _gather_stream(
-        self, plan: _Plan, p0: int, p1: int,
-        blocks: dict[int, tuple[NDArray[Any], NDArray[np.uint8]]], draws: Draws | None,
+        self, plan: _Plan, p0: int, p1: int, blocks: _Blocks, draws: Draws | None,
     ) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
         src, off = plan.source[p0:p1], plan.offset[p0:p1]
         first_window = plan.window[src].min()
-        for b in [b for b in blocks if plan.window[b] < first_window]:
-            del blocks[b]  # a finished window: free its blocks
+        blocks.drop([b for b in blocks.held() if plan.window[b] < first_window])  # finished
         x = np.empty((p1 - p0, *self.input_shape), np.float16)
         y = np.empty((p1 - p0, *self.input_shape[:2]), np.uint8)
-        missing = [b for b in dict.fromkeys(src.tolist()) if b not in blocks]
-        for b, block in zip(missing, self._read_blocks(missing), strict=True):
-            blocks[b] = block
         step_h = np.where(draws.flip_h, -1, 1).tolist() if draws else [1] * len(src)
         step_w = np.where(draws.flip_w, -1, 1).tolist() if draws else [1] * len(src)
+        px = pixels(x)
         for j, (b, o, sh, sw) in enumerate(zip(src.tolist(), off.tolist(), step_h, step_w,
                                                strict=True)):
-            bx, by = blocks[b]
-            x[j], y[j] = bx[o, ::sh, ::sw], by[o, ::sh, ::sw]  # one copy, flips included
+            bx, by = blocks.get(b)
+            px[j], y[j] = pixels(bx)[o, ::sh, ::sw], by[o, ::sh, ::sw]  # one copy, flips in
         return x, y
-
-    def _read_blocks(self, ids: list[int]) -> list[tuple[NDArray[Any], NDArray[np.uint8]]]:
-        out = []
-        for b in ids:
-            k, s0, s1 = self._blocks[b]
-            out.append(self.store.read_slices(self.rows[k], self.view, s0, s1))
-        return out
 
     def _plan_for(self, epoch: int) -> _Plan:
         with self._plan_lock:
