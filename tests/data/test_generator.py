@@ -220,3 +220,19 @@ def test_block_read_ahead_order_bound_and_errors() -> None:
     assert ra.get(11) == 110  # not in the order: read on the spot
     ra.close()
     assert started[:4] == [3, 1, 4, 0] or sorted(started[:4]) == [0, 1, 3, 4]
+
+
+def test_auto_cache_budget_from_available_memory(synthetic_store: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from braintseg.data.generator import CACHE_FRACTION, available_memory, cache_budget
+
+    avail = available_memory()
+    if avail is None:
+        pytest.skip("no /proc/meminfo")
+    budget, why = cache_budget(None)
+    assert budget == pytest.approx(CACHE_FRACTION * avail, rel=0.05) and "available" in why
+    assert cache_budget(1e-3)[0] == 1e6  # a cap below the share wins
+    assert cache_budget(1e9)[0] < 1e18  # a cap above it does not
+    with caplog.at_level("INFO", logger="braintseg.data.generator"):
+        ds = SliceDataset(synthetic_store, open_store(synthetic_store).case_ids[:1], "axial", 4)
+    assert ds.mode == "ram" and "RAM budget" in caplog.text and "available" in caplog.text

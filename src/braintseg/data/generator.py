@@ -20,7 +20,9 @@ Modes (``cache``):
 * ``"stream"``: chunk-aligned blocks of consecutive slices (``read_slices``); the epoch shuffles
   the blocks of all cases, groups them into windows of ``buffer_blocks`` blocks and shuffles the
   slices inside a window (block shuffle), so memory is bounded by one window, not the store.
-* ``"auto"``: RAM when the arrays fit ``cache_max_gb``, else stream.
+* ``"auto"``: RAM when the arrays fit the budget, else stream.  The budget is
+  :data:`CACHE_FRACTION` of the memory available now (``MemAvailable`` in ``/proc/meminfo``),
+  capped by ``cache_max_gb`` when given; the choice is logged.
 
 Keras 3 calls ``__getitem__(0), (1), …`` in order from one thread when ``workers=1`` and
 ``use_multiprocessing=False`` (``fit(shuffle=False)``); the reader thread runs ``prefetch``
@@ -62,6 +64,36 @@ Cache = Literal["auto", "ram", "stream"]
 _STORES: dict[tuple[str, int], SliceStore] = {}
 _STORES_LOCK = threading.Lock()
 _EMPTY: NDArray[np.int64] = np.zeros(0, np.int64)
+
+
+#: share of the available memory that ``cache: auto`` may fill (training and validation each
+#: decide in turn, the second seeing what the first took)
+CACHE_FRACTION = 0.5
+FALLBACK_BUDGET_GB = 16.0
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in bytes (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cache_budget(cache_max_gb: float | None) -> tuple[float, str]:
+    """``(bytes, how it was chosen)`` of the RAM budget of ``cache: auto``."""
+    avail = available_memory()
+    if avail is None:
+        gb = cache_max_gb if cache_max_gb is not None else FALLBACK_BUDGET_GB
+        return gb * 1e9, f"available memory unknown; {gb:g} GB"
+    share = CACHE_FRACTION * avail
+    why = f"{CACHE_FRACTION:.0%} of {avail / 1e9:.1f} GB available"
+    if cache_max_gb is not None and cache_max_gb * 1e9 < share:
+        return cache_max_gb * 1e9, f"train.cache_max_gb; {why} is more"
+    return share, why
 
 
 def usable_cores() -> int:
@@ -191,7 +223,9 @@ class SliceDataset(keras.utils.PyDataset):
         shuffle: shuffle per epoch (training); False keeps case/slice order (validation).
         seed: plan and augmentation seed.
         augment: an :class:`Augmenter` or None (no augmentation).
-        cache: ``"ram"``, ``"stream"`` or ``"auto"`` (RAM when it fits ``cache_max_gb``).
+        cache: ``"ram"``, ``"stream"`` or ``"auto"`` (RAM when it fits the budget).
+        cache_max_gb: cap on the ``auto`` budget (None: :data:`CACHE_FRACTION` of the
+            available memory alone).
         prefetch: batches the reader thread keeps ready.
         tumour_oversampling: probability that a position is replaced by a random slice with
             tumour (from the same window in stream mode); 0 disables it.
@@ -209,7 +243,7 @@ class SliceDataset(keras.utils.PyDataset):
     def __init__(
         self, store_path: Path, case_ids: list[str], view: str, batch_size: int, *,
         shuffle: bool = True, seed: int = 0, augment: Augmenter | None = None,
-        cache: Cache = "auto", cache_max_gb: float = 16.0, prefetch: int = 4,
+        cache: Cache = "auto", cache_max_gb: float | None = None, prefetch: int = 4,
         tumour_oversampling: float = 0.0, max_batches: int | None = None,
         block_slices: int = CHUNK_EDGE, buffer_blocks: int = 32, read_threads: int | None = None,
     ) -> None:
@@ -253,14 +287,18 @@ class SliceDataset(keras.utils.PyDataset):
             self._load_ram()
 
     # -- set-up
-    def _choose_mode(self, cache: str, cache_max_gb: float) -> str:
+    def _choose_mode(self, cache: str, cache_max_gb: float | None) -> str:
         if cache not in ("auto", "ram", "stream"):
             raise ConfigError(f"train.cache must be auto, ram or stream; received {cache!r}")
         if cache != "auto":
             return cache
         h, w, c = self.input_shape
         nbytes = self.n_slices * h * w * (2 * c + 1)
-        return "ram" if nbytes <= cache_max_gb * 1e9 else "stream"
+        budget, why = cache_budget(cache_max_gb)
+        mode = "ram" if nbytes <= budget else "stream"
+        logger.info("train.cache auto: %d %s slices need %.2f GB; RAM budget %.2f GB (%s): %s",
+                    self.n_slices, self.view, nbytes / 1e9, budget / 1e9, why, mode)
+        return mode
 
     def _load_ram(self) -> None:
         shape = (self.n_slices, *self.input_shape)
