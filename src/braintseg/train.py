@@ -168,6 +168,7 @@ def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
     import keras
 
     from braintseg import fit
+    from braintseg.data.augment import install_device_affine
     from braintseg.data.generator import release_store
 
     resuming = state is not None
@@ -180,6 +181,8 @@ def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
     try:
         train, val = datasets = fit.datasets(cfg, store, run, dist)
         model = fit.build(cfg, run, len(train), state, paths, dist)
+        if train.augment is not None and train.augment.geometric:  # rotation/zoom on device
+            install_device_affine(model, val.batch(0, 0))
         if state is not None:
             repair_run(paths, state)
             _write_run_files(paths, cfg, run)
