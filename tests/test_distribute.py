@@ -67,10 +67,11 @@ def test_union_of_process_shards_is_the_one_process_batch(synthetic_store: Path,
         assert len(parts[0]) == whole.n_slices // 6 == len(whole) - 1  # ragged last dropped
         for epoch in (0, 1):
             for i in (0, len(parts[0]) - 1):
-                x, y = whole.batch(epoch, i)
+                (x, t), y = whole.batch(epoch, i)  # rotation/zoom: (images, transforms)
                 got = [p.batch(epoch, i) for p in parts]
-                assert [g[0].shape[0] for g in got] == [2, 2, 2]
-                np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), x)
+                assert [g[0][0].shape[0] for g in got] == [2, 2, 2]
+                np.testing.assert_array_equal(np.concatenate([g[0][0] for g in got]), x)
+                np.testing.assert_array_equal(np.concatenate([g[0][1] for g in got]), t)
                 np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y)
         with pytest.raises(ConfigError, match="divide by the number of shards"):
             SliceDataset(synthetic_store, train_ids, **{**common, "batch_size": 4},
