@@ -81,6 +81,7 @@ def run_report_slices(pred_dir: Path, truth: Path, out_dir: Path) -> list[Path]:
         raise DataError(f"report: -t {truth} must be the slice folder (LGG patient folders or "
                         "figshare .mat files) with the images")
     preds = find_slice_predictions(pred_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     metrics = pred_dir / "metrics.json"
     result = (json.loads(metrics.read_text()) if metrics.is_file()
               else run_evaluate_slices(pred_dir, truth, out_dir / "metrics.csv"))
