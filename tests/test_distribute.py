@@ -253,7 +253,7 @@ def test_usr1_to_one_process_stops_both_at_the_same_step_and_resumes_on_one_devi
     out.parent.mkdir()
     sets = ("train.epochs=40", "train.steps_per_epoch=3")
     procs = _start_two(synthetic_store, out, *sets)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800  # the first epoch (compiling) on a busy CPU
     while not (out / "history.csv").is_file() or len(_history(out)) < 1:
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.5)
@@ -279,7 +279,7 @@ def test_killed_peer_makes_the_other_exit_nonzero_in_bounded_time(synthetic_stor
     out.parent.mkdir()
     procs = _start_two(synthetic_store, out, "train.epochs=200",
                        BRAINTSEG_PEER_TIMEOUT="20", BRAINTSEG_HEARTBEAT_TIMEOUT="10")
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800  # the first epoch (compiling) on a busy CPU
     while not (out / "history.csv").is_file() or len(_history(out)) < 1:
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.5)
@@ -340,3 +340,26 @@ def test_submit_cv_gpus_nodes_and_predict_shards(tmp_path) -> None:
                           "-o", str(tmp_path / "cv"), "--gpus", "0", "-n"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--gpus, --nodes and --predict-shards" in bad.stderr
+
+
+def test_processes_with_different_configs_refuse_to_start(synthetic_store, tmp_path) -> None:
+    out = tmp_path / "runs" / "two"
+    out.parent.mkdir()
+    port = _free_port()
+    procs = []
+    for pid, lr in ((0, "0.01"), (1, "0.02")):
+        cmd = _train_cmd(synthetic_store, out, "train.distribution=data_parallel",
+                         f"train.learning_rate={lr}")
+        cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                "--process-id", str(pid)]
+        procs.append(subprocess.Popen(cmd, env=_env("jax", 1, BRAINTSEG_PEER_TIMEOUT="60"),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True))
+    errs = []
+    for p in procs:
+        errs.append(p.communicate(timeout=300)[1])
+    assert [p.returncode for p in procs] == [1, 1], errs
+    last = [e.strip().splitlines()[-1] for e in errs]
+    assert "process 1 has another config than process 0" in last[0]
+    assert "has another config" in last[1]
+    assert not out.exists()  # refused before anything was written

@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,6 @@ class Session:
     _client: Any = None
     _calls: int = 0
     _scratch: Path | None = None
-    _keys: list[str] = field(default_factory=list)
 
     @property
     def is_writer(self) -> bool:
@@ -290,10 +289,7 @@ class Session:
                 f"process {self.process_id}: a peer process did not reach training step "
                 f"{self._calls} within {self.peer_timeout_s:.0f} s (dead or hung): "
                 f"{_first_line(exc)}") from None
-        stop = bool(client.key_value_dir_get(f"{base}/"))
-        if flag:
-            self._keys.append(f"{base}/{self.process_id}")
-        return stop
+        return bool(client.key_value_dir_get(f"{base}/"))
 
     def _gather(self, name: str, value: str) -> list[str]:
         client = self._client
