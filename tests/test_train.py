@@ -328,3 +328,54 @@ def test_resume_refuses_a_checkpoint_whose_step_count_disagrees(
     with pytest.raises(DataError, match=r"1 epochs x 2 steps .* = 2 steps, but the state "
                                         r"records 4"):
         run_train(cfg, synthetic_store, 0, odd, resume=True)
+
+
+ASYNC_CHECK = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import keras
+    from braintseg.config import load_config
+    from braintseg.data.store import open_store
+    from braintseg.runs import RunPaths
+    from braintseg.fit import _Guard, callbacks, datasets
+
+    store_path, cfg_path, run_dir = (Path(a) for a in sys.argv[1:4])
+    cfg = load_config(cfg_path, overrides=["train.batch_size=2", "train.steps_per_epoch=2"])
+    store = open_store(store_path)
+    run = {"train_cases": store.case_ids[:2], "val_cases": store.case_ids[2:3]}
+    store.close()
+    train, val = datasets(cfg, store_path, run)
+    try:
+        cbs = callbacks(cfg, RunPaths(run_dir), train, _Guard(), None)
+    finally:
+        train.close()
+        val.close()
+    names = ",".join(sorted(type(c).__name__ for c in cbs))
+    # the dispatch mode depends on the callbacks alone; a one-layer model keeps the test fast
+    # (the U-Net's eager JAX initialisation takes ~1 min on a loaded CPU)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    listed = keras.callbacks.CallbackList(cbs, model=model)
+    print(keras.backend.backend(), listed._async_train, listed._async_test, names)
+""")
+
+
+def test_run_callbacks_keep_async_dispatch_on_jax(synthetic_store: Path, tmp_path: Path) -> None:
+    """The exact callback list of ``braintseg train`` (TensorBoard included when installed),
+    under ``KERAS_BACKEND=jax`` in a fresh process: Keras dispatches the train and test steps
+    asynchronously (``keras.callbacks.TensorBoard`` has per-batch hooks and turned it off)."""
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "JAX_PLATFORMS": "cpu"}
+    cfg = Path(__file__).parents[1] / "configs" / "smoke.yaml"
+    proc = subprocess.run([sys.executable, "-c", ASYNC_CHECK, str(synthetic_store), str(cfg),
+                           str(tmp_path / "run")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    backend, async_train, async_test, names = proc.stdout.strip().splitlines()[-1].split(" ", 3)
+    assert backend == "jax"
+    try:
+        import tensorboard  # noqa: F401
+        assert "TensorBoard" in names
+    except ImportError:
+        pass
+    assert (async_train, async_test) == ("True", "True"), names

@@ -174,21 +174,39 @@ def prepare(
               help="Run folder (config, logs, checkpoints, model.keras).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start afresh in a folder that holds a run.")
+@click.option("--coordinator", metavar="HOST:PORT", default=None,
+              help="Several processes, one model (JAX, train.distribution=data_parallel): "
+                   "address of process 0 [KERAS_DISTRIBUTION_JOB_ADDRESSES; under srun: "
+                   "found by JAX].")
+@click.option("--num-processes", type=click.IntRange(min=1), default=None,
+              help="Processes of the training [KERAS_DISTRIBUTION_NUM_PROCESSES].")
+@click.option("--process-id", type=click.IntRange(min=0), default=None,
+              help="This process, 0..N-1; 0 writes the run folder "
+                   "[KERAS_DISTRIBUTION_PROCESS_ID].")
 def train(
     config_path: Path | None, overrides: tuple[str, ...], store: Path, fold: int,
-    run_dir: Path, resume: bool, overwrite: bool,
+    run_dir: Path, resume: bool, overwrite: bool, coordinator: str | None,
+    num_processes: int | None, process_id: int | None,
 ) -> None:
     """Train one cross-validation fold.
 
     On SIGTERM or SIGUSR1 (Slurm's warning before walltime) training finishes the current step,
     saves a checkpoint and exits with code 75; `--resume` then continues at the next epoch.
     A folder whose run stopped before its first checkpoint is simply started again.
+
+    \b
+    Several devices: --set train.distribution=data_parallel uses every GPU (JAX: also several
+    processes and nodes; TensorFlow: MirroredStrategy on one node).  train.batch_size is the
+    global batch: it must divide by the number of devices, and the learning rate is not
+    rescaled.  A signal to any process stops all of them at the same step (exit 75 each).
     """
     with user_errors(_train_resume(store, fold, run_dir, config_path, overrides)):
         cfg = _load(config_path, overrides)
+        from braintseg.distribute import Launch
         from braintseg.train import run_train
 
-        run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite)
+        launch = Launch.from_options(coordinator, num_processes, process_id)
+        run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite, launch=launch)
         click.echo(f"finished {run_dir}")
 
 
@@ -211,18 +229,24 @@ def train(
               help="Predict this fold's validation cases (store input).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override predict.* keys, e.g. --set predict.min_component_size=50.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Predict only cases K, K+N, ... of the selection (0 <= K < N), e.g. "
+                   "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; the shards' files "
+                   "together equal an unsharded run's.")
 def predict(
     run_dirs: tuple[Path, ...], input_path: Path, out_dir: Path, probabilities: bool, tta: bool,
-    cases: str | None, fold: int | None, overrides: tuple[str, ...],
+    cases: str | None, fold: int | None, overrides: tuple[str, ...], shard: str | None,
 ) -> None:
     """Predict 3D label volumes in the original geometry (NIfTI, source affine and header)."""
     with user_errors():
+        from braintseg.distribute import parse_shard
         from braintseg.predict import run_predict
 
         written = run_predict(
             list(run_dirs), input_path, out_dir, overrides=overrides,
             probabilities=probabilities, tta=tta,
             cases=[c for c in cases.split(",") if c] if cases else None, fold=fold,
+            shard=parse_shard(shard),
         )
         click.echo(f"wrote {len(written)} predictions to {out_dir}")
 
@@ -235,12 +259,24 @@ def predict(
                    "or an LGG/figshare folder or slice store for 2D predictions.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="Per-case CSV [default: PRED_DIR/metrics.csv]; summary written beside it.")
-def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
+@click.option("--shard", default=None, metavar="K/N",
+              help="Score only truth cases K, K+N, ... (sorted ids) into "
+                   "<output stem>.shard-K-of-N.csv/.json (a Slurm array task); then --merge.")
+@click.option("--merge", is_flag=True,
+              help="Join the --shard results beside OUTPUT into OUTPUT and its summary.")
+def evaluate(pred_dir: Path, truth: Path, output: Path | None, shard: str | None,
+             merge: bool) -> None:
     """Score predictions: Dice, HD95, sensitivity, specificity for WT, TC and ET."""
     with user_errors():
-        from braintseg.evaluate import format_summary, run_evaluate
+        from braintseg.distribute import parse_shard
+        from braintseg.evaluate import format_summary, merge_shards, run_evaluate
 
-        summary = run_evaluate(pred_dir, truth, output)
+        if merge:
+            if shard is not None:
+                raise click.UsageError("--merge joins the shards' results; drop --shard")
+            summary = merge_shards(output or pred_dir / "metrics.csv")
+        else:
+            summary = run_evaluate(pred_dir, truth, output, shard=parse_shard(shard))
         click.echo(format_summary(summary))
 
 

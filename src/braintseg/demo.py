@@ -2,7 +2,7 @@
 
 The four cases have three roles: ``BraTS-GLI-00000-000`` (the BraTS 2023 case, so both label
 conventions are exercised) is the *held-out* case, never seen in training nor used to choose
-the model; ``Brats18_2013_3_1`` is the *validation* case, on which the best epoch's model is
+the model; ``Brats18_TCIA03_265_1`` is the *validation* case, on which the best epoch's model is
 chosen; the other two BraTS 2018 cases are trained on.  prepare (the three non-held-out cases →
 store, 3 folds of one case) → train (the fold validating on :data:`VALIDATION`) → predict the
 held-out and the validation case from their NIfTI files → evaluate each against its ground
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 #: the held-out (test) case: neither trained on nor used to choose the model
 HOLDOUT = "BraTS-GLI-00000-000"
 #: the validation case: the model of the best epoch on it is kept (never trained on)
-VALIDATION = "Brats18_2013_3_1"
+VALIDATION = "Brats18_TCIA03_265_1"
 DEFAULT_OUTPUT = Path("braintseg-demo")
 
 #: the demo's configuration on a CPU (configs/demo.yaml holds the same keys; a test checks this)

@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.atomic import atomic_write_text
+from braintseg.distribute import shard_items, shard_suffix
 from braintseg.errors import DataError
 from braintseg.log import progress
 from braintseg.scoring import (
@@ -236,7 +237,8 @@ def evaluate_case(case_id: str, pred: Labels | None, truth: Labels) -> dict[str,
 
 
 def run_evaluate(
-    pred_dir: Path, truth: Path, output: Path | None = None, cases: Sequence[str] | None = None
+    pred_dir: Path, truth: Path, output: Path | None = None, cases: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Score every truth case (or only ``cases``) against the predictions in ``pred_dir``.
 
@@ -248,6 +250,8 @@ def run_evaluate(
         output: per-case CSV (default ``pred_dir/metrics.csv``); ``<stem>_summary.csv`` and
             ``<stem>.json`` are written beside it.
         cases: evaluate only these truth case ids (default: all truth cases).
+        shard: ``(K, N)``: only truth cases ``K, K+N, …`` (sorted ids); the outputs get
+            ``.shard-K-of-N`` before their suffix; :func:`merge_shards` joins them.
 
     Returns:
         ``{"n_cases", "n_scored", "n_missing", "missing", "unmatched_predictions", "pred_dir",
@@ -273,8 +277,10 @@ def run_evaluate(
             raise DataError(f"cases {unknown} have no labels in {truth}")
         sources = {c: sources[c] for c in cases}
     _check_overlap(preds, sources, pred_dir, truth)
+    extra = sorted(set(preds) - set(sources)) if cases is None and shard is None else []
+    sources = {c: sources[c] for c in shard_items(sorted(sources), shard)}
+    output = output.with_name(f"{_stem(output)}{shard_suffix(shard)}{output.suffix}")
     _check_writable(output)
-    extra = sorted(set(preds) - set(sources)) if cases is None else []
     if extra:
         logger.warning("%d predictions have no truth in %s and are not scored: %s",
                        len(extra), truth, ", ".join(extra))
@@ -302,8 +308,44 @@ def run_evaluate(
 # --------------------------------------------------------------------------- writing
 
 
+def merge_shards(output: Path) -> dict[str, Any]:
+    """Join the per-shard results ``<stem>.shard-K-of-N.json`` beside ``output`` into the files
+    an unsharded :func:`run_evaluate` writes (rows in case order, summary of all cases).
+
+    Raises:
+        DataError: no shard files, or shards missing or of different N (names them).
+    """
+    output = Path(output)
+    found = sorted(output.parent.glob(f"{_stem(output)}.shard-*-of-*.json"))
+    if not found:
+        raise DataError(f"no shard results {_stem(output)}.shard-K-of-N.json in {output.parent}; "
+                        "run evaluate --shard K/N first")
+    parts = [json.loads(p.read_text()) | {"_file": p.name} for p in found]
+    ns = {p["_file"].rsplit("-of-", 1)[1].split(".")[0] for p in parts}
+    names = {p["_file"] for p in parts}
+    n = int(next(iter(ns))) if len(ns) == 1 else 0
+    want = {f"{_stem(output)}.shard-{k}-of-{n}.json" for k in range(n)}
+    if len(ns) != 1 or names != want:
+        raise DataError(f"shard results in {output.parent} are incomplete or mixed: found "
+                        f"{sorted(names)}; expected {sorted(want) or 'one N'}")
+    rows = sorted((r for p in parts for r in p["cases"]), key=lambda r: r["case"])
+    missing = [r["case"] for r in rows if r["status"] == "missing"]
+    summary = {
+        "n_cases": len(rows), "n_scored": len(rows) - len(missing), "n_missing": len(missing),
+        "missing": missing, "unmatched_predictions": [], "pred_dir": parts[0]["pred_dir"],
+        "truth": parts[0]["truth"], "files": _paths(output),
+        "summary": summarize(rows) if rows else {}, "cases": rows,
+    }
+    _write_outputs(summary, output)
+    return summary
+
+
+def _stem(output: Path) -> str:
+    return output.name[: -len(output.suffix)] if output.suffix else output.name
+
+
 def _paths(output: Path) -> dict[str, str]:
-    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    stem = _stem(output)
     return {"per_case": str(output), "summary_csv": str(output.with_name(f"{stem}_summary.csv")),
             "json": str(output.with_name(f"{stem}.json"))}
 

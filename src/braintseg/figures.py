@@ -107,7 +107,8 @@ def _draw(ax: Any, image: NDArray[Any], window: tuple[float, float], aspect: flo
         ax.set_title(title, fontsize=10, color="white")
     if edges is not None:  # orientation letters at the middle of each edge
         style = {"color": "#8fd3ff", "fontsize": 8, "fontweight": "bold",
-                 "transform": ax.transAxes}
+                 "transform": ax.transAxes,
+                 "bbox": {"boxstyle": "square,pad=0.1", "fc": "black", "alpha": 0.6, "lw": 0}}
         for (x, y, ha, va), letter in zip(
                 ((0.02, 0.5, "left", "center"), (0.98, 0.5, "right", "center"),
                  (0.5, 0.02, "center", "bottom"), (0.5, 0.98, "center", "top")), edges,

@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from braintseg.config import ModelConfig, TrainConfig
+from braintseg.distribute import batch_mean, batch_sum
 from braintseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ def generalized_dice(onehot: Any, probs: Any, epsilon: float = 1e-7) -> Any:
     onehot = ops.convert_to_tensor(onehot, dtype="float32")
     probs = ops.convert_to_tensor(probs, dtype="float32")
     axes = tuple(range(len(onehot.shape) - 1))
-    ref = ops.mean(onehot, axis=axes)
-    pred = ops.mean(probs, axis=axes)
-    inter = ops.mean(onehot * probs, axis=axes)
+    ref = batch_mean(onehot, axes)  # the global batch's means, also split over replicas
+    pred = batch_mean(probs, axes)
+    inter = batch_mean(onehot * probs, axes)
     present = ref > 0
     weights = ops.where(present, 1.0 / ops.maximum(ops.square(ref), epsilon**2), 0.0)
     weights = ops.where(present, weights, ops.max(weights))
@@ -148,8 +149,8 @@ class RegionDiceLoss(keras.losses.Loss):
         probs = ops.cast(y_pred, "float32")
         target = onehot_to_regions(labels_to_onehot(y_true, len(probs.shape)))
         axes = tuple(range(len(probs.shape) - 1))
-        inter = ops.sum(target * probs, axis=axes)
-        total = ops.sum(target, axis=axes) + ops.sum(probs, axis=axes)
+        inter = batch_sum(target * probs, axes)  # the global batch's sums
+        total = batch_sum(target, axes) + batch_sum(probs, axes)
         dice = (2.0 * inter + self.smooth) / (total + self.smooth)
         return 1.0 - ops.mean(dice)
 

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from braintseg import __version__
+from braintseg import __version__, distribute
 from braintseg.atomic import remove_stale_temporaries
 from braintseg.checkpoint import kill_point, load_state, repair_run
 from braintseg.config import Config, dump_config, load_config
@@ -106,8 +106,11 @@ def check_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: boo
 
 
 def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: bool = False,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, launch: distribute.Launch | None = None) -> Path:
     """Train fold ``fold`` of ``store`` into ``run_dir``; return ``run_dir``.
+
+    ``train.distribution`` and ``launch`` (several processes) spread the training over devices
+    (:mod:`braintseg.distribute`); only process 0 writes ``run_dir``.
 
     Raises:
         DataError: store missing/invalid, fold out of range, RUN_DIR holds a run, RUN_DIR (or
@@ -119,16 +122,20 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
     """
     stop = StopSignals().install()
     try:
-        return _run(cfg, Path(store), fold, RunPaths(Path(run_dir)), resume, overwrite, stop)
+        with distribute.session(cfg, launch) as dist:
+            paths = RunPaths(dist.local_run_dir(Path(run_dir)))
+            _run(cfg, Path(store), fold, paths, resume, overwrite, stop, dist)
+        return Path(run_dir)
     finally:
         stop.restore()
 
 
 def _run(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bool, overwrite: bool,
-         stop: StopSignals) -> Path:
+         stop: StopSignals, dist: distribute.Session) -> Path:
     run = check_inputs(cfg, store, fold)
     check_writable(paths.root)
     state = check_run_dir(paths, cfg, run, resume, overwrite)
+    dist.agree("store, fold and checkpoint", [run, state])
     for folder, names in paths.target_names().items():
         remove_stale_temporaries(folder, names)
     done = int(state["epochs_done"]) if state else 0
@@ -142,7 +149,7 @@ def _run(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bool, ove
         _write_run_files(paths, cfg, run)
     kill_point("startup")
     stop.check("start-up", state is not None)
-    _fit(cfg, store, run, paths, state, stop)
+    _fit(cfg, store, run, paths, state, stop, dist)
     paths.done.write_text("finished\n")
     return paths.root
 
@@ -155,12 +162,13 @@ def _write_run_files(paths: RunPaths, cfg: Config, run: dict[str, Any]) -> None:
 
 
 def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
-         state: dict[str, Any] | None, stop: StopSignals) -> None:
+         state: dict[str, Any] | None, stop: StopSignals, dist: distribute.Session) -> None:
     """Import Keras, build (a resume: load and verify the checkpoint, then repair the folder and
     rewrite its config; nothing in the folder changes before the checkpoint is verified), fit."""
     import keras
 
     from braintseg import fit
+    from braintseg.data.augment import install_device_affine
     from braintseg.data.generator import release_store
 
     resuming = state is not None
@@ -171,13 +179,15 @@ def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
         "float32" if cfg.train.mixed_precision == "off" else cfg.train.mixed_precision)
     datasets: tuple[Any, ...] = ()
     try:
-        train, val = datasets = fit.datasets(cfg, store, run)
-        model = fit.build(cfg, run, len(train), state, paths)
+        train, val = datasets = fit.datasets(cfg, store, run, dist)
+        model = fit.build(cfg, run, len(train), state, paths, dist)
+        if train.augment is not None and train.augment.geometric:  # rotation/zoom on device
+            install_device_affine(model, val.batch(0, 0))
         if state is not None:
             repair_run(paths, state)
             _write_run_files(paths, cfg, run)
         stop.check("start-up (building the model)", resuming)
-        fit.fit(model, cfg, paths, train, val, stop, state)
+        fit.fit(model, cfg, paths, train, val, stop, state, dist)
     finally:
         for ds in datasets:
             ds.close()

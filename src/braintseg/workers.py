@@ -112,6 +112,7 @@ def loader_pool(workers: int) -> Iterator[tuple[Executor, int]]:
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent,
                                initargs=(os.getpid(),))
     try:
+        pool.submit(int).result()  # fork every worker now, while no HDF5 file is open
         yield pool, workers
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -21,6 +21,7 @@ from braintseg.errors import DataError
 from braintseg.prepare import run_prepare
 from braintseg.synthetic import write_case
 
+REPO = Path(__file__).resolve().parents[2]
 CASES = ("Brats18_D_0_1", "Brats18_D_1_1", "Brats18_D_2_1", "Brats18_D_3_1")
 
 
@@ -203,3 +204,22 @@ def test_predict_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> No
     assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
                      "damaged: re-run prepare", result.output), result.output
     assert not (out / f"{victim}.nii.gz").exists()
+
+
+@pytest.mark.slow  # TensorFlow import and a few training steps
+def test_train_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> None:
+    s = open_store(store)
+    victim = s.fold_cases(0)[0][0]  # a training case of fold 0
+    index = s.index_of(victim)
+    s.close()
+    offset, size = _chunk(store, "images", index)
+    _patch(store, offset + size // 2, b"\xff\x00\xff")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "-c", str(REPO / "configs" / "smoke.yaml"), "-i",
+                                      str(store), "--fold", "0", "-o", str(run),
+                                      "--set", "train.epochs=1"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
+                     "damaged: re-run prepare", result.output), result.output
+    assert not (run / "model.keras").exists()
