@@ -279,7 +279,9 @@ def host_only(a: argparse.Namespace, store: Path, batches: list[int], work: Path
                                 "ratio": ratio, "target_generator": target,
                                 "load": _load()})
             line = (f"{mode:6s} batch {b:3d}: generator alone {gen['slices_per_s']:8.0f} "
-                    f"slices/s ({gen['cores']} cores, {gen['cpu_s_per_s']:.2f} CPU-s/s) | "
+                    f"slices/s ({gen['cores']} cores, {gen['cpu_s_per_s']:.2f} CPU-s/s = "
+                    f"{gen['slices_per_s'] / max(gen['cpu_s_per_s'], 1e-9):.0f} slices per "
+                    f"CPU-second) | "
                     f"braintseg train, no-op step {host['slices_per_s']:8.0f} slices/s = "
                     f"{ratio:.0%} of the generator (target >= {HOST_TARGET:.0%}: "
                     f"{'met' if ratio >= HOST_TARGET else 'NOT met'})")
