@@ -11,6 +11,10 @@ chunk-aligned blocks, fresh handle, Blosc on one thread; target >= 1500), for th
 float16 store and the int16 option (``store.dtype=int16 store.complevel=9``).  ``--layouts``
 also rewrites the first cases' stored arrays with other compressors and chunk edges and reports
 bytes and read rates for each.
+
+The Fletcher-32 read cost: the first cases of the float16 store are rewritten twice, with and
+without the checksum (same layout), and read block by block in alternation (median of 5 rounds,
+one core); ``--checksum-only`` measures just that (on one freshly prepared float16 store).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from braintseg.prepare import run_prepare
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats"
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "braintseg" / "sample_data" / "brats"
 VIEWS = (("axial", 2), ("coronal", 1), ("sagittal", 0))
+#: folds do not change the timings; 2 lets the 4 bundled cases be prepared too
+FOLDS = ["data.n_folds=2"]
 
 
 def clocks() -> tuple[float, float]:
@@ -92,20 +98,13 @@ def layouts(store_paths: list[Path], tmp: Path, n_cases: int = 3) -> None:
           "dtype; read slices per CPU second):")
     for store_path in store_paths:
         src = open_store(store_path)
-        raw = src._handle().root.images  # the stored encoding, not the decoded images
-        cases = [PreparedCase(src.case_ids[i], raw[i], src.read_case(i)[1], src.case_meta(i))
-                 for i in range(n_cases)]
         base = None
         for comp, edge in [("blosc:lz4", 16), ("blosc:lz4", 32), ("blosc:lz4", 8),
                            ("blosc:zstd", 16), ("blosc:lz4hc", 16), ("blosc:lz4+bitshuffle", 16),
                            ("zlib", 16)]:
             out = tmp / f"layout_{src.image_dtype}_{comp.replace(':', '_').replace('+', '_')}.h5"
             start = clocks()
-            with StoreWriter(out, src.volume_shape, src.n_channels, comp, 5, src.image_dtype,
-                             n_cases, chunk_edge=edge) as w:
-                for c in cases:
-                    w.append(c)
-                w.finish(None, {"crop_box": list(src.crop_box)})
+            _rewrite(store_path, out, n_cases, True, comp, edge)
             write_s = since(start)[1] / n_cases
             size = out.stat().st_size
             base = base or size
@@ -117,13 +116,63 @@ def layouts(store_paths: list[Path], tmp: Path, n_cases: int = 3) -> None:
         src.close()
 
 
+def _rewrite(src_path: Path, out: Path, n_cases: int, checksum: bool,
+             comp: str = "blosc:lz4", edge: int = 16) -> Path:
+    """The first ``n_cases`` of a store, stored encoding unchanged, in another layout."""
+    src = open_store(src_path)
+    raw = src._handle().root.images  # the stored encoding, not the decoded images
+    with StoreWriter(out, src.volume_shape, src.n_channels, comp, 5, src.image_dtype, n_cases,
+                     chunk_edge=edge, checksum=checksum) as w:
+        for i in range(n_cases):
+            w.append(PreparedCase(src.case_ids[i], raw[i], src.read_case(i)[1], src.case_meta(i)))
+        w.finish(None, {"crop_box": list(src.crop_box)})
+    src.close()
+    return out
+
+
+def checksum_cost(store_path: Path, tmp: Path, n_cases: int, rounds: int = 5) -> None:
+    """Print slice reads/s with and without Fletcher-32 and the relative cost.
+
+    The same chunk-aligned 16-slice block is read from both stores back to back (order
+    alternating), so both see the same machine load; per view, the CPU seconds of each variant
+    are summed per round and the median ratio over ``rounds`` is reported.
+    """
+    paths = {on: _rewrite(store_path, tmp / f"fletcher_{on}.h5", n_cases, on)
+             for on in (True, False)}
+    stores = {on: open_store(p) for on, p in paths.items()}
+    print(f"Fletcher-32 read cost, float16, {n_cases} cases, median of {rounds} rounds "
+          "(16-slice blocks, one core, both stores read block by block in alternation):")
+    for view, axis in VIEWS:
+        size, ratios, rates = stores[True].volume_shape[axis], [], {True: [], False: []}
+        for r in range(rounds):
+            cpu = {True: 0.0, False: 0.0}
+            n = 0
+            for i in range(n_cases):
+                for k, s in enumerate(range(0, size, 16)):
+                    for on in ((True, False) if (k + r) % 2 == 0 else (False, True)):
+                        start = time.process_time()
+                        n_read = len(stores[on].read_slices(i, view, s, min(s + 16, size))[0])
+                        cpu[on] += time.process_time() - start
+                    n += n_read
+            ratios.append(cpu[True] / cpu[False])
+            for on in cpu:
+                rates[on].append(n / cpu[on])
+        print(f"  {view:8s}: with {float(np.median(rates[True])):5.0f} / without "
+              f"{float(np.median(rates[False])):5.0f} slices per CPU second, cost "
+              f"{float(np.median(ratios)) - 1:+.1%} (rounds: "
+              f"{', '.join(f'{x - 1:+.0%}' for x in ratios)})")
+    for on, store in stores.items():
+        store.close()
+        paths[on].unlink()
+
+
 def bench_prepare(root: Path, tmp: Path, load: tuple[float, float], n: int) -> dict[str, Path]:
     """Prepare float16 (1 and 2 workers) and int16 (1 worker) stores; print s/case and ratios."""
     per_case: dict[str, float] = {}
     paths = {}
     for name, sets, workers in (("float16", [], 1), ("float16", [], 2),
                                 ("int16", ["store.dtype=int16", "store.complevel=9"], 1)):
-        cfg = load_config(None, sets)
+        cfg = load_config(None, [*FOLDS, *sets])
         start = clocks()
         paths[name] = run_prepare(cfg, root, tmp / f"{name}_w{workers}.h5", workers=workers)
         wall, cpu = (t / n for t in since(start))
@@ -142,12 +191,21 @@ def main() -> None:
     ap.add_argument("-i", "--input", type=Path, default=SHARED if SHARED.is_dir() else BUNDLED)
     ap.add_argument("--layouts", action="store_true", help="also compare store layouts")
     ap.add_argument("--tmp", type=Path, default=None, help="scratch folder [default: a temp dir]")
+    ap.add_argument("--checksum-only", action="store_true",
+                    help="only the Fletcher-32 read cost (one float16 store)")
+    ap.add_argument("--checksum-cases", type=int, default=6,
+                    help="cases rewritten for the Fletcher-32 comparison")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tables.set_blosc_max_threads(1)  # "one core": decompression on the reading thread only
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmpdir:
         tmp = Path(tmpdir)
+        if args.checksum_only:
+            path = run_prepare(load_config(None, FOLDS), args.input, tmp / "float16.h5")
+            checksum_cost(path, tmp, min(args.checksum_cases, open_store(path).n_cases))
+            print("load average at end  : {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+            return
         load, n, in_bytes = load_seconds(args.input)
         again = load_seconds(args.input)[0]  # warm page cache for both
         load = (min(load[0], again[0]), min(load[1], again[1]))
@@ -165,6 +223,7 @@ def main() -> None:
                       f"per CPU second (16-slice blocks, one core; target >= 1500)")
             print(f"random single slices {name:7s}: {single_slice_rate(path):5.0f} slices/s "
                   "(axial, wall)")
+        checksum_cost(paths["float16"], tmp, min(args.checksum_cases, n))
         if args.layouts:
             layouts(list(paths.values()), tmp, min(3, n))
     print("load average at end  : {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))

@@ -23,6 +23,12 @@
 #   -A, --account NAME    account for all jobs
 #       --max-parallel N  at most N train tasks at once (--array=...%N)
 #       --cpu             no GPUs: train and predict get --gres=none (CPU-only clusters, tests)
+#       --gpus G          GPUs per node for each train task [1]: G > 1 trains one fold on G GPUs
+#                         (one process per GPU, JAX backend, train.distribution=data_parallel;
+#                         train.batch_size is the global batch: a multiple of G x nodes)
+#       --nodes M         nodes per train task [1] (with --gpus: M x G processes)
+#       --predict-shards K  predict and evaluate as arrays of K tasks (--shard k/K), each
+#                         case in one task; evaluate merges the shards at the end [1]
 #   -n, --dry-run         print the sbatch commands instead of submitting
 # Per-step sbatch options (words, e.g. "--time=48:00:00 --mem=64G"): the environment variables
 # PREPARE_OPTS, TRAIN_OPTS, PREDICT_OPTS, EVALUATE_OPTS.
@@ -35,7 +41,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SLURM_DIR=$(cd "${SLURM_DIR:-$here/../slurm}" && pwd)
 data="" out="" config="" folds=5 views="axial" image="" bind="" partition="" gpu_partition=""
-account="" max_parallel="" cpu=0 dry=0 sets=() common=()
+account="" max_parallel="" cpu=0 dry=0 sets=() common=() gpus=1 nodes=1 shards=1
 while (($#)); do
     case $1 in
         -d | --data) data=${2:?}; shift ;;
@@ -51,6 +57,9 @@ while (($#)); do
         -A | --account) account=${2:?}; shift ;;
         --max-parallel) max_parallel=${2:?}; shift ;;
         --cpu) cpu=1 ;;
+        --gpus) gpus=${2:?}; shift ;;
+        --nodes) nodes=${2:?}; shift ;;
+        --predict-shards) shards=${2:?}; shift ;;
         -n | --dry-run) dry=1 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; common+=("$@"); break ;;
@@ -70,6 +79,9 @@ for v in "${view_list[@]}"; do
 done
 ((${#view_list[@]})) || die "--views is empty"
 for s in "${sets[@]}"; do [[ $s == *=* ]] || die "--set expects KEY=VALUE; received '$s'"; done
+for n in "$gpus" "$nodes" "$shards"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || die "--gpus, --nodes and --predict-shards must be integers >= 1; received '$n'"
+done
 
 mkdir -p "$out/logs"
 CV_DIR=$(cd "$out" && pwd)
@@ -107,14 +119,28 @@ submit() {  # submit STEP SCRIPT LOG OPTS...: sbatch --parsable; echo the job id
 read -r -a opts <<<"${PREPARE_OPTS:-}"
 prep=$(submit prepare prepare.sbatch "%x-%j.out" "${cpu_common[@]}" "${opts[@]}")
 read -r -a opts <<<"${TRAIN_OPTS:-}"
+multi=()  # one process per GPU: train.sbatch runs them with srun
+if ((gpus > 1 || nodes > 1)); then
+    multi=(--nodes="$nodes" --ntasks-per-node="$gpus")
+    ((cpu)) || multi+=(--gres="gpu:$gpus")
+fi
 train=$(submit train train.sbatch "%x-%A_%a.out" --array="$array" \
-    --dependency="afterok:$prep" "${gpu_common[@]}" "${opts[@]}")
+    --dependency="afterok:$prep" "${gpu_common[@]}" "${multi[@]}" "${opts[@]}")
 read -r -a opts <<<"${PREDICT_OPTS:-}"
-pred=$(submit predict predict.sbatch "%x-%j.out" --dependency="afterok:$train" \
-    "${gpu_common[@]}" "${opts[@]}")
+sharded=() shard_log="%x-%j.out"
+((shards > 1)) && sharded=(--array="0-$((shards - 1))") shard_log="%x-%A_%a.out"
+pred=$(submit predict predict.sbatch "$shard_log" --dependency="afterok:$train" \
+    "${sharded[@]}" "${gpu_common[@]}" "${opts[@]}")
 read -r -a opts <<<"${EVALUATE_OPTS:-}"
-eval_id=$(submit evaluate evaluate.sbatch "%x-%j.out" --dependency="afterok:$pred" \
-    "${cpu_common[@]}" "${opts[@]}")
+if ((shards > 1)); then  # a shard array, then one merge job
+    eval_part=$(submit evaluate evaluate.sbatch "%x-%A_%a.out" --dependency="afterok:$pred" \
+        "${sharded[@]}" "${cpu_common[@]}" "${opts[@]}")
+    eval_id=$(submit evaluate-merge evaluate.sbatch "%x-%j.out" --dependency="afterok:$eval_part" \
+        --export=ALL,MERGE=1 "${cpu_common[@]}" "${opts[@]}")
+else
+    eval_id=$(submit evaluate evaluate.sbatch "%x-%j.out" --dependency="afterok:$pred" \
+        "${cpu_common[@]}" "${opts[@]}")
+fi
 
 echo "prepare $prep"
 echo "train $train"

@@ -10,6 +10,9 @@
   ``pytest`` exercises real data too.
 * ``shared_brats``: the full shared set, or skip (for tests that need more than the bundled
   cases).
+* ``two_epoch_run``: a finished 2-epoch run of ``synthetic_store`` fold 0 with ``TINY_TRAIN``
+  (== ``configs/smoke.yaml --set train.epochs=2``), trained in-process once per session; tests
+  copy it before changing it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,20 @@ def synthetic_store(
 
     out = tmp_path_factory.mktemp("synthetic_store") / "store.h5"
     return run_prepare(smoke_cfg, synthetic_root, out, workers=1)
+
+
+#: the train section of the runs the train tests compare (smoke.yaml with 2 epochs)
+TINY_TRAIN = {"epochs": 2, "steps_per_epoch": 2, "validation_steps": 1, "batch_size": 2,
+              "optimizer": "adam", "learning_rate": 0.001}
+
+
+@pytest.fixture(scope="session")
+def two_epoch_run(synthetic_store: Path, smoke_cfg: Config,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from braintseg.train import run_train
+
+    run = tmp_path_factory.mktemp("runs") / "two"
+    return run_train(smoke_cfg.replace(train=TINY_TRAIN), synthetic_store, 0, run)
 
 
 @pytest.fixture(scope="session")

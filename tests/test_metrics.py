@@ -132,7 +132,7 @@ def test_config_round_trip(metric):
     ("kwargs", "message"),
     [
         ({"region": "edema"}, "region must be one of wt, tc, et; received 'edema'"),
-        ({"output": "logits"}, "output must be one of classes, regions; received 'logits'"),
+        ({"output": "logits"}, "output must be one of classes, regions, binary; received 'logits'"),
     ],
 )
 def test_bad_arguments(kwargs, message):

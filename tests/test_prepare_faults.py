@@ -83,6 +83,41 @@ def test_unexpected_worker_error_is_one_line(tmp_path: Path, monkeypatch: pytest
         prepare_case(files, root, (0, 24, 0, 24, 0, 16), cfg.data, "float16", skip=False)
 
 
+DYING_WORKER = """\
+import os, signal, sys
+import braintseg.prepare as prep
+from braintseg.config import load_config
+from braintseg.errors import DataError
+
+real = prep.load_case
+def load_case(files):  # the worker reading this case is killed, as by the OOM killer
+    if files.case_id == "Brats18_T_1_1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(files)
+prep.load_case = load_case  # forked workers inherit it
+try:
+    prep.run_prepare(load_config(None, ["data.crop=auto", "model.levels=2", "data.n_folds=2"]),
+                     sys.argv[1], sys.argv[2], workers=2)
+except DataError as exc:
+    print(exc)
+"""
+
+
+def test_worker_killed_names_its_case(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "in")
+    script = tmp_path / "dying.py"
+    script.write_text(DYING_WORKER)
+    res = subprocess.run([sys.executable, str(script), str(root), str(tmp_path / "out" / "s.h5")],
+                         capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert res.returncode == 0, res.stderr
+    assert re.fullmatch(r"a worker process died \(killed, or out of memory: try fewer "
+                        r"--workers\) while these were read: (case Brats18_T_\d_1, )*"
+                        r"case Brats18_T_\d_1\n", res.stdout), res.stdout
+    assert "case Brats18_T_1_1" in res.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_modality_linked_to_dev_zero(tmp_path: Path) -> None:
     root = _dataset(tmp_path / "in")
     t1 = _file(root, 2, "t1")

@@ -17,9 +17,7 @@ import tables
 from braintseg.config import Config
 from braintseg.errors import ConfigError, DataError
 from braintseg.runs import read_json
-
-TINY = {"epochs": 2, "steps_per_epoch": 2, "validation_steps": 1, "batch_size": 2,
-        "optimizer": "adam", "learning_rate": 0.001}
+from conftest import TINY_TRAIN as TINY
 
 
 def _cfg(smoke_cfg: Config, **train: object) -> Config:
@@ -43,25 +41,15 @@ def _weights(path: Path) -> tuple[list[np.ndarray], int]:
     return [np.asarray(w) for w in model.weights] + opt, int(model.optimizer.iterations)
 
 
-@pytest.fixture(scope="module")
-def two_epoch_run(synthetic_store: Path, smoke_cfg: Config,
-                  tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 2-epoch run (tests copy it before changing it)."""
-    from braintseg.train import run_train
-
-    run = tmp_path_factory.mktemp("runs") / "two"
-    return run_train(_cfg(smoke_cfg, epochs=2), synthetic_store, 0, run)
-
-
 def test_resume_equals_uninterrupted(synthetic_store: Path, smoke_cfg: Config,
                                      two_epoch_run: Path, tmp_path: Path) -> None:
     from braintseg.train import run_train
 
     full = run_train(_cfg(smoke_cfg, epochs=3), synthetic_store, 0, tmp_path / "full")
     part = Path(shutil.copytree(two_epoch_run, tmp_path / "part"))
-    assert (part / "DONE").exists() and _epochs(part) == [0, 1]
+    assert (part / "DONE").exists() and _epochs(part) == [1, 2]
     run_train(_cfg(smoke_cfg, epochs=3), synthetic_store, 0, part, resume=True)
-    assert _epochs(part) == _epochs(full) == [0, 1, 2]
+    assert _epochs(part) == _epochs(full) == [1, 2, 3]
     wf, itf = _weights(full / "last.keras")
     wp, itp = _weights(part / "last.keras")
     assert itf == itp == 6
@@ -118,7 +106,7 @@ def test_signal_mid_epoch_checkpoints_and_resumes(
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 75, proc.stderr[-2000:]
     assert "SIGUSR1" in proc.stderr and "--resume" in proc.stderr
-    assert _epochs(run) == [0] and not (run / "DONE").exists()
+    assert _epochs(run) == [1] and not (run / "DONE").exists()
     state = read_json(run / "checkpoint" / "state.json")
     assert state["epochs_done"] == 1
     assert 3 < state["optimizer_iterations"] < 6  # saved mid-epoch, after the current step
@@ -127,7 +115,7 @@ def test_signal_mid_epoch_checkpoints_and_resumes(
     again = subprocess.run([sys.executable, "-m", "braintseg", *args, "--resume"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert _epochs(run) == [0, 1, 2] and (run / "DONE").exists()
+    assert _epochs(run) == [1, 2, 3] and (run / "DONE").exists()
     assert read_json(run / "checkpoint" / "state.json")["optimizer_iterations"] == (
         state["optimizer_iterations"] + 6)
 
@@ -158,7 +146,7 @@ def test_bad_inputs(synthetic_store: Path, smoke_cfg: Config, two_epoch_run: Pat
     with pytest.raises(ConfigError, match="divisible by 16"):
         run_train(cfg.replace(model={"levels": 4}), synthetic_store, 0, tmp_path / "r0")
     assert not (tmp_path / "r0").exists()
-    with pytest.raises(DataError, match="no checkpoint to resume"):
+    with pytest.raises(DataError, match="holds no run to resume"):
         run_train(cfg, synthetic_store, 0, tmp_path / "r0", resume=True)
 
     done = Path(shutil.copytree(two_epoch_run, tmp_path / "done"))
@@ -201,7 +189,7 @@ def test_real_cases_train_end_to_end(shared_brats: Path, smoke_cfg: Config,
                                  "train.validation_steps=1", "train.batch_size=2"])
     store = run_prepare(cfg, cases, tmp_path / "real.h5", workers=2)
     run = run_train(cfg, store, 0, tmp_path / "run")
-    assert _epochs(run) == [0] and (run / "DONE").exists()
+    assert _epochs(run) == [1] and (run / "DONE").exists()
     assert read_json(run / "run.json")["input_shape"] == [152, 192, 4]
     with (run / "history.csv").open() as f:
         row = next(csv.DictReader(f))
@@ -258,20 +246,20 @@ def test_callbacks_keep_keras_async_dispatch(synthetic_store: Path, smoke_cfg: C
     from keras.src.utils.python_utils import is_default
 
     from braintseg.data.store import open_store
+    from braintseg.fit import _Guard, callbacks, datasets
     from braintseg.runs import RunPaths
-    from braintseg.train import _callbacks, _datasets, _Guard
 
     cfg = _cfg(smoke_cfg)
     store = open_store(synthetic_store)
     run = {"train_cases": store.case_ids[:2], "val_cases": store.case_ids[2:3]}
     store.close()
-    train, val = _datasets(cfg, synthetic_store, run)
+    train, val = datasets(cfg, synthetic_store, run)
     try:
-        cbs = _callbacks(cfg, RunPaths(tmp_path / "run"), train, _Guard(), None)
+        cbs = callbacks(cfg, RunPaths(tmp_path / "run"), train, _Guard(), None)
     finally:
         train.close()
         val.close()
-    ours = [c for c in cbs if type(c).__module__ in ("braintseg.train", "braintseg.callbacks")]
+    ours = [c for c in cbs if type(c).__module__ in ("braintseg.fit", "braintseg.callbacks")]
     assert len(ours) >= 3
     for cb in ours:
         if getattr(cb, "async_safe", False):
@@ -280,3 +268,114 @@ def test_callbacks_keep_keras_async_dispatch(synthetic_store: Path, smoke_cfg: C
             assert is_default(getattr(cb, hook)), f"{type(cb).__name__}.{hook}"
     assert keras.callbacks.CallbackList(cbs)._async_train or keras.backend.backend() in (
         "tensorflow", "numpy")  # TensorFlow is never dispatched asynchronously
+
+
+def test_epochs_are_numbered_from_1_everywhere(two_epoch_run: Path) -> None:
+    """history.csv, the checkpoint's state (inside last.keras) and its state.json copy count
+    epochs as the log prints them (Epoch 1/2, 2/2); model.keras is the best epoch's copy."""
+    from braintseg.checkpoint import read_state
+
+    assert _epochs(two_epoch_run) == [1, 2]
+    state = read_state(two_epoch_run / "last.keras")
+    assert state is not None and state == read_json(two_epoch_run / "checkpoint" / "state.json")
+    assert state["epochs_done"] == 2 and state["best_epoch"] in (1, 2)
+    assert state["optimizer_iterations"] == state["epoch_end_iterations"] == 4
+    assert state["steps_per_epoch"] == 2 and state["skipped_iterations"] == 0
+    best = read_state(two_epoch_run / "model.keras")
+    assert best is not None and best["optimizer_iterations"] == state["best_iterations"] == (
+        2 * state["best_epoch"])
+
+
+def _rewrite_state(last: Path, state: dict | None) -> None:
+    """Replace (or with None drop) the resume state inside a .keras checkpoint."""
+    import json
+    import zipfile
+
+    from braintseg.checkpoint import STATE_ENTRY
+
+    with zipfile.ZipFile(last) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist() if n != STATE_ENTRY}
+    with zipfile.ZipFile(last, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if state is not None:
+            zf.writestr(STATE_ENTRY, json.dumps(state))
+
+
+def test_resume_refuses_a_checkpoint_whose_step_count_disagrees(
+    synthetic_store: Path, smoke_cfg: Config, two_epoch_run: Path, tmp_path: Path
+) -> None:
+    """The layout of older versions (state.json beside a last.keras one epoch ahead, as a kill
+    between the two writes left it) and a state whose epochs x steps do not add up are both
+    refused in one line before any training; nothing in the folder changes."""
+    from braintseg.checkpoint import read_state
+    from braintseg.train import run_train
+
+    cfg = _cfg(smoke_cfg, epochs=3)
+    old = Path(shutil.copytree(two_epoch_run, tmp_path / "old"))
+    state = read_state(old / "last.keras")
+    _rewrite_state(old / "last.keras", None)
+    (old / "checkpoint" / "state.json").write_text(
+        '{"epochs_done": 1, "best": 0.0, "seed": 100, "optimizer_iterations": 2, "rng": []}')
+    before = _snapshot(old)
+    with pytest.raises(DataError, match=r"weights have 4 optimizer steps, its state records 2 "
+                                        r"after 1 epochs; refusing to resume"):
+        run_train(cfg, synthetic_store, 0, old, resume=True)
+    assert _snapshot(old) == before
+
+    odd = Path(shutil.copytree(two_epoch_run, tmp_path / "odd"))
+    _rewrite_state(odd / "last.keras", {**state, "epochs_done": 1})
+    with pytest.raises(DataError, match=r"1 epochs x 2 steps .* = 2 steps, but the state "
+                                        r"records 4"):
+        run_train(cfg, synthetic_store, 0, odd, resume=True)
+
+
+ASYNC_CHECK = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import keras
+    from braintseg.config import load_config
+    from braintseg.data.store import open_store
+    from braintseg.runs import RunPaths
+    from braintseg.fit import _Guard, callbacks, datasets
+
+    store_path, cfg_path, run_dir = (Path(a) for a in sys.argv[1:4])
+    cfg = load_config(cfg_path, overrides=["train.batch_size=2", "train.steps_per_epoch=2"])
+    store = open_store(store_path)
+    run = {"train_cases": store.case_ids[:2], "val_cases": store.case_ids[2:3]}
+    store.close()
+    train, val = datasets(cfg, store_path, run)
+    try:
+        cbs = callbacks(cfg, RunPaths(run_dir), train, _Guard(), None)
+    finally:
+        train.close()
+        val.close()
+    names = ",".join(sorted(type(c).__name__ for c in cbs))
+    # the dispatch mode depends on the callbacks alone; a one-layer model keeps the test fast
+    # (the U-Net's eager JAX initialisation takes ~1 min on a loaded CPU)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    listed = keras.callbacks.CallbackList(cbs, model=model)
+    print(keras.backend.backend(), listed._async_train, listed._async_test, names)
+""")
+
+
+def test_run_callbacks_keep_async_dispatch_on_jax(synthetic_store: Path, tmp_path: Path) -> None:
+    """The exact callback list of ``braintseg train`` (TensorBoard included when installed),
+    under ``KERAS_BACKEND=jax`` in a fresh process: Keras dispatches the train and test steps
+    asynchronously (``keras.callbacks.TensorBoard`` has per-batch hooks and turned it off)."""
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "JAX_PLATFORMS": "cpu"}
+    cfg = Path(__file__).parents[1] / "configs" / "smoke.yaml"
+    proc = subprocess.run([sys.executable, "-c", ASYNC_CHECK, str(synthetic_store), str(cfg),
+                           str(tmp_path / "run")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    backend, async_train, async_test, names = proc.stdout.strip().splitlines()[-1].split(" ", 3)
+    assert backend == "jax"
+    try:
+        import tensorboard  # noqa: F401
+        assert "TensorBoard" in names
+    except ImportError:
+        pass
+    assert (async_train, async_test) == ("True", "True"), names

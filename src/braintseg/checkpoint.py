@@ -24,7 +24,7 @@ The state (JSON object): ``epochs_done`` (finished epochs; the last finished epo
 null when it changed between resumes), ``skipped_iterations`` (steps of interrupted epochs that
 are run again on resume), ``best``/``best_epoch``/``best_iterations`` (the monitored value of
 ``model.keras``, its epoch and step count), ``monitor``, ``seed``, ``rng`` (seed generator
-states), ``format`` (2).
+states), ``plateau`` (ReduceLROnPlateau's counters, with that schedule), ``format`` (2).
 
 Test hook (:func:`kill_point`): ``BRAINTSEG_TEST_KILL_AT=<point>:<n>`` makes the process SIGKILL
 itself the n-th time it reaches ``<point>`` (:data:`KILL_POINTS`); crash tests use it.
@@ -256,9 +256,8 @@ def trim_history(path: Path, epochs_done: int) -> None:
     """
     if not path.is_file():
         return
-    text = path.read_text()
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]  # a torn last row
+    original = path.read_text()
+    text = original if original.endswith("\n") else original[: original.rfind("\n") + 1]
     rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows:
         path.unlink()
@@ -277,7 +276,7 @@ def trim_history(path: Path, epochs_done: int) -> None:
     if not keep:
         path.unlink()
         return
-    if [header, *keep] != rows:
+    if [header, *keep] != rows or text != original:
         out = io.StringIO(newline="")
         csv.writer(out).writerows([header, *keep])
         atomic_write_text(path, out.getvalue())

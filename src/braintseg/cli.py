@@ -127,27 +127,40 @@ def info() -> None:
 @cli.command()
 @config_options
 @click.option("-i", "--input", "input_dir", required=True,
-              type=click.Path(path_type=Path), help="BraTS root: case folders anywhere below it.")
+              type=click.Path(path_type=Path),
+              help="BraTS root, LGG root (patient folders) or a folder of figshare .mat slices.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="The HDF5 store to write (folds.json is written beside it).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes reading cases [default: all cores].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing store (without it, a store made from the same input "
+                   "files and config is kept and any other is refused).")
 @click.option("--skip-invalid", is_flag=True,
               help="Skip bad cases with a warning (listed in <store>.skipped.txt) "
                    "instead of failing.")
 @click.option("--no-labels", is_flag=True, help="Allow cases without a seg file (inference-only).")
+@click.option("--format", "fmt", type=click.Choice(["brats", "lgg", "figshare"]), default=None,
+              help="Force the input reader [default: detected from the folder's layout].")
+@click.option("--folds-from", type=click.Path(path_type=Path), default=None,
+              help="figshare: the data set's official split cvind.mat (patient-level folds).")
+@click.option("--validation-cases", type=click.Path(path_type=Path), default=None,
+              help="2D data sets: file of patient ids (one a line) = fold 0's validation set.")
 def prepare(
     config_path: Path | None, overrides: tuple[str, ...], input_dir: Path, output: Path,
-    workers: int | None, overwrite: bool, skip_invalid: bool, no_labels: bool,
+    workers: int | None, overwrite: bool, skip_invalid: bool, no_labels: bool, fmt: str | None,
+    folds_from: Path | None, validation_cases: Path | None,
 ) -> None:
-    """Crop, normalise and pack BraTS NIfTI cases into one PyTables store with k-fold splits."""
+    """Normalise and pack BraTS NIfTI cases (cropped volumes) or 2D slice data sets (LGG
+    kaggle_3m TIFF folders, figshare .mat slices) into one PyTables store with patient-level
+    folds."""
     with user_errors():
         cfg = _load(config_path, overrides)
         from braintseg.prepare import run_prepare
 
         path = run_prepare(cfg, input_dir, output, workers=workers, overwrite=overwrite,
-                           skip_invalid=skip_invalid, require_labels=not no_labels)
+                           skip_invalid=skip_invalid, require_labels=not no_labels,
+                           fmt=fmt, folds_from=folds_from, validation_cases=validation_cases)
         click.echo(f"wrote {path}")
 
 
@@ -161,21 +174,39 @@ def prepare(
               help="Run folder (config, logs, checkpoints, model.keras).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start afresh in a folder that holds a run.")
+@click.option("--coordinator", metavar="HOST:PORT", default=None,
+              help="Several processes, one model (JAX, train.distribution=data_parallel): "
+                   "address of process 0 [KERAS_DISTRIBUTION_JOB_ADDRESSES; under srun: "
+                   "found by JAX].")
+@click.option("--num-processes", type=click.IntRange(min=1), default=None,
+              help="Processes of the training [KERAS_DISTRIBUTION_NUM_PROCESSES].")
+@click.option("--process-id", type=click.IntRange(min=0), default=None,
+              help="This process, 0..N-1; 0 writes the run folder "
+                   "[KERAS_DISTRIBUTION_PROCESS_ID].")
 def train(
     config_path: Path | None, overrides: tuple[str, ...], store: Path, fold: int,
-    run_dir: Path, resume: bool, overwrite: bool,
+    run_dir: Path, resume: bool, overwrite: bool, coordinator: str | None,
+    num_processes: int | None, process_id: int | None,
 ) -> None:
     """Train one cross-validation fold.
 
     On SIGTERM or SIGUSR1 (Slurm's warning before walltime) training finishes the current step,
     saves a checkpoint and exits with code 75; `--resume` then continues at the next epoch.
     A folder whose run stopped before its first checkpoint is simply started again.
+
+    \b
+    Several devices: --set train.distribution=data_parallel uses every GPU (JAX: also several
+    processes and nodes; TensorFlow: MirroredStrategy on one node).  train.batch_size is the
+    global batch: it must divide by the number of devices, and the learning rate is not
+    rescaled.  A signal to any process stops all of them at the same step (exit 75 each).
     """
     with user_errors(_train_resume(store, fold, run_dir, config_path, overrides)):
         cfg = _load(config_path, overrides)
+        from braintseg.distribute import Launch
         from braintseg.train import run_train
 
-        run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite)
+        launch = Launch.from_options(coordinator, num_processes, process_id)
+        run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite, launch=launch)
         click.echo(f"finished {run_dir}")
 
 
@@ -184,7 +215,8 @@ def train(
               type=click.Path(path_type=Path),
               help="Run folder (repeat to ensemble folds and views).")
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
-              help="Folder of case folders, one case folder, or a store.")
+              help="Folder of case folders, one case folder, or a store (runs trained on 2D "
+                   "slices: an LGG/figshare folder or a slice store).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for <case>.nii.gz (predict.output_pattern), predictions.csv and "
                    "predict_config.yaml; created if needed, removed again if nothing was "
@@ -197,18 +229,24 @@ def train(
               help="Predict this fold's validation cases (store input).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override predict.* keys, e.g. --set predict.min_component_size=50.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Predict only cases K, K+N, ... of the selection (0 <= K < N), e.g. "
+                   "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; the shards' files "
+                   "together equal an unsharded run's.")
 def predict(
     run_dirs: tuple[Path, ...], input_path: Path, out_dir: Path, probabilities: bool, tta: bool,
-    cases: str | None, fold: int | None, overrides: tuple[str, ...],
+    cases: str | None, fold: int | None, overrides: tuple[str, ...], shard: str | None,
 ) -> None:
     """Predict 3D label volumes in the original geometry (NIfTI, source affine and header)."""
     with user_errors():
+        from braintseg.distribute import parse_shard
         from braintseg.predict import run_predict
 
         written = run_predict(
             list(run_dirs), input_path, out_dir, overrides=overrides,
             probabilities=probabilities, tta=tta,
             cases=[c for c in cases.split(",") if c] if cases else None, fold=fold,
+            shard=parse_shard(shard),
         )
         click.echo(f"wrote {len(written)} predictions to {out_dir}")
 
@@ -217,15 +255,28 @@ def predict(
 @click.option("-p", "--predictions", "pred_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of predicted <case>.nii.gz label files (the -o of predict).")
 @click.option("-t", "--truth", required=True, type=click.Path(path_type=Path),
-              help="Folder of BraTS case folders or <case>.nii.gz label files, or a store.")
+              help="Folder of BraTS case folders or <case>.nii.gz label files, or a store; "
+                   "or an LGG/figshare folder or slice store for 2D predictions.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="Per-case CSV [default: PRED_DIR/metrics.csv]; summary written beside it.")
-def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
+@click.option("--shard", default=None, metavar="K/N",
+              help="Score only truth cases K, K+N, ... (sorted ids) into "
+                   "<output stem>.shard-K-of-N.csv/.json (a Slurm array task); then --merge.")
+@click.option("--merge", is_flag=True,
+              help="Join the --shard results beside OUTPUT into OUTPUT and its summary.")
+def evaluate(pred_dir: Path, truth: Path, output: Path | None, shard: str | None,
+             merge: bool) -> None:
     """Score predictions: Dice, HD95, sensitivity, specificity for WT, TC and ET."""
     with user_errors():
-        from braintseg.evaluate import format_summary, run_evaluate
+        from braintseg.distribute import parse_shard
+        from braintseg.evaluate import format_summary, merge_shards, run_evaluate
 
-        summary = run_evaluate(pred_dir, truth, output)
+        if merge:
+            if shard is not None:
+                raise click.UsageError("--merge joins the shards' results; drop --shard")
+            summary = merge_shards(output or pred_dir / "metrics.csv")
+        else:
+            summary = run_evaluate(pred_dir, truth, output, shard=parse_shard(shard))
         click.echo(format_summary(summary))
 
 
@@ -239,7 +290,11 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the demo's config (configs/demo.yaml), e.g. "
                    "--set model.start_channels=16 (repeatable).")
-def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...]) -> None:
+@click.option("--dataset", type=click.Choice(["brats", "lgg"]), default="brats",
+              help="brats: 4 bundled BraTS volumes; lgg: 2 bundled LGG kaggle_3m patients "
+                   "(2D TIFF slices).")
+def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...],
+         dataset: str) -> None:
     """Run the whole pipeline on 4 bundled real BraTS cases (a few minutes on a CPU).
 
     Trains on two cases, chooses the model on a third (validation) and predicts and evaluates
@@ -249,6 +304,12 @@ def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[st
     with user_errors():
         from braintseg.demo import format_result, run_demo
 
+        if dataset == "lgg":
+            from braintseg.demo_lgg import format_lgg_result, run_demo_lgg
+
+            click.echo(format_lgg_result(run_demo_lgg(out_dir, overwrite=overwrite,
+                                                      epochs=epochs, overrides=overrides)))
+            return
         result = run_demo(out_dir, overwrite=overwrite, epochs=epochs, overrides=overrides)
         click.echo(format_result(result))
 

@@ -61,7 +61,7 @@ class ModelConfig:
     norm: Literal["batch", "group", "instance"] = "batch"
     dropout: float = 0.0
     noise_stddev: float = 0.01
-    output: Literal["classes", "regions"] = "classes"
+    output: Literal["classes", "regions", "binary"] = "classes"
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,9 @@ class TrainConfig:
     tumour_oversampling: float = 0.0
     monitor: Literal["val_dice_mean", "val_loss"] = "val_dice_mean"
     cache: Literal["auto", "ram", "stream"] = "auto"
-    cache_max_gb: float = 16.0
+    cache_max_gb: float | None = None
     prefetch: int = 4
+    distribution: Literal["none", "data_parallel", "auto"] = "none"
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,8 @@ def validate(cfg: Config) -> Config:
         value = getattr(t, key)
         if value is not None and value < 1:
             raise ConfigError(f"train.{key} must be null or >= 1; received {value}")
+    if t.cache_max_gb is not None and t.cache_max_gb <= 0:
+        raise ConfigError(f"train.cache_max_gb must be null or > 0; received {t.cache_max_gb}")
     if t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be > 0; received {t.learning_rate}")
     if not 0.0 <= t.tumour_oversampling <= 1.0:

@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.atomic import atomic_write_text
+from braintseg.distribute import shard_items, shard_suffix
 from braintseg.errors import DataError
 from braintseg.log import progress
 from braintseg.scoring import (
@@ -236,16 +237,21 @@ def evaluate_case(case_id: str, pred: Labels | None, truth: Labels) -> dict[str,
 
 
 def run_evaluate(
-    pred_dir: Path, truth: Path, output: Path | None = None, cases: Sequence[str] | None = None
+    pred_dir: Path, truth: Path, output: Path | None = None, cases: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Score every truth case (or only ``cases``) against the predictions in ``pred_dir``.
 
     Args:
         pred_dir: folder of ``<case>.nii.gz`` label files (either label convention).
-        truth: folder of BraTS case folders or of ``<case>.nii.gz`` label files, or a store.
+        truth: folder of BraTS case folders or of ``<case>.nii.gz`` label files, or a store;
+            2D slice folders and stores go to
+            :func:`braintseg.evaluate_slices.run_evaluate_slices`.
         output: per-case CSV (default ``pred_dir/metrics.csv``); ``<stem>_summary.csv`` and
             ``<stem>.json`` are written beside it.
         cases: evaluate only these truth case ids (default: all truth cases).
+        shard: ``(K, N)``: only truth cases ``K, K+N, …`` (sorted ids); the outputs get
+            ``.shard-K-of-N`` before their suffix; :func:`merge_shards` joins them.
 
     Returns:
         ``{"n_cases", "n_scored", "n_missing", "missing", "unmatched_predictions", "pred_dir",
@@ -257,6 +263,11 @@ def run_evaluate(
             grids that differ, output not writable.
     """
     pred_dir, truth = Path(pred_dir), Path(truth)
+    from braintseg.evaluate_slices import is_slice_truth, run_evaluate_slices
+
+    if is_slice_truth(truth):  # 2D slice data sets: per-patient and per-slice figures
+        return run_evaluate_slices(pred_dir, truth, output,
+                                   list(cases) if cases is not None else None)
     output = Path(output) if output is not None else pred_dir / "metrics.csv"
     preds = find_predictions(pred_dir)
     sources = truth_sources(truth)
@@ -266,8 +277,10 @@ def run_evaluate(
             raise DataError(f"cases {unknown} have no labels in {truth}")
         sources = {c: sources[c] for c in cases}
     _check_overlap(preds, sources, pred_dir, truth)
+    extra = sorted(set(preds) - set(sources)) if cases is None and shard is None else []
+    sources = {c: sources[c] for c in shard_items(sorted(sources), shard)}
+    output = output.with_name(f"{_stem(output)}{shard_suffix(shard)}{output.suffix}")
     _check_writable(output)
-    extra = sorted(set(preds) - set(sources)) if cases is None else []
     if extra:
         logger.warning("%d predictions have no truth in %s and are not scored: %s",
                        len(extra), truth, ", ".join(extra))
@@ -295,8 +308,44 @@ def run_evaluate(
 # --------------------------------------------------------------------------- writing
 
 
+def merge_shards(output: Path) -> dict[str, Any]:
+    """Join the per-shard results ``<stem>.shard-K-of-N.json`` beside ``output`` into the files
+    an unsharded :func:`run_evaluate` writes (rows in case order, summary of all cases).
+
+    Raises:
+        DataError: no shard files, or shards missing or of different N (names them).
+    """
+    output = Path(output)
+    found = sorted(output.parent.glob(f"{_stem(output)}.shard-*-of-*.json"))
+    if not found:
+        raise DataError(f"no shard results {_stem(output)}.shard-K-of-N.json in {output.parent}; "
+                        "run evaluate --shard K/N first")
+    parts = [json.loads(p.read_text()) | {"_file": p.name} for p in found]
+    ns = {p["_file"].rsplit("-of-", 1)[1].split(".")[0] for p in parts}
+    names = {p["_file"] for p in parts}
+    n = int(next(iter(ns))) if len(ns) == 1 else 0
+    want = {f"{_stem(output)}.shard-{k}-of-{n}.json" for k in range(n)}
+    if len(ns) != 1 or names != want:
+        raise DataError(f"shard results in {output.parent} are incomplete or mixed: found "
+                        f"{sorted(names)}; expected {sorted(want) or 'one N'}")
+    rows = sorted((r for p in parts for r in p["cases"]), key=lambda r: r["case"])
+    missing = [r["case"] for r in rows if r["status"] == "missing"]
+    summary = {
+        "n_cases": len(rows), "n_scored": len(rows) - len(missing), "n_missing": len(missing),
+        "missing": missing, "unmatched_predictions": [], "pred_dir": parts[0]["pred_dir"],
+        "truth": parts[0]["truth"], "files": _paths(output),
+        "summary": summarize(rows) if rows else {}, "cases": rows,
+    }
+    _write_outputs(summary, output)
+    return summary
+
+
+def _stem(output: Path) -> str:
+    return output.name[: -len(output.suffix)] if output.suffix else output.name
+
+
 def _paths(output: Path) -> dict[str, str]:
-    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    stem = _stem(output)
     return {"per_case": str(output), "summary_csv": str(output.with_name(f"{stem}_summary.csv")),
             "json": str(output.with_name(f"{stem}.json"))}
 
@@ -347,6 +396,10 @@ def _write_outputs(summary: dict[str, Any], output: Path) -> None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The table ``braintseg evaluate`` prints: mean ± std (median) per metric and region."""
+    if "dice_pooled" in summary.get("summary", {}):  # 2D slice data sets
+        from braintseg.evaluate_slices import format_slice_summary
+
+        return format_slice_summary(summary)
     n, missing = summary["n_cases"], summary["missing"]
     head = (f"{n} case{'s' if n != 1 else ''} evaluated: {n - len(missing)} scored against a "
             f"prediction, {len(missing)} missing predictions"

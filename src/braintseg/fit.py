@@ -16,6 +16,7 @@ from typing import Any
 
 import keras
 
+from braintseg import distribute
 from braintseg.callbacks import logging_callbacks
 from braintseg.checkpoint import kill_point, save_checkpoint, set_rng_state, verify
 from braintseg.config import Config
@@ -44,13 +45,19 @@ class _Guard(keras.callbacks.Callback):
     Keras' asynchronous callback dispatch and make every step wait for the device (JAX, torch).
     """
 
-    def __init__(self, stop: StopSignals | None = None) -> None:
+    def __init__(self, stop: StopSignals | None = None,
+                 dist: distribute.Session | None = None) -> None:
         super().__init__()
         self.stop = stop or StopSignals()
+        self.dist = dist or distribute.Session()
+
+    def requested(self) -> bool:
+        """A signal arrived here or in another process of the training (a collective)."""
+        return self.dist.any_process(self.stop.signum is not None)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         kill_point("batch")
-        if self.stop.signum is not None:
+        if self.requested():
             raise _StopRequested
 
 
@@ -61,10 +68,14 @@ class _Checkpoints(keras.callbacks.Callback):
     numbered from 1.
     """
 
+    #: what ReduceLROnPlateau counts between epochs (its learning rate is in the optimizer)
+    PLATEAU_KEYS = ("wait", "best", "cooldown_counter")
+
     def __init__(self, paths: RunPaths, cfg: Config, steps: int, state: dict[str, Any] | None,
-                 guard: _Guard) -> None:
+                 guard: _Guard, plateau: keras.callbacks.ReduceLROnPlateau | None = None) -> None:
         super().__init__()
         self.paths, self.guard, self.monitor = paths, guard, cfg.train.monitor
+        self.plateau, self.plateau_state = plateau, (state or {}).get("plateau")
         self.higher = self.monitor != "val_loss"
         s = state or {}
         self.epochs_done = int(s.get("epochs_done", 0))
@@ -80,12 +91,21 @@ class _Checkpoints(keras.callbacks.Callback):
         self.steps: int | None = steps if same else None
         self.seed = cfg.train.seed
 
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # after ReduceLROnPlateau's own on_train_begin, which resets its counters
+        if self.plateau is not None and self.plateau_state:
+            for key in self.PLATEAU_KEYS:
+                setattr(self.plateau, key, self.plateau_state[key])
+
     def state(self) -> dict[str, Any]:
-        return {"epochs_done": self.epochs_done, "epoch_end_iterations": self.epoch_end,
-                "steps_per_epoch": self.steps, "skipped_iterations": self.skipped,
-                "best": self.best, "best_epoch": self.best_epoch,
-                "best_iterations": self.best_iterations, "monitor": self.monitor,
-                "seed": self.seed}
+        state = {"epochs_done": self.epochs_done, "epoch_end_iterations": self.epoch_end,
+                 "steps_per_epoch": self.steps, "skipped_iterations": self.skipped,
+                 "best": self.best, "best_epoch": self.best_epoch,
+                 "best_iterations": self.best_iterations, "monitor": self.monitor,
+                 "seed": self.seed}
+        if self.plateau is not None:
+            state["plateau"] = {k: float(getattr(self.plateau, k)) for k in self.PLATEAU_KEYS}
+        return state
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         kill_point("epoch-end")
@@ -95,13 +115,13 @@ class _Checkpoints(keras.callbacks.Callback):
         new_best = value is not None and (self.best is None or (
             value > self.best if self.higher else value < self.best))
         self.epochs_done, self.epoch_end = number, iterations
-        if new_best:
+        if new_best and value is not None:
             self.best, self.best_epoch, self.best_iterations = float(value), number, iterations
         save_checkpoint(self.model, self.paths, self.state(), new_best)
         if new_best:
             logger.info("epoch %d: %s %.4f, saved %s", number, self.monitor, value,
                         self.paths.best)
-        if self.guard.stop.signum is not None:
+        if self.guard.requested():
             raise _StopRequested(saved=True)
 
     def save_now(self) -> None:
@@ -122,11 +142,15 @@ def optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay)
 
 
-def datasets(cfg: Config, store_path: Path, run: dict[str, Any]) -> tuple[SliceDataset, ...]:
-    """The training and validation :class:`SliceDataset` of the run's fold."""
+def datasets(cfg: Config, store_path: Path, run: dict[str, Any],
+             dist: distribute.Session | None = None) -> tuple[SliceDataset, ...]:
+    """The training and validation :class:`SliceDataset` of the run's fold (this process's
+    rows of each global batch under a distribution)."""
     t = cfg.train
-    common = {"view": t.view, "batch_size": t.batch_size, "cache": t.cache,
-              "cache_max_gb": t.cache_max_gb, "prefetch": t.prefetch, "seed": t.seed}
+    common: dict[str, Any] = {
+        "view": t.view, "batch_size": t.batch_size, "cache": t.cache,
+        "cache_max_gb": t.cache_max_gb, "prefetch": t.prefetch, "seed": t.seed,
+        **(dist or distribute.Session()).dataset_args()}
     train = SliceDataset(store_path, run["train_cases"], shuffle=True,
                          augment=Augmenter(t.flip, t.rotate_degrees, t.zoom),
                          tumour_oversampling=t.tumour_oversampling,
@@ -137,39 +161,43 @@ def datasets(cfg: Config, store_path: Path, run: dict[str, Any]) -> tuple[SliceD
 
 
 def build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] | None,
-          paths: RunPaths) -> keras.Model:
+          paths: RunPaths, dist: distribute.Session | None = None) -> keras.Model:
     """The compiled model; with a resume ``state`` the checkpoint's weights, optimizer and seed
     states, checked against the state (:func:`braintseg.checkpoint.verify`)."""
     from braintseg.losses import build_loss
     from braintseg.metrics import build_metrics
     from braintseg.model import build_model
 
-    model = build_model(cfg.model, tuple(run["input_shape"]))
-    model.compile(optimizer=optimizer(cfg, steps), loss=build_loss(cfg.train, cfg.model),
-                  metrics=build_metrics(cfg.model))
-    if state is not None:
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(paths.last)
-        verify(state, int(model.optimizer.iterations.numpy()), paths.last)
-        set_rng_state(model, state.get("rng", []))
+    dist = dist or distribute.Session()
+    with dist.scope():  # the TF strategy's variables (nothing on JAX: the distribution is global)
+        model = dist.prepare(build_model(cfg.model, tuple(run["input_shape"])))
+        model.compile(optimizer=optimizer(cfg, steps), loss=build_loss(cfg.train, cfg.model),
+                      metrics=build_metrics(cfg.model))
+        if state is not None:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(paths.last)
+            verify(state, int(model.optimizer.iterations.numpy()), paths.last)
+            set_rng_state(model, state.get("rng", []))
     return model
 
 
 def callbacks(cfg: Config, paths: RunPaths, train: SliceDataset, guard: _Guard,
               state: dict[str, Any] | None) -> list[keras.callbacks.Callback]:
-    return [guard, *logging_callbacks(cfg, paths, train, state),
-            _Checkpoints(paths, cfg, len(train), state, guard)]
+    cbs = [guard, *logging_callbacks(cfg, paths, train, state)]
+    plateau = next((c for c in cbs if isinstance(c, keras.callbacks.ReduceLROnPlateau)), None)
+    return [*cbs, _Checkpoints(paths, cfg, len(train), state, guard, plateau)]
 
 
 def fit(model: keras.Model, cfg: Config, paths: RunPaths, train: SliceDataset,
-        val: SliceDataset, stop: StopSignals, state: dict[str, Any] | None) -> None:
+        val: SliceDataset, stop: StopSignals, state: dict[str, Any] | None,
+        dist: distribute.Session | None = None) -> None:
     """``model.fit`` from the checkpoint's epoch to ``train.epochs``.
 
     Raises:
         Interrupted: a stop request; the checkpoint was saved first.
     """
     done = int(state["epochs_done"]) if state else 0
-    guard = _Guard(stop)
+    guard = _Guard(stop, dist)
     cbs = callbacks(cfg, paths, train, guard, state)
     logger.info("training %s: %d+%d cases, %d steps/epoch, epochs %d..%d (%s cache)",
                 paths.root, len(train.case_ids), len(val.case_ids), len(train),

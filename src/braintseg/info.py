@@ -56,4 +56,7 @@ def collect_info() -> dict[str, str]:
     info["blosc2"] = blosc2[1] if blosc2 else "none"
     info["cpus"] = str(os.cpu_count())
     info["gpus"] = _gpus(backend)
+    from braintseg.distribute import describe_devices
+
+    info["data_parallel devices"] = describe_devices()
     return info

@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from braintseg.config import ModelConfig, TrainConfig
+from braintseg.distribute import batch_mean, batch_sum
 from braintseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -32,12 +33,13 @@ REGION_MATRIX: tuple[tuple[float, float, float], ...] = (
 )
 
 
-def labels_to_onehot(y_true: Any, ndim_pred: int = 4) -> Any:
-    """Integer labels ``(B, H, W)`` (or ``(B, H, W, 1)``) → float32 one-hot ``(B, H, W, 4)``."""
+def labels_to_onehot(y_true: Any, ndim_pred: int = 4, n_classes: int = N_CLASSES) -> Any:
+    """Integer labels ``(B, H, W)`` (or ``(B, H, W, 1)``) → float32 one-hot
+    ``(B, H, W, n_classes)`` (4 BraTS classes; 2 for ``output: binary``)."""
     labels = ops.convert_to_tensor(y_true)
     if len(labels.shape) == ndim_pred:
         labels = ops.squeeze(labels, axis=-1)
-    return ops.one_hot(ops.cast(labels, "int32"), N_CLASSES, dtype="float32")
+    return ops.one_hot(ops.cast(labels, "int32"), n_classes, dtype="float32")
 
 
 def onehot_to_regions(onehot: Any) -> Any:
@@ -66,9 +68,9 @@ def generalized_dice(onehot: Any, probs: Any, epsilon: float = 1e-7) -> Any:
     onehot = ops.convert_to_tensor(onehot, dtype="float32")
     probs = ops.convert_to_tensor(probs, dtype="float32")
     axes = tuple(range(len(onehot.shape) - 1))
-    ref = ops.mean(onehot, axis=axes)
-    pred = ops.mean(probs, axis=axes)
-    inter = ops.mean(onehot * probs, axis=axes)
+    ref = batch_mean(onehot, axes)  # the global batch's means, also split over replicas
+    pred = batch_mean(probs, axes)
+    inter = batch_mean(onehot * probs, axes)
     present = ref > 0
     weights = ops.where(present, 1.0 / ops.maximum(ops.square(ref), epsilon**2), 0.0)
     weights = ops.where(present, weights, ops.max(weights))
@@ -109,7 +111,7 @@ class GeneralizedDiceCE(keras.losses.Loss):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         probs = ops.cast(y_pred, "float32")
-        onehot = labels_to_onehot(y_true, len(probs.shape))
+        onehot = labels_to_onehot(y_true, len(probs.shape), int(probs.shape[-1]))
         dice_loss = 1.0 - generalized_dice(onehot, probs, self.epsilon)
         clipped = ops.clip(probs, self.epsilon, 1.0 - self.epsilon)
         ce = -ops.sum(onehot * ops.log(clipped), axis=-1)
@@ -147,8 +149,8 @@ class RegionDiceLoss(keras.losses.Loss):
         probs = ops.cast(y_pred, "float32")
         target = onehot_to_regions(labels_to_onehot(y_true, len(probs.shape)))
         axes = tuple(range(len(probs.shape) - 1))
-        inter = ops.sum(target * probs, axis=axes)
-        total = ops.sum(target, axis=axes) + ops.sum(probs, axis=axes)
+        inter = batch_sum(target * probs, axes)  # the global batch's sums
+        total = batch_sum(target, axes) + batch_sum(probs, axes)
         dice = (2.0 * inter + self.smooth) / (total + self.smooth)
         return 1.0 - ops.mean(dice)
 
@@ -161,7 +163,7 @@ class RegionDiceLoss(keras.losses.Loss):
 def build_loss(train_cfg: TrainConfig, model_cfg: ModelConfig) -> keras.losses.Loss:
     """The loss for a model config: :class:`GeneralizedDiceCE` (``ce_weight`` from
     ``train.ce_weight``) for ``output: classes``, :class:`RegionDiceLoss` for ``regions``."""
-    if model_cfg.output == "classes":
+    if model_cfg.output in ("classes", "binary"):
         if train_cfg.ce_weight < 0:
             raise ConfigError(f"train.ce_weight must be >= 0; received {train_cfg.ce_weight}")
         return GeneralizedDiceCE(ce_weight=train_cfg.ce_weight)

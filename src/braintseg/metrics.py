@@ -3,7 +3,10 @@
 Regions (internal labels 0 background, 1 NCR/NET, 2 edema, 3 ET): WT = {1, 2, 3},
 TC = {1, 3}, ET = {3}.  Predictions are made hard before counting: the argmax class for a
 softmax head (``output: classes``, ``y_pred (B, H, W, 4)``), ``p > 0.5`` per region for a
-sigmoid head (``output: regions``, ``y_pred (B, H, W, 3)`` WT/TC/ET).  ``y_true`` is an integer
+sigmoid head (``output: regions``, ``y_pred (B, H, W, 3)`` WT/TC/ET).  ``output: binary``
+(2D slice data sets, ``y_pred (B, H, W, 2)`` softmax background/tumour, labels 0/1): the argmax
+is 0/1, so "WT" (labels > 0) is the tumour; :func:`build_metrics` logs it as ``dice_tumour``
+and ``dice_mean`` (its mean over that one region).  ``y_true`` is an integer
 label map ``(B, H, W)``.
 
 The metrics accumulate the intersection and the two volumes over every batch of an epoch, so
@@ -25,7 +28,7 @@ from braintseg.losses import N_CLASSES
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS: tuple[str, ...] = ("classes", "regions")
+OUTPUTS: tuple[str, ...] = ("classes", "regions", "binary")
 
 
 def region_mask(labels: Any, region: int) -> Any:
@@ -55,7 +58,8 @@ def hard_regions(y_true: Any, y_pred: Any, output: str, regions: tuple[int, ...]
     if len(labels.shape) == len(y_pred.shape):
         labels = ops.squeeze(labels, axis=-1)
     labels = ops.cast(labels, "int32")
-    cls = ops.cast(ops.argmax(y_pred, axis=-1), "int32") if output == "classes" else None
+    argmax = output in ("classes", "binary")
+    cls = ops.cast(ops.argmax(y_pred, axis=-1), "int32") if argmax else None
     out = []
     for r in regions:
         target = ops.cast(region_mask(labels, r), "float32")
@@ -173,12 +177,20 @@ class MeanRegionDice(_PooledDice):
     def result(self) -> Any:
         return ops.mean(self._dices())
 
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(regions=list(self._regions))
+        return config
+
 
 def build_metrics(model_cfg: ModelConfig) -> list[keras.metrics.Metric]:
     """``[dice_wt, dice_tc, dice_et, dice_mean]`` for the model's output type.
 
     With validation data Keras logs them as ``val_dice_wt`` … ``val_dice_mean``.
     """
+    if model_cfg.output == "binary":  # one foreground: its Dice, also as dice_mean
+        return [RegionDice("wt", output="binary", name="dice_tumour"),
+                MeanRegionDice(output="binary", regions=(0,))]
     return [RegionDice(r, output=model_cfg.output) for r in REGIONS] + [
         MeanRegionDice(output=model_cfg.output)
     ]

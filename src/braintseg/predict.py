@@ -28,6 +28,7 @@ from braintseg import __version__
 from braintseg.config import Config, PredictConfig, load_config, to_dict
 from braintseg.data.nifti import save_labels
 from braintseg.data.preprocess import to_source, uncrop
+from braintseg.distribute import shard_items, shard_suffix
 from braintseg.errors import ConfigError
 from braintseg.inference.cases import CaseInput, check_case_id, plan_cases
 from braintseg.inference.runs import RunInfo, check_ensemble, load_model, read_run
@@ -111,7 +112,7 @@ def _record(runs: list[RunInfo], pcfg: PredictConfig, tta: bool, probabilities: 
 def run_predict(
     run_dirs: list[Path], input_path: Path, out_dir: Path, *, overrides: Sequence[str] = (),
     probabilities: bool = False, tta: bool = False, cases: list[str] | None = None,
-    fold: int | None = None,
+    fold: int | None = None, shard: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Predict every selected case with the ensemble of ``run_dirs``.
 
@@ -124,6 +125,12 @@ def run_predict(
         probabilities: also write ``(X, Y, Z, K)`` float32 probabilities.
         tta: average over flips along H and W (also enabled by ``predict.tta``).
         cases: case ids to predict (default: all).  fold: a store fold's validation cases.
+        shard: ``(K, N)``: only cases ``K, K+N, …`` of the selection (a Slurm array task of
+            N); the shards' label files are the unsharded run's, their table is
+            ``predictions.shard-K-of-N.csv``.
+
+    Runs trained on a 2D slice store go to :func:`braintseg.predict_slices.run_predict_slices`
+    (``<slice>_mask.tif`` per slice and a per-slice ``predictions.csv``).
 
     Returns:
         The label files written, in case order.
@@ -133,17 +140,28 @@ def run_predict(
             anything is written, every file is written under a temporary name and renamed.
     """
     runs = [read_run(Path(p)) for p in run_dirs]
+    if any(r.layout == "slices" for r in runs):  # runs trained on a 2D slice store
+        from braintseg.predict_slices import run_predict_slices
+
+        return run_predict_slices(run_dirs, input_path, out_dir, overrides=overrides,
+                                  probabilities=probabilities, tta=tta, cases=cases, fold=fold)
     check_ensemble(runs)
     pcfg = predict_config(runs[0].cfg, overrides)
     tta = tta or pcfg.tta
     first, out_dir = runs[0], Path(out_dir)
     plans = plan_cases(Path(input_path), first.crop_box, first.n_channels, first.cfg.data,
                        cases, fold)
+    n_selected = len(plans)
+    if not shard_items(plans, shard):  # more shards than cases: nothing to do here
+        plans[0].close()
+        logger.warning("shard %s of %d case(s) is empty", shard, n_selected)
+        return []
+    plans = shard_items(plans, shard)
     targets = [check_case_id(p.case_id, pcfg.output_pattern, out_dir) for p in plans]
     created = prepare_out_dir(out_dir)
     try:
         predictors = _predictors(runs, pcfg.batch_size, tta)
-        record = _record(runs, pcfg, tta, probabilities, Path(input_path), len(plans))
+        record = _record(runs, pcfg, tta, probabilities, Path(input_path), n_selected)
         write_yaml(out_dir / CONFIG_NAME, record)  # first: never beside another run's predictions
         rows, written = _predict_all(plans, targets, predictors, pcfg, probabilities,
                                      first.output)
@@ -154,7 +172,7 @@ def run_predict(
         raise
     finally:
         plans[0].close()  # all plans share one input
-    write_csv(out_dir / CSV_NAME, rows)
+    write_csv(out_dir / CSV_NAME.replace(".csv", f"{shard_suffix(shard)}.csv"), rows)
     total = sum(r["seconds"] for r in rows)
     logger.info("predicted %d case(s) with %d run(s)%s: %.2f s/case; wrote %s", len(rows),
                 len(runs), " + TTA" if tta else "", total / max(len(rows), 1), out_dir)

@@ -52,7 +52,7 @@ from braintseg.data.preprocess import (
     validate_box,
 )
 from braintseg.data.store_write import PreparedCase, StoreWriter
-from braintseg.errors import BraintsegError, DataError
+from braintseg.errors import BraintsegError, ConfigError, DataError
 from braintseg.log import progress
 from braintseg.workers import imap_bounded, loader_pool
 
@@ -304,7 +304,7 @@ def _kept_store(output: Path, fingerprint: str) -> bool:
 
     try:
         with open_store(output) as store:
-            header = store._header
+            header = store.header
     except DataError:
         return False
     if header.get("input_fingerprint") != fingerprint:
@@ -362,8 +362,11 @@ def _output_folder(output: Path) -> Iterator[None]:
 
 def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | None = None,
                 overwrite: bool = False, skip_invalid: bool = False,
-                require_labels: bool = True) -> Path:
-    """Prepare a store from the BraTS case folders below ``input_dir``.
+                require_labels: bool = True, fmt: str | None = None,
+                folds_from: Path | None = None, validation_cases: Path | None = None) -> Path:
+    """Prepare a store from the BraTS case folders below ``input_dir`` (or a 2D slice data set:
+    the format is detected by layout, see :mod:`braintseg.data.formats`, and slice formats go
+    to :func:`braintseg.prepare_slices.run_prepare_slices`).
 
     Args:
         cfg: resolved config (``data.*`` and ``store.*`` used; ``model.levels`` sets the crop
@@ -375,6 +378,9 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
             same input files and config is kept and its path returned; any other is refused).
         skip_invalid: skip bad cases with a warning and list them in ``<stem>.skipped.txt``.
         require_labels: every case needs a seg file (False: inference-only store allowed).
+        fmt: ``brats``, ``lgg`` or ``figshare`` to force a reader (None: detect).
+        folds_from: figshare ``cvind.mat`` (the data set's official patient-level split).
+        validation_cases: a file of patient ids (one a line) forming fold 0's validation set.
 
     Returns:
         The store path.
@@ -384,6 +390,20 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
     """
     output, root = Path(output), Path(input_dir)
     check_output(output)
+    from braintseg.data.formats import detect_format
+
+    fmt = detect_format(root, fmt)
+    if fmt != "brats":
+        if output.exists() and not overwrite:
+            raise DataError(f"store {output} already exists; use --overwrite to replace it")
+        from braintseg.prepare_slices import run_prepare_slices
+
+        return run_prepare_slices(cfg, root, output, fmt, workers=workers,
+                                  skip_invalid=skip_invalid, require_labels=require_labels,
+                                  folds_from=folds_from, validation_cases=validation_cases)
+    if folds_from is not None or validation_cases is not None:
+        raise ConfigError("--folds-from and --validation-cases apply to 2D slice data sets; "
+                          "BraTS folds come from data.n_folds / data.seed")
     cases, problems = scan_cases(root, require_labels)
     options = {"skip_invalid": skip_invalid, "require_labels": require_labels}
     fingerprint = input_fingerprint(cfg, root, cases, problems, options)

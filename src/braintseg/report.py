@@ -210,6 +210,13 @@ def run_report(folder: Path, truth: Path | None = None, out_dir: Path | None = N
         raise DataError(f"report: {folder} does not exist or is not a folder")
     out = Path(out_dir) if out_dir is not None else folder
     is_run = (folder / "history.csv").is_file()
+    if not is_run and truth is not None:
+        from braintseg.evaluate_slices import is_slice_truth
+
+        if is_slice_truth(Path(truth)):  # 2D slices: montages per patient + ROC curve
+            from braintseg.report_slices import run_report_slices
+
+            return run_report_slices(folder, Path(truth), out)
     preds = {} if is_run else find_predictions(folder)
     if is_run or (not preds and (folder / "config.yaml").is_file()):
         return [plot_history(folder, out / "training_curves.png")]

@@ -52,8 +52,11 @@ class StopSignals:
         """The signal's name (``SIGTERM`` when none arrived)."""
         return signal.Signals(self.signum or signal.SIGTERM).name
 
-    def check(self, where: str) -> None:
-        """Raise :class:`Interrupted` if a signal arrived (``where``: what was going on)."""
+    def check(self, where: str, checkpoint: bool = False) -> None:
+        """Raise :class:`Interrupted` if a signal arrived (``where``: what was going on;
+        ``checkpoint``: the run folder holds one, which stays as it was)."""
         if self.signum is not None:
+            saved = ("its checkpoint is unchanged" if checkpoint else
+                     "no checkpoint yet (a rerun or --resume starts at epoch 1)")
             raise Interrupted(f"{self.name} during {where}: stopped before training began, "
-                              "no checkpoint yet (a rerun or --resume starts at epoch 1)")
+                              f"{saved}")

@@ -19,11 +19,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from braintseg import __version__
+from braintseg import __version__, distribute
 from braintseg.atomic import remove_stale_temporaries
 from braintseg.checkpoint import kill_point, load_state, repair_run
 from braintseg.config import Config, dump_config, load_config
-from braintseg.data.preprocess import view_axis
 from braintseg.data.store import open_store
 from braintseg.errors import ConfigError, DataError
 from braintseg.runs import RunPaths, check_writable, read_json, resume_differences, write_json
@@ -44,8 +43,13 @@ def check_inputs(cfg: Config, store_path: Path, fold: int) -> dict[str, Any]:
         if not store.has_labels:
             raise DataError(f"store {store_path} has cases without labels; training needs labels")
         train_ids, val_ids = store.fold_cases(fold)
-        axis = view_axis(cfg.train.view)
-        hw = [s for a, s in enumerate(store.volume_shape) if a != axis]
+        hw = list(store.slice_shape(cfg.train.view))  # slice stores: the only view is 'slice'
+        binary = store.layout == "slices"  # 2D slice sets: labels 0/1 (binary, tumour_type)
+        if binary != (cfg.model.output == "binary"):
+            want = "binary" if binary else "classes or regions"
+            raise ConfigError(f"store {store_path} holds {'0/1 slice' if binary else 'BraTS'} "
+                              f"labels: set model.output: {want} "
+                              f"(received {cfg.model.output!r})")
         factor = 2 ** cfg.model.levels
         if hw[0] % factor or hw[1] % factor:
             raise ConfigError(
@@ -53,6 +57,7 @@ def check_inputs(cfg: Config, store_path: Path, fold: int) -> dict[str, Any]:
                 f"{cfg.model.levels} needs both divisible by {factor} (adjust data.crop or "
                 "levels)")
         return {"store": str(Path(store_path).resolve()), "fold": fold, "view": cfg.train.view,
+                "layout": store.layout,
                 "input_shape": [*hw, store.n_channels], "n_channels": store.n_channels,
                 "crop_box": list(store.crop_box), "schema_version": store.schema_version,
                 "train_cases": train_ids, "val_cases": val_ids, "braintseg_version": __version__}
@@ -75,6 +80,8 @@ def check_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: boo
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; choose one")
+    if overwrite:
+        return None
     state = load_state(paths) if paths.root.is_dir() else None
     if resume:
         if state is None:
@@ -84,14 +91,14 @@ def check_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: boo
                                 "path or drop --resume")
             logger.info("%s holds no checkpoint yet: starting at epoch 1", paths.root)
             return None
-        if paths.config.is_file():
+        if paths.config.is_file() and paths.run_json.is_file():
             saved = load_config(paths.config)
             diffs = resume_differences(saved, cfg, read_json(paths.run_json), run)
             if diffs:
                 raise ConfigError(f"--resume: {paths.root} was trained with other settings: "
                                   + "; ".join(diffs))
         return state
-    if paths.started() and not overwrite:
+    if paths.started():
         what = "a finished run" if paths.done.exists() else "a started run"
         raise DataError(f"{paths.root} already holds {what}; use --resume to continue it "
                         "or --overwrite to start afresh")
@@ -99,8 +106,11 @@ def check_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: boo
 
 
 def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: bool = False,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, launch: distribute.Launch | None = None) -> Path:
     """Train fold ``fold`` of ``store`` into ``run_dir``; return ``run_dir``.
+
+    ``train.distribution`` and ``launch`` (several processes) spread the training over devices
+    (:mod:`braintseg.distribute`); only process 0 writes ``run_dir``.
 
     Raises:
         DataError: store missing/invalid, fold out of range, RUN_DIR holds a run, RUN_DIR (or
@@ -112,56 +122,72 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
     """
     stop = StopSignals().install()
     try:
-        return _run(cfg, Path(store), fold, RunPaths(Path(run_dir)), resume, overwrite, stop)
+        with distribute.session(cfg, launch) as dist:
+            paths = RunPaths(dist.local_run_dir(Path(run_dir)))
+            _run(cfg, Path(store), fold, paths, resume, overwrite, stop, dist)
+        return Path(run_dir)
     finally:
         stop.restore()
 
 
 def _run(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bool, overwrite: bool,
-         stop: StopSignals) -> Path:
+         stop: StopSignals, dist: distribute.Session) -> Path:
     run = check_inputs(cfg, store, fold)
     check_writable(paths.root)
     state = check_run_dir(paths, cfg, run, resume, overwrite)
+    dist.agree("store, fold and checkpoint", [run, state])
     for folder, names in paths.target_names().items():
         remove_stale_temporaries(folder, names)
-    if state is None:
-        paths.clear()  # a run stopped before its first checkpoint, or --overwrite
-    else:
-        repair_run(paths, state)
     done = int(state["epochs_done"]) if state else 0
-    if done >= cfg.train.epochs:  # e.g. stopped by a signal just after its last epoch
+    if state is not None and done >= cfg.train.epochs:  # e.g. stopped after its last epoch
         logger.info("%s already finished %d epochs", paths.root, done)
+        repair_run(paths, state)
         paths.done.write_text("finished\n")
         return paths.root
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.done.unlink(missing_ok=True)
-    dump_config(cfg, paths.config)
-    write_json(paths.run_json, run)
+    if state is None:  # a fresh run, one stopped before its first checkpoint, --overwrite
+        paths.clear()
+        _write_run_files(paths, cfg, run)
     kill_point("startup")
-    stop.check("start-up")
-    _fit(cfg, store, run, paths, state, stop)
+    stop.check("start-up", state is not None)
+    _fit(cfg, store, run, paths, state, stop, dist)
     paths.done.write_text("finished\n")
     return paths.root
 
 
+def _write_run_files(paths: RunPaths, cfg: Config, run: dict[str, Any]) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.done.unlink(missing_ok=True)
+    dump_config(cfg, paths.config)
+    write_json(paths.run_json, run)
+
+
 def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
-         state: dict[str, Any] | None, stop: StopSignals) -> None:
+         state: dict[str, Any] | None, stop: StopSignals, dist: distribute.Session) -> None:
+    """Import Keras, build (a resume: load and verify the checkpoint, then repair the folder and
+    rewrite its config; nothing in the folder changes before the checkpoint is verified), fit."""
     import keras
 
     from braintseg import fit
+    from braintseg.data.augment import install_device_affine
     from braintseg.data.generator import release_store
 
-    stop.check("start-up (importing Keras)")
+    resuming = state is not None
+    stop.check("start-up (importing Keras)", resuming)
     keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(
         "float32" if cfg.train.mixed_precision == "off" else cfg.train.mixed_precision)
     datasets: tuple[Any, ...] = ()
     try:
-        train, val = datasets = fit.datasets(cfg, store, run)
-        model = fit.build(cfg, run, len(train), state, paths)
-        stop.check("start-up (building the model)")
-        fit.fit(model, cfg, paths, train, val, stop, state)
+        train, val = datasets = fit.datasets(cfg, store, run, dist)
+        model = fit.build(cfg, run, len(train), state, paths, dist)
+        if train.augment is not None and train.augment.geometric:  # rotation/zoom on device
+            install_device_affine(model, val.batch(0, 0))
+        if state is not None:
+            repair_run(paths, state)
+            _write_run_files(paths, cfg, run)
+        stop.check("start-up (building the model)", resuming)
+        fit.fit(model, cfg, paths, train, val, stop, state, dist)
     finally:
         for ds in datasets:
             ds.close()

@@ -3,10 +3,11 @@ that end with their parent, and an ordered, bounded ``map``.
 
 Start method (:func:`loader_pool`):
 
-* ``fork`` when this process runs no other thread (the CLI, or a script before it imported
-  TensorFlow): workers do not re-import ``__main__``, so a plain script without an
-  ``if __name__ == "__main__":`` guard may call ``braintseg.prepare``; the pool is created before
-  any HDF5 file is opened, and the children only read NIfTI files.
+* ``fork`` when this process runs no other Python thread and has not imported TensorFlow, JAX
+  or PyTorch (:func:`fork_is_safe`; the CLI, or a script before its ``train``): workers do not
+  re-import ``__main__``, so a plain script without an ``if __name__ == "__main__":`` guard may
+  call ``braintseg.prepare``; the pool is created before any HDF5 file is opened, and the
+  children only read NIfTI files.
 * otherwise ``forkserver`` (fork is unsafe beside running threads), unless ``__main__`` is a
   script file that the workers would re-import: then one loader thread in this process instead.
 
@@ -47,7 +48,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker when process ``parent`` ends (see module doc)."""
+    """Pool initializer: end this worker when process ``parent`` ends (see module doc).
+
+    Ctrl-C is left to the parent (it cancels the pool; a worker finishes its case and exits),
+    so the terminal's SIGINT to the whole group prints no worker traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
@@ -61,6 +67,17 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="braintseg-parent-watch", daemon=True).start()
+
+
+#: runtimes whose own (C++) threads and device handles make a fork unsafe once imported
+FORK_UNSAFE_MODULES = ("tensorflow", "jax", "torch")
+
+
+def fork_is_safe() -> bool:
+    """No other Python thread runs and no deep-learning runtime is loaded (numpy's and Blosc's
+    native pools are fork-safe, and the children only read NIfTI files)."""
+    return (threading.active_count() == 1
+            and not any(m in sys.modules for m in FORK_UNSAFE_MODULES))
 
 
 def _main_is_reimported() -> bool:
@@ -78,12 +95,12 @@ def loader_pool(workers: int) -> Iterator[tuple[Executor, int]]:
     decompression and numpy release the GIL).  Create the pool before opening any HDF5 file.
     """
     methods = multiprocessing.get_all_start_methods()
-    method = ("fork" if "fork" in methods and threading.active_count() == 1
+    method = ("fork" if "fork" in methods and fork_is_safe()
               else None if _main_is_reimported()
               else "forkserver" if "forkserver" in methods else "spawn")
     if workers > 1 and method is None:
-        logger.info("loading cases in one thread: this process runs threads (fork is unsafe) "
-                    "and worker processes would re-run the script %s",
+        logger.info("loading cases in one thread: fork is unsafe here (threads or a deep-learning "
+                    "runtime loaded) and worker processes would re-run the script %s",
                     getattr(sys.modules["__main__"], "__file__", "__main__"))
     if workers <= 1 or method is None:
         with ThreadPoolExecutor(1, thread_name_prefix="braintseg-load") as ex:
@@ -95,6 +112,7 @@ def loader_pool(workers: int) -> Iterator[tuple[Executor, int]]:
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent,
                                initargs=(os.getpid(),))
     try:
+        pool.submit(int).result()  # fork every worker now, while no HDF5 file is open
         yield pool, workers
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -105,8 +123,8 @@ def imap_bounded(fn: Callable[[T], R], items: Sequence[T], pool: Executor, ahead
     """``map(fn, items)`` on ``pool``, in order, with at most ``ahead`` results in flight.
 
     Raises:
-        DataError: a worker process died (killed, out of memory) while running ``fn(item)``;
-            names ``describe(item)``.
+        DataError: a worker process died (killed, out of memory); names ``describe(item)`` of
+            every item in flight (one of them was being read by the dead worker).
     """
     pending: deque[tuple[T, Future[R]]] = deque()
     it = iter(items)
@@ -119,9 +137,10 @@ def imap_bounded(fn: Callable[[T], R], items: Sequence[T], pool: Executor, ahead
             item, fut = pending.popleft()
             try:
                 result = fut.result()
-            except BrokenProcessPool:
-                raise DataError(f"{describe(item)}: the worker process reading it died "
-                                "(killed, or out of memory: try fewer --workers)") from None
+            except BrokenProcessPool:  # every pending future fails: name all in flight
+                names = ", ".join(describe(x) for x in (item, *(x for x, _ in pending)))
+                raise DataError(f"a worker process died (killed, or out of memory: try fewer "
+                                f"--workers) while these were read: {names}") from None
             nxt = next(it, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(fn, nxt)))

@@ -77,9 +77,10 @@ def test_out_of_order_access_matches_prefetched(synthetic_store: Path) -> None:
     ds.set_epoch(2)
     order = [5, 1, 2, 3, 0, len(ds) - 1, 4]
     for i in order:
-        x, y = ds[i]
-        ex, ey = ds.batch(2, i)
+        (x, t), y = ds[i]  # rotation/zoom: the device's transforms travel with the batch
+        (ex, et), ey = ds.batch(2, i)
         np.testing.assert_array_equal(x, ex)
+        np.testing.assert_array_equal(t, et)
         np.testing.assert_array_equal(y, ey)
         assert set(np.unique(y)) <= {0, 1, 2, 3}
     ds.close()
@@ -138,3 +139,100 @@ def test_bad_inputs(synthetic_store: Path) -> None:
         SliceDataset(synthetic_store, store.case_ids, "sagital", 4)
     with pytest.raises(DataError, match="does not exist"):
         SliceDataset(synthetic_store.with_name("missing.h5"), store.case_ids, "axial", 4)
+
+
+def _old_flip_loop(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[
+        np.ndarray, np.ndarray]:
+    """The per-sample flip loop the fused gather replaced (reference of today's batches)."""
+    x, y = x.copy(), y.copy()
+    for b in range(len(x)):
+        xb, yb = x[b], y[b]
+        flip_h, flip_w = rng.random(2) < 0.5
+        if flip_h:
+            xb, yb = xb[::-1], yb[::-1]
+        if flip_w:
+            xb, yb = xb[:, ::-1], yb[:, ::-1]
+        x[b], y[b] = xb, yb
+    return x, y
+
+
+@pytest.mark.parametrize("cache", ["ram", "stream"])
+def test_fused_flips_equal_the_old_per_sample_loop(synthetic_store: Path, cache: str) -> None:
+    """Gather + flip in one copy gives bit-identical batches to gather, then the old per-sample
+    flip loop with the same seeds (epochs 0 and 1, oversampling on, through the reader)."""
+    ids = open_store(synthetic_store).case_ids
+    kw = {"batch_size": 6, "cache": cache, "seed": 11, "tumour_oversampling": 0.3,
+          "buffer_blocks": 2, "prefetch": 2}
+    aug = SliceDataset(synthetic_store, ids, "sagittal", augment=Augmenter(True),
+                       **kw)  # type: ignore[arg-type]
+    plain = SliceDataset(synthetic_store, ids, "sagittal", **kw)  # type: ignore[arg-type]
+    flipped = 0
+    for epoch in (0, 1):
+        aug.set_epoch(epoch)
+        for i in range(len(aug)):
+            x, y = aug[i]
+            rx, ry = _old_flip_loop(*plain.batch(epoch, i),
+                                    np.random.default_rng([11, epoch, i, 1]))
+            np.testing.assert_array_equal(x, rx)
+            np.testing.assert_array_equal(y, ry)
+            flipped += int(not np.array_equal(y, plain.batch(epoch, i)[1]))
+    assert flipped > 0
+    aug.close()
+    plain.close()
+
+
+def test_rotation_zoom_batches_carry_device_transforms(synthetic_store: Path) -> None:
+    ids = open_store(synthetic_store).case_ids
+    ds = SliceDataset(synthetic_store, ids, "axial", batch_size=4, seed=2,
+                      augment=Augmenter(True, 15.0, 0.1), cache="ram")
+    flips = SliceDataset(synthetic_store, ids, "axial", batch_size=4, seed=2,
+                         augment=Augmenter(True), cache="ram")
+    (x, t), y = ds.batch(0, 3)
+    fx, fy = flips.batch(0, 3)  # flips drawn differently (angle/scale come first per sample)
+    assert t.shape == (4, 8) and t.dtype == np.float32 and x.shape == fx.shape
+    assert y.dtype == np.uint8 and x.dtype == np.float16
+    assert not np.allclose(t[:, :6], [1, 0, 0, 0, 1, 0])
+
+
+def test_block_read_ahead_order_bound_and_errors() -> None:
+    from braintseg.data.readahead import BlockReadAhead
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def read(b: int) -> int:
+        with lock:
+            started.append(b)
+        if b == 7:
+            raise DataError("block 7 is damaged")
+        return b * 10
+
+    order = [3, 1, 4, 0, 5, 9, 2, 6, 7, 8]
+    ra = BlockReadAhead(read, order, ahead=2, threads=2)
+    assert ra.get(3) == 30 and ra.get(1) == 10
+    assert len(ra.held()) <= 4  # the blocks asked for plus at most `ahead` more
+    ra.drop([3, 1])
+    for b in (4, 0, 5, 9, 2, 6):
+        assert ra.get(b) == b * 10
+        ra.drop([b])
+    with pytest.raises(DataError, match="block 7"):
+        ra.get(7)
+    assert ra.get(11) == 110  # not in the order: read on the spot
+    ra.close()
+    assert started[:4] == [3, 1, 4, 0] or sorted(started[:4]) == [0, 1, 3, 4]
+
+
+def test_auto_cache_budget_from_available_memory(synthetic_store: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from braintseg.data.generator import CACHE_FRACTION, available_memory, cache_budget
+
+    avail = available_memory()
+    if avail is None:
+        pytest.skip("no /proc/meminfo")
+    budget, why = cache_budget(None)
+    assert budget == pytest.approx(CACHE_FRACTION * avail, rel=0.05) and "available" in why
+    assert cache_budget(1e-3)[0] == 1e6  # a cap below the share wins
+    assert cache_budget(1e9)[0] < 1e18  # a cap above it does not
+    with caplog.at_level("INFO", logger="braintseg.data.generator"):
+        ds = SliceDataset(synthetic_store, open_store(synthetic_store).case_ids[:1], "axial", 4)
+    assert ds.mode == "ram" and "RAM budget" in caplog.text and "available" in caplog.text

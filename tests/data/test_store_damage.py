@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +21,22 @@ from braintseg.errors import DataError
 from braintseg.prepare import run_prepare
 from braintseg.synthetic import write_case
 
+REPO = Path(__file__).resolve().parents[2]
 CASES = ("Brats18_D_0_1", "Brats18_D_1_1", "Brats18_D_2_1", "Brats18_D_3_1")
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cases_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("damage_in")
     for i, cid in enumerate(CASES):
         write_case(root, cid, (24, 24, 16), seed=i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pristine(cases_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config(None, ["data.crop=auto", "model.levels=2", "data.n_folds=2"])
-    return run_prepare(cfg, root, tmp_path_factory.mktemp("damage") / "s.h5", workers=1)
+    return run_prepare(cfg, cases_root, tmp_path_factory.mktemp("damage") / "s.h5", workers=1)
 
 
 @pytest.fixture
@@ -162,6 +169,25 @@ def _run_folder(folder: Path, box: tuple[int, ...]) -> Path:
     return folder
 
 
+def test_evaluate_against_damaged_store_is_one_line(store: Path, cases_root: Path,
+                                                     tmp_path: Path) -> None:
+    """The CLI without TensorFlow: a damaged truth store read by ``evaluate``."""
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for cid in CASES:  # the truth itself as predictions
+        shutil.copy(cases_root / cid / f"{cid}_seg.nii.gz", preds / f"{cid}.nii.gz")
+    offset, size = _chunk(store, "labels", 3)
+    _patch(store, offset + size // 2, bytes([0xFF]) * 3)
+    result = CliRunner().invoke(cli, ["evaluate", "-p", str(preds), "-t", str(store),
+                                      "-o", str(tmp_path / "m.csv")])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert re.search(rf"store .*s\.h5: case {CASES[3]} cannot be read \(HDF5ExtError\); "
+                     "damaged: re-run prepare", result.output), result.output
+    assert not (tmp_path / "m.csv").exists()
+
+
+@pytest.mark.slow  # TensorFlow import and a model: ~40 s on a busy 2-core machine
 def test_predict_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> None:
     s = open_store(store)
     box, victim = s.crop_box, s.fold_cases(0)[1][0]
@@ -178,3 +204,22 @@ def test_predict_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> No
     assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
                      "damaged: re-run prepare", result.output), result.output
     assert not (out / f"{victim}.nii.gz").exists()
+
+
+@pytest.mark.slow  # TensorFlow import and a few training steps
+def test_train_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> None:
+    s = open_store(store)
+    victim = s.fold_cases(0)[0][0]  # a training case of fold 0
+    index = s.index_of(victim)
+    s.close()
+    offset, size = _chunk(store, "images", index)
+    _patch(store, offset + size // 2, b"\xff\x00\xff")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "-c", str(REPO / "configs" / "smoke.yaml"), "-i",
+                                      str(store), "--fold", "0", "-o", str(run),
+                                      "--set", "train.epochs=1"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
+                     "damaged: re-run prepare", result.output), result.output
+    assert not (run / "model.keras").exists()

@@ -108,7 +108,7 @@ def test_shape_not_divisible_by_two_to_the_levels_is_a_config_error():
     [
         ({"name": "resnet"}, "model.name must be one of attention_unet, unet; received 'resnet'"),
         ({"norm": "layer"}, "model.norm must be one of batch, group, instance"),
-        ({"output": "logits"}, "model.output must be one of classes, regions"),
+        ({"output": "logits"}, "model.output must be one of classes, regions, binary"),
         ({"noise_stddev": -1.0}, "model.noise_stddev >= 0"),
     ],
 )

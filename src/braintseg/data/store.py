@@ -1,6 +1,13 @@
-"""The PyTables slice store (schema version 1): written by ``prepare``, read by everything else.
+"""The PyTables slice store (schema version 2; 1 still opens): written by ``prepare``, read by
+everything else.  Two layouts behind one reading API (``read_slices`` / ``read_view`` /
+``tumour_slices`` / ``n_slices`` / ``slice_shape``):
 
-Layout (one copy of every voxel; all cases share one crop box, so one shape):
+* ``volumes`` (BraTS, below; the only layout of version 1);
+* ``slices`` (2D data sets, variable number of slices per patient; see
+  :mod:`braintseg.data.store_write_slices`): the only view is ``slice`` (``axial`` accepted as
+  its alias), slice ``k`` of case ``i`` is row ``case_index[i, 0] + k`` of one slice table.
+
+Volume layout (one copy of every voxel; all cases share one crop box, so one shape):
 
 * ``/images``  EArray ``(N, X, Y, Z, C)``, chunks ``(1, e, e, e, C)`` (small cubes, so a block of
   slices in *any* view reads whole chunks and nothing else): float16|float32 normalised
@@ -39,9 +46,11 @@ from numpy.typing import NDArray
 from braintseg.data.codec import Int16Decoder, move_to_front
 from braintseg.data.folds import Folds
 from braintseg.data.preprocess import VIEW_AXIS, view_axis
+from braintseg.data.slices import SLICE_VIEW
 from braintseg.data.store_write import (  # noqa: F401 - re-exported: the writer's public names
     CHUNK_EDGE,
     LABEL_CHUNK_SCALE,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     PreparedCase,
     StoreWriter,
@@ -84,6 +93,8 @@ class SliceStore:
         with HDF5_LOCK:
             header, metas, tumour = _read_header(self.path)
         self._header, self._metas, self._tumour = header, metas, tumour
+        #: the whole header (prepare's ``input_fingerprint`` and ``sidecars`` texts included)
+        self.header: dict[str, Any] = header
         self.case_ids: list[str] = list(header["case_ids"])
         self.n_cases = len(self.case_ids)
         self.volume_shape: tuple[int, int, int] = tuple(header["volume_shape"])  # type: ignore
@@ -98,6 +109,10 @@ class SliceStore:
         self.config: dict[str, Any] = dict(header.get("config", {}))
         #: dtype of ``/images`` on disk (int16: source intensities, normalised on read)
         self.image_dtype: str = str(header.get("image_dtype", "float16"))
+        #: ``volumes`` (BraTS) or ``slices`` (2D data sets)
+        self.layout: str = str(header.get("layout", "volumes"))
+        if self.layout == "slices":
+            self._case_index = tumour["case_index"]
         self._decoders: OrderedDict[int, Int16Decoder] = OrderedDict()
         self._decoders_lock = threading.Lock()
 
@@ -175,12 +190,68 @@ class SliceStore:
                 self._decoders.move_to_end(i)
             return decoder
 
+    # -- views and sizes (both layouts)
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views this store can be read in (``("slice",)`` for a slice store)."""
+        return (SLICE_VIEW,) if self.layout == "slices" else tuple(VIEW_AXIS)
+
+    def _slice_view(self, view: str) -> None:
+        if view not in (SLICE_VIEW, "axial"):
+            raise DataError(f"{self.path} holds 2D slices: the only view is '{SLICE_VIEW}' "
+                            f"('axial' accepted); received {view!r}")
+
+    def slice_shape(self, view: str) -> tuple[int, int]:
+        """``(H, W)`` of the slices of ``view``; DataError for a view the store lacks."""
+        if self.layout == "slices":
+            self._slice_view(view)
+            return tuple(self._header["slice_shape"])  # type: ignore[return-value]
+        axis = view_axis(view)
+        hw = [s for a, s in enumerate(self.volume_shape) if a != axis]
+        return hw[0], hw[1]
+
+    def n_slices(self, i: int, view: str) -> int:
+        """Number of slices of case ``i`` in ``view``."""
+        i = self._index(i)
+        if self.layout == "slices":
+            self._slice_view(view)
+            start, stop = self._case_index[i]
+            return int(stop - start)
+        return self.volume_shape[view_axis(view)]
+
+    def slice_classes(self, i: int) -> NDArray[np.uint8]:
+        """Per-slice class of case ``i`` (slice stores; ``tumour_type``: 1–3, else 0)."""
+        start, stop = self._rows(i)
+        return self._tumour["slice_class"][start:stop]
+
+    def slice_sizes(self, i: int) -> NDArray[np.int32]:
+        """``(S, 2)`` source size of every slice of case ``i`` (slice stores)."""
+        start, stop = self._rows(i)
+        return self._tumour["slice_shape"][start:stop]
+
+    def _rows(self, i: int) -> tuple[int, int]:
+        if self.layout != "slices":
+            raise DataError(f"{self.path} is a volume store; per-slice tables exist only in "
+                            "slice stores")
+        start, stop = self._case_index[self._index(i)]
+        return int(start), int(stop)
+
+    def _read_rows(self, i: int, start: int, stop: int
+                   ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
+        """Rows ``start:stop`` of the slice table (case ``i`` names a read error)."""
+        with self._reading(i) as h:
+            return h.root.images[start:stop], h.root.labels[start:stop]
+
     def read_case(self, i: int) -> tuple[NDArray[Any], NDArray[np.uint8] | None]:
-        """``(images (X, Y, Z, C) float16|float32, labels (X, Y, Z) uint8 or None)``.
+        """``(images (X, Y, Z, C) float16|float32, labels (X, Y, Z) uint8 or None)``; for a
+        slice store ``(images (S, H, W, C), labels (S, H, W) or None)``.
 
         Images are float16 for float16 and int16 stores, float32 for float32 stores.
         """
         i = self._index(i)
+        if self.layout == "slices":
+            img, lab = self._read_rows(i, *self._rows(i))
+            return img, self._labels_or_none(i, lab)
         with self._reading(i) as h:
             raw, labels = h.root.images[i], h.root.labels[i]
         images = self._decoder(i)(raw) if self.image_dtype == "int16" else raw
@@ -195,10 +266,14 @@ class SliceStore:
             ``(images (n, H, W, C), labels (n, H, W) uint8)``, C-contiguous; labels are zeros for
             a case without labels.
         """
-        i, axis = self._index(i), view_axis(view)
-        size = self.volume_shape[axis]
+        i = self._index(i)
+        size = self.n_slices(i, view)
         if not 0 <= start < stop <= size:
             raise DataError(f"slices {start}:{stop} out of range 0:{size} for view {view}")
+        if self.layout == "slices":
+            base = self._rows(i)[0]
+            return self._read_rows(i, base + start, base + stop)
+        axis = view_axis(view)
         sel: list[Any] = [i, slice(None), slice(None), slice(None)]
         sel[1 + axis] = slice(start, stop)
         with self._reading(i) as h:
@@ -210,7 +285,7 @@ class SliceStore:
 
     def read_view(self, i: int, view: str) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """All slices of case ``i`` in ``view``: ``(images (S, H, W, C), labels (S, H, W))``."""
-        return self.read_slices(i, view, 0, self.volume_shape[view_axis(view)])
+        return self.read_slices(i, view, 0, self.n_slices(i, view))
 
     def case_meta(self, i: int) -> dict[str, Any]:
         """Per-case metadata: original shape, affine, header (hex), crop box, source files,
@@ -219,6 +294,10 @@ class SliceStore:
 
     def tumour_slices(self, i: int, view: str) -> NDArray[np.int64]:
         """Indices of slices in ``view`` that contain any label > 0 (from the stored table)."""
+        if self.layout == "slices":
+            self._slice_view(view)
+            start, stop = self._rows(i)
+            return np.flatnonzero(self._tumour["slice_tumour"][start:stop] > 0)
         return np.flatnonzero(self._tumour[view][self._index(i)] > 0)
 
     def fold_cases(self, fold: int) -> tuple[list[str], list[str]]:
@@ -261,12 +340,16 @@ def _read_attrs(
     if "braintseg_json" not in attrs._v_attrnames or not bool(attrs["complete"]):
         raise DataError(f"{path} is not a finished braintseg store (prepare did not complete)")
     version = int(attrs["schema_version"])
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise DataError(f"{path} has store schema version {version}; this braintseg reads "
-                        f"version {SCHEMA_VERSION} (run `braintseg prepare` again)")
-    header = json.loads(str(attrs["braintseg_json"]))
+                        f"versions {list(READABLE_VERSIONS)} (run `braintseg prepare` again)")
+    header = dict(json.loads(str(attrs["braintseg_json"])), schema_version=version)
     metas = [json.loads(bytes(row).decode()) for row in h.root.case_meta.read()]
-    tumour = {v: h.get_node("/tumour", v).read() for v in VIEW_AXIS}
+    if header.get("layout") == "slices":  # per-slice tables, small: read once
+        tumour = {k: h.get_node("/", k).read() for k in
+                  ("case_index", "slice_tumour", "slice_class", "slice_shape")}
+    else:
+        tumour = {v: h.get_node("/tumour", v).read() for v in VIEW_AXIS}
     return header, metas, tumour
 
 

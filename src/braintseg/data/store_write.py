@@ -1,4 +1,4 @@
-"""Writing the PyTables slice store (schema version 1); the layout is described in
+"""Writing the PyTables volume store (schema 2; version 1 has the same layout), described in
 :mod:`braintseg.data.store`, which reads it (and re-exports everything here)."""
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from braintseg.data.folds import Folds
 from braintseg.data.preprocess import VIEW_AXIS
 from braintseg.errors import ConfigError, DataError
 
-SCHEMA_VERSION = 1
+#: 2 added slice stores (``layout: slices``, :mod:`braintseg.data.store_write_slices`); the
+#: volume layout is that of version 1, which still opens
+SCHEMA_VERSION = 2
+#: versions :class:`braintseg.data.store.SliceStore` opens
+READABLE_VERSIONS = (1, 2)
 #: edge of the cubic chunks (chosen by scripts/bench_prepare.py --layouts)
 CHUNK_EDGE = 16
 #: label chunks are cubes of ``LABEL_CHUNK_SCALE * CHUNK_EDGE``

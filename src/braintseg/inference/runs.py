@@ -33,6 +33,9 @@ class RunInfo:
         n_channels: input channels (4: FLAIR, T1, T1ce, T2).
         output: ``classes`` (4 softmax classes) or ``regions`` (3 sigmoids WT/TC/ET).
         fold: the cross-validation fold, or None.
+        layout: the training store's layout: ``volumes`` (BraTS) or ``slices`` (2D data
+            sets: no crop box, ``output: binary``; predicted by :mod:`braintseg.predict_slices`).
+        input_shape: ``(H, W, C)`` the network was trained on.
     """
 
     path: Path
@@ -42,6 +45,8 @@ class RunInfo:
     n_channels: int
     output: str
     fold: int | None
+    layout: str = "volumes"
+    input_shape: tuple[int, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """YAML-safe summary for ``predict_config.yaml``."""
@@ -98,8 +103,11 @@ def read_run(path: Path) -> RunInfo:
         raise DataError(f"run {path}: run.json n_channels must be a positive int; "
                         f"received {n_channels!r}")
     fold = meta.get("fold")
-    return RunInfo(path, cfg, view, _crop_box(meta, cfg, path), n_channels,  # type: ignore[arg-type]
-                   cfg.model.output, fold if isinstance(fold, int) else None)
+    layout = str(meta.get("layout", "volumes"))
+    box = () if layout == "slices" else _crop_box(meta, cfg, path)
+    return RunInfo(path, cfg, view, box, n_channels,  # type: ignore[arg-type]
+                   cfg.model.output, fold if isinstance(fold, int) else None, layout,
+                   tuple(int(v) for v in meta.get("input_shape") or ()))
 
 
 def check_ensemble(runs: list[RunInfo]) -> None:
@@ -148,7 +156,7 @@ def load_model(run: RunInfo) -> Any:
         first = (str(exc).splitlines() or [""])[0][:300]
         raise DataError(f"cannot load model {path}: {type(exc).__name__}: {first}") from None
     out = model.output_shape[-1]
-    expected = 4 if run.output == "classes" else 3
+    expected = {"classes": 4, "binary": 2}.get(run.output, 3)
     if out != expected or model.input_shape[-1] != run.n_channels:
         raise DataError(
             f"model {path}: input/output channels {model.input_shape[-1]}/{out}; expected "

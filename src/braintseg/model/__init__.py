@@ -25,7 +25,7 @@ MODELS: dict[str, Callable[[ModelConfig, tuple[int, int, int]], keras.Model]] = 
     "attention_unet": build_attention_unet,
     "unet": build_unet,
 }
-OUTPUTS: tuple[str, ...] = ("classes", "regions")
+OUTPUTS: tuple[str, ...] = ("classes", "regions", "binary")
 
 
 def _check(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -75,7 +75,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Mo
         compute dtype inside, so mixed precision works); output float32 probabilities
         ``(B, H, W, 4)`` softmax over internal labels 0 background, 1 NCR/NET, 2 edema, 3 ET
         (``output: classes``) or ``(B, H, W, 3)`` sigmoids for WT, TC, ET
-        (``output: regions``).
+        (``output: regions``), or ``(B, H, W, 2)`` softmax 0 background, 1 tumour
+        (``output: binary``, 2D slice data sets).
 
     Raises:
         ConfigError: unknown model name / norm / output, or a shape not divisible by

@@ -37,10 +37,12 @@ def output_head(x: keras.KerasTensor, output: str) -> keras.KerasTensor:
     """1×1 conv to the output channels and a float32 softmax/sigmoid.
 
     Returns ``(B, H, W, 4)`` float32 softmax probabilities for ``output == "classes"``
-    (background, NCR/NET, edema, ET) or ``(B, H, W, 3)`` float32 sigmoids for WT/TC/ET.
+    (background, NCR/NET, edema, ET), ``(B, H, W, 2)`` softmax (background, tumour) for
+    ``output == "binary"``, or ``(B, H, W, 3)`` float32 sigmoids for WT/TC/ET.
     The activation is float32 even under a mixed-precision policy.
     """
-    n_out, activation = (4, "softmax") if output == "classes" else (3, "sigmoid")
+    n_out, activation = {"classes": (4, "softmax"), "binary": (2, "softmax")}.get(
+        output, (3, "sigmoid"))
     x = keras.layers.Conv2D(n_out, 1, padding="same", name="logits")(x)
     return keras.layers.Activation(activation, dtype="float32", name="probabilities")(x)
 

@@ -1,0 +1,191 @@
+"""``braintseg predict`` for runs trained on a 2D slice store (LGG, figshare).
+
+Input: a folder in a slice format (patients are found and normalised exactly as ``prepare``
+does, with the run's ``data`` section), or a slice store (``--fold`` / ``--cases`` select
+patients).  Output, per patient, in ``OUT/<patient>/``:
+
+* ``<slice id>_mask.tif``: uint8 0/255, the slice's own size (``<patient>_<n>_mask.tif`` for
+  LGG, ``<n>_mask.tif`` for figshare);
+* with ``--probabilities``: ``<slice id>_prob.tif`` float32 tumour probability ``(h, w)``;
+
+and ``OUT/predictions.csv`` (one row per slice: ``case, slice, file, tumour_probability`` = the
+largest tumour probability of the slice (the slice-level score), ``predicted_area`` = tumour
+pixels of the mask, ``height, width``) and ``OUT/predict_config.yaml``.  Nothing is written
+beside the input.  Probabilities are averaged over the runs (and flips with TTA); the mask is
+the argmax (tumour probability > 0.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from braintseg import __version__
+from braintseg.atomic import atomic_write
+from braintseg.config import to_dict
+from braintseg.errors import ConfigError, DataError
+from braintseg.inference.runs import RunInfo, check_ensemble, load_model, read_run
+from braintseg.inference.writing import prepare_out_dir, write_text, write_yaml
+from braintseg.log import progress
+
+logger = logging.getLogger(__name__)
+
+CSV_NAME = "predictions.csv"
+CONFIG_NAME = "predict_config.yaml"
+CSV_COLUMNS = ("case", "slice", "file", "tumour_probability", "predicted_area", "height",
+               "width")
+#: (case id, slice ids, normalised float16 slices (S, H, W, C), source sizes (S, 2))
+Patient = tuple[str, list[str], NDArray[np.float16], NDArray[np.int32]]
+
+
+def write_tif(path: Path, data: NDArray[Any]) -> Path:
+    """One 2D TIFF (tifffile), atomically."""
+    import tifffile
+
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data))
+
+
+def _select(ids: list[str], cases: list[str] | None, where: str) -> list[str]:
+    if cases is None:
+        return ids
+    unknown = sorted(set(cases) - set(ids))
+    if unknown:
+        raise DataError(f"cases {unknown} are not in {where}")
+    return [c for c in ids if c in set(cases)]
+
+
+def store_patients(path: Path, cases: list[str] | None, fold: int | None
+                   ) -> tuple[list[str], Iterator[Patient]]:
+    """Patients of a slice store (normalised already)."""
+    from braintseg.data.store import open_store
+
+    store = open_store(path)
+    if store.layout != "slices":
+        raise DataError(f"{path} is a BraTS volume store; these runs were trained on 2D slices")
+    ids = store.fold_cases(fold)[1] if fold is not None else store.case_ids
+    ids = _select(list(ids), cases, str(path))
+
+    def gen() -> Iterator[Patient]:
+        with store:
+            for cid in ids:
+                i = store.index_of(cid)
+                images, _ = store.read_view(i, "slice")
+                yield (cid, list(store.case_meta(i)["slice_ids"]),
+                       np.asarray(images, np.float16), store.slice_sizes(i))
+    return ids, gen()
+
+
+def folder_patients(root: Path, run: RunInfo, cases: list[str] | None, fmt: str | None
+                    ) -> tuple[list[str], Iterator[Patient]]:
+    """Patients of a slice-format folder, normalised as ``prepare`` does."""
+    from braintseg.data.formats import detect_format, reader
+    from braintseg.prepare_slices import normalise_case
+
+    name = detect_format(root, fmt)
+    if name == "brats":
+        raise DataError(f"{root} holds BraTS volumes; these runs were trained on 2D slices")
+    rd = reader(name)
+    found = {c.case_id: c for c in rd.find_cases(root, require_labels=False)}
+    ids = _select(sorted(found), cases, str(root))
+    size = (run.input_shape[0], run.input_shape[1])
+
+    def gen() -> Iterator[Patient]:
+        for cid in ids:
+            case = rd.load_case(found[cid])
+            images, _, shapes, _ = normalise_case(case, size, run.cfg.data, "float16")
+            if images.shape[-1] != run.n_channels:
+                raise DataError(f"case {cid}: {images.shape[-1]} channels; the run expects "
+                                f"{run.n_channels}")
+            yield cid, list(found[cid].slice_ids), images, np.asarray(shapes, np.int32)
+    return ids, gen()
+
+
+def _write_patient(out_dir: Path, cid: str, slice_ids: list[str], probs: NDArray[np.float32],
+                   sizes: NDArray[np.int32], probabilities: bool) -> tuple[list[dict], list[Path]]:
+    from braintseg.data.slices import from_store_size
+
+    folder = out_dir / cid
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, files = [], []
+    for k, sid in enumerate(slice_ids):
+        p = from_store_size(probs[k], (int(sizes[k][0]), int(sizes[k][1])))
+        tumour = p[..., 1]
+        mask = (np.argmax(p, axis=-1) == 1).astype(np.uint8) * np.uint8(255)
+        path = write_tif(folder / f"{sid}_mask.tif", mask)
+        files.append(path)
+        if probabilities:
+            write_tif(folder / f"{sid}_prob.tif", tumour.astype(np.float32))
+        rows.append({"case": cid, "slice": sid, "file": f"{cid}/{path.name}",
+                     "tumour_probability": f"{float(tumour.max()):.6f}",
+                     "predicted_area": int((mask > 0).sum()), "height": mask.shape[0],
+                     "width": mask.shape[1]})
+    return rows, files
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run_predict_slices(
+    run_dirs: list[Path], input_path: Path, out_dir: Path, *, overrides: Sequence[str] = (),
+    probabilities: bool = False, tta: bool = False, cases: list[str] | None = None,
+    fold: int | None = None, fmt: str | None = None,
+) -> list[Path]:
+    """Predict every selected patient with the ensemble of slice runs ``run_dirs``.
+
+    Returns the mask files written.  Raises DataError/ConfigError (bad runs, inputs, case ids,
+    output folder) before anything is written.
+    """
+    from braintseg.inference.ensemble import SlicePredictor
+    from braintseg.predict import predict_config
+
+    runs = [read_run(Path(p)) for p in run_dirs]
+    check_ensemble(runs)
+    if any(r.layout != "slices" for r in runs):
+        raise ConfigError("runs trained on BraTS volumes and on 2D slices cannot be mixed")
+    pcfg = predict_config(runs[0].cfg, overrides)
+    tta = tta or pcfg.tta
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if input_path.is_file():
+        ids, patients = store_patients(input_path, cases, fold)
+    else:
+        if fold is not None:
+            raise ConfigError("--fold selects a store's validation cases; the input is a folder")
+        ids, patients = folder_patients(input_path, runs[0], cases, fmt)
+    if not ids:
+        raise DataError(f"no patients to predict in {input_path}")
+    prepare_out_dir(out_dir)
+    write_yaml(out_dir / CONFIG_NAME, {
+        "braintseg_version": __version__, "input": str(input_path.resolve()),
+        "runs": [r.describe() for r in runs], "tta": tta, "probabilities": probabilities,
+        "predict": {"batch_size": pcfg.batch_size}, "data": to_dict(runs[0].cfg)["data"],
+        "n_cases": len(ids), "layout": "slices"})
+    predictors = [SlicePredictor(load_model(r), "axial", pcfg.batch_size, tta) for r in runs]
+    rows: list[dict[str, Any]] = []
+    written: list[Path] = []
+    start = time.perf_counter()
+    for cid, slice_ids, images, sizes in progress(patients, len(ids), "predict", "patient"):
+        probs = predictors[0].predict_slices(images)
+        for extra in predictors[1:]:
+            probs += extra.predict_slices(images)
+        probs /= len(predictors)
+        new_rows, files = _write_patient(out_dir, cid, slice_ids, probs, sizes, probabilities)
+        rows += new_rows
+        written += files
+    write_text(out_dir / CSV_NAME, _csv(rows))
+    logger.info("predicted %d slices of %d patients in %.1f s", len(rows), len(ids),
+                time.perf_counter() - start)
+    return written
