@@ -238,10 +238,11 @@ def test_two_jax_processes_equal_one_device_and_only_process_0_writes(
     # one-device run's model
     import keras
 
-    x = np.random.default_rng(0).normal(size=(2, 16, 16, 4)).astype("float32")
     preds = []
     for run in (jax_one_device, out):
         model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+        shape = (2, *model.input_shape[1:])
+        x = np.random.default_rng(0).normal(size=shape).astype("float32")
         preds.append(np.asarray(model(x, training=False)))
     np.testing.assert_allclose(preds[0], preds[1], atol=1e-5)
 
