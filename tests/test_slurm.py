@@ -224,7 +224,9 @@ state = run / "checkpoint" / "state.json"
 if "--resume" in args:
     start = json.loads(state.read_text())["next_epoch"]
 else:
-    if run.exists() and any(run.iterdir()) and "--overwrite" not in args:
+    # as braintseg: only a folder with a checkpoint holds a run (one stopped before its first
+    # checkpoint starts again without a flag)
+    if (run / "last.keras").exists() and "--overwrite" not in args:
         sys.exit(f"{run} holds a run; use --resume or --overwrite")
     run.mkdir(parents=True, exist_ok=True)
     (run / "history.csv").write_text("epoch,loss\n")
