@@ -361,7 +361,7 @@ def test_train_job_requeues_at_the_warning_and_resumes_to_all_epochs(
     (task,) = jobs(env, job)
     log = (tmp_path / f"train-{job}_1.out").read_text()
     assert (task["JobState"], task["Restarts"]) == ("COMPLETED", "1"), log
-    assert epochs(run / "history.csv") == list(range(6)), log
+    assert epochs(run / "history.csv") == list(range(1, 7)), log  # numbered from 1
     assert (run / "DONE").exists() and (run / "model.keras").exists()
     first, second = log.split("restart 1", 1)
     assert "got SIGUSR1" in first and f"requeueing {job}_1" in first and "finished" in second
@@ -396,7 +396,7 @@ def test_submit_cv_chain_runs_to_metrics(slurm, synthetic_root, tmp_path):
                       "predict": ["COMPLETED"], "evaluate": ["COMPLETED"]}, logs
     assert (cv / "store.h5").is_file()
     for fold in (0, 1):
-        assert epochs(cv / "runs" / f"axial_f{fold}" / "history.csv") == [0, 1]
+        assert epochs(cv / "runs" / f"axial_f{fold}" / "history.csv") == [1, 2]  # from 1
         assert (cv / "predictions" / f"predictions_f{fold}.csv").is_file()
     with (cv / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
