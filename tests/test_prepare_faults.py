@@ -205,3 +205,19 @@ def test_read_only_output_folder_said_before_any_work(tmp_path: Path, tmpfs: Pat
                              r"\(Read-only file system\)$")
     assert [p.name for p in tmpfs.iterdir()] == ["runs"]
     assert list((tmpfs / "runs").iterdir()) == []
+
+
+def test_disk_full_during_a_slice_prepare_is_one_line(tmp_path: Path, tmpfs: Path) -> None:
+    """The 2D slice store writer (LGG layout) says a full disk as the volume writer does."""
+    from braintseg.synthetic_slices import write_lgg
+
+    root = tmp_path / "lgg"
+    write_lgg(root, n_patients=4, n_slices=12, size=128)
+    filler = tmpfs / "filler"
+    free = os.statvfs(tmpfs).f_bavail * os.statvfs(tmpfs).f_frsize
+    filler.write_bytes(b"\0" * (free - 200_000))  # room for the sidecars, not the store
+    res = prepare_cli("-i", root, "-o", tmpfs / "out" / "lgg.h5", "--set", "data.n_folds=2",
+                      "--set", "store.compression=none")
+    # the store or a file written beside it, whichever meets the full disk first
+    assert_one_line(res, r"^Error: cannot write .*/out/lgg\.[a-z.]+ \(No space left on device\)$")
+    assert sorted(p.name for p in tmpfs.iterdir()) == ["filler"]

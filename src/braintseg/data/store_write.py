@@ -79,6 +79,15 @@ def write_failure(path: Path, exc: BaseException) -> DataError:
     return DataError(f"cannot write {path} ({reason})")
 
 
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """HDF5 and OS write errors inside the block become :func:`write_failure` (one line)."""
+    try:
+        yield
+    except (tables.HDF5ExtError, OSError) as exc:
+        raise write_failure(path, exc) from None
+
+
 class StoreWriter:
     """Append cases to a new store under a temporary name; ``finish`` renames it into place.
 
@@ -100,12 +109,8 @@ class StoreWriter:
         self.metas: list[dict[str, Any]] = []
         self._h: tables.File | None = None
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        try:
-            yield
-        except (tables.HDF5ExtError, OSError) as exc:
-            raise write_failure(self.path, exc) from None
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        return writing(self.path)
 
     def __enter__(self) -> StoreWriter:
         try:

@@ -32,7 +32,7 @@ import tables
 from numpy.typing import NDArray
 
 from braintseg.data.folds import Folds
-from braintseg.data.store_write import SCHEMA_VERSION, make_filters
+from braintseg.data.store_write import SCHEMA_VERSION, make_filters, writing
 from braintseg.errors import ConfigError, DataError
 
 LAYOUT = "slices"
@@ -76,7 +76,8 @@ class SliceStoreWriter:
 
     def __enter__(self) -> SliceStoreWriter:
         try:
-            self._create()
+            with writing(self.path):
+                self._create()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -109,16 +110,17 @@ class SliceStoreWriter:
         if case.images.shape[1:] != (*self.shape, self.n_channels) or n == 0:
             raise DataError(f"case {case.case_id}: slices {case.images.shape} differ from the "
                             f"store's (S>0, {self.shape[0]}, {self.shape[1]}, {self.n_channels})")
-        h.root.images.append(np.asarray(case.images, self.dtype))
         labels = case.labels if case.labels is not None else np.zeros((n, *self.shape), np.uint8)
-        h.root.labels.append(labels)
-        h.root.case_index.append(np.array([[self.n_slices, self.n_slices + n]], np.int64))
-        h.root.slice_tumour.append((labels > 0).sum(axis=(1, 2), dtype=np.int32))
-        h.root.slice_class.append(np.asarray(case.classes, np.uint8))
-        h.root.slice_shape.append(np.asarray(case.shapes, np.int32).reshape(n, 2))
         meta = dict(case.meta, case_id=case.case_id, has_labels=case.labels is not None,
                     n_slices=n)
-        h.root.case_meta.append(json.dumps(meta).encode())
+        with writing(self.path):  # a full disk: one line naming the store
+            h.root.images.append(np.asarray(case.images, self.dtype))
+            h.root.labels.append(labels)
+            h.root.case_index.append(np.array([[self.n_slices, self.n_slices + n]], np.int64))
+            h.root.slice_tumour.append((labels > 0).sum(axis=(1, 2), dtype=np.int32))
+            h.root.slice_class.append(np.asarray(case.classes, np.uint8))
+            h.root.slice_shape.append(np.asarray(case.shapes, np.int32).reshape(n, 2))
+            h.root.case_meta.append(json.dumps(meta).encode())
         self.case_ids.append(case.case_id)
         self.metas.append(meta)
         self.n_slices += n
@@ -141,10 +143,11 @@ class SliceStoreWriter:
             "folds": folds.folds if folds else [], "holdout": folds.holdout if folds else [],
             "folds_seed": folds.seed if folds else None, **info,
         }
-        h.root._v_attrs.braintseg_json = json.dumps(header)
-        h.root._v_attrs.complete = True
-        self._h = None
-        h.close()
+        with writing(self.path):
+            h.root._v_attrs.braintseg_json = json.dumps(header)
+            h.root._v_attrs.complete = True
+            self._h = None
+            h.close()
         if before_rename is not None:
             before_rename()
         os.replace(self.tmp, self.path)
