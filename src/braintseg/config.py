@@ -28,6 +28,8 @@ MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 REGIONS: tuple[str, ...] = ("wt", "tc", "et")
 #: the one field of ``predict.output_pattern``, substituted literally
 CASE_FIELD = "{case}"
+#: output keys of a model with ``model.classification_head`` (segmentation, head)
+SEG_OUTPUT, HEAD_OUTPUT = "probabilities", "classification"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class ModelConfig:
     dropout: float = 0.0
     noise_stddev: float = 0.01
     output: Literal["classes", "regions", "binary"] = "classes"
+    classification_head: Literal["none", "tumour", "tumour_type"] = "none"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine", "plateau"] = "constant"
     ce_weight: float = 1.25
+    loss: Literal["gdl_ce", "dice_ce"] = "gdl_ce"
+    classification_weight: float = 0.1
     mixed_precision: Literal["off", "mixed_bfloat16", "mixed_float16"] = "off"
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
@@ -251,6 +256,13 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= t.tumour_oversampling <= 1.0:
         raise ConfigError("train.tumour_oversampling must be in [0, 1]; "
                           f"received {t.tumour_oversampling}")
+    if m.classification_head != "none" and m.output != "binary":
+        raise ConfigError("model.classification_head needs model.output: binary (2D slice "
+                          f"stores); received output {m.output!r} with head "
+                          f"{m.classification_head!r}")
+    if t.classification_weight < 0:
+        raise ConfigError("train.classification_weight must be >= 0; "
+                          f"received {t.classification_weight}")
     if cfg.predict.batch_size < 1:
         raise ConfigError(f"predict.batch_size must be >= 1; received {cfg.predict.batch_size}")
     check_output_pattern(cfg.predict.output_pattern)

@@ -16,7 +16,11 @@ Figures (stated conventions):
   positive = the predicted mask has any; accuracy, sensitivity (NaN without positive slices),
   specificity (NaN without negative slices), confusion matrix ``tp, fp, fn, tn``, and the ROC
   AUC of the slice score (``tumour_probability`` from ``predictions.csv``; the predicted area
-  when the CSV is absent), ties counted half (Mann-Whitney).
+  when the CSV is absent), ties counted half (Mann-Whitney);
+* with a ``tumour`` classification head (``head_probability`` in ``predictions.csv``): the same
+  detection figures for the head (**predicted positive = head probability > 0.5**, AUC of the
+  head probability) as ``detection_head``, and ``detection_better``: ``head`` or ``derived``
+  (the segmentation's score), whichever has the higher AUC (then accuracy; ``equal`` on a tie).
 
 Writes ``metrics.csv`` (per patient), ``metrics_slices.csv`` (per slice) and ``metrics.json``
 (summary + ROC points) into ``PRED_DIR`` (or beside ``--output``).
@@ -80,6 +84,31 @@ def read_scores(pred_dir: Path) -> dict[str, float]:
         return {r["slice"]: float(r["tumour_probability"]) for r in rows}
     except (KeyError, ValueError) as exc:
         raise DataError(f"{path}: expected columns slice, tumour_probability ({exc})") from None
+
+
+def read_head_scores(pred_dir: Path) -> dict[str, float]:
+    """``{slice id: head_probability}`` from ``predictions.csv`` ({} without that column)."""
+    path = Path(pred_dir) / "predictions.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "head_probability" not in rows[0]:
+        return {}
+    try:
+        return {r["slice"]: float(r["head_probability"]) for r in rows}
+    except ValueError as exc:
+        raise DataError(f"{path}: column head_probability must hold numbers ({exc})") from None
+
+
+def better_score(derived: dict[str, Any], head: dict[str, Any]) -> str:
+    """``head``, ``derived`` or ``equal``: the higher AUC, then the higher accuracy."""
+    def key(d: dict[str, Any]) -> tuple[float, float]:
+        return tuple(-1.0 if d[k] is None or math.isnan(d[k]) else float(d[k])  # type: ignore[return-value]
+                     for k in ("auc", "accuracy"))
+
+    a, b = key(derived), key(head)
+    return "equal" if a == b else ("head" if b > a else "derived")
 
 
 def truth_patients(truth: Path) -> Iterator[tuple[str, list[str], list[NDArray[np.uint8]]]]:
@@ -200,6 +229,7 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
     if not preds:
         raise DataError(f"{pred_dir} holds no *{MASK_SUFFIX} predictions")
     scores_csv = read_scores(pred_dir)
+    head_csv = read_head_scores(pred_dir)
     patients, slices = [], []
     for cid, slice_ids, masks in truth_patients(truth):
         if cases is not None and cid not in cases:
@@ -220,7 +250,8 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
             inter, t_sum, p_sum = inter + i, t_sum + nt, p_sum + npred
             slices.append({"case": cid, "slice": sid, "truth_area": nt, "predicted_area": npred,
                            "intersection": i,
-                           "score": scores_csv.get(sid, float(npred))})
+                           "score": scores_csv.get(sid, float(npred)),
+                           **({"head_score": head_csv[sid]} if sid in head_csv else {})})
         patients.append({"case": cid, "n_slices": len(slice_ids), "dice": dice(inter, t_sum, p_sum),
                          "truth_pixels": t_sum, "predicted_pixels": p_sum, "intersection": inter})
     if not patients:
@@ -243,6 +274,14 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
     }
     result = {"summary": _nan_to_none(summary), "roc": roc_points(score, tpos),
               "pred_dir": str(pred_dir), "truth": str(truth), "cases": patients}
+    if head_csv and all("head_score" in sl for sl in slices):
+        hscore = np.array([sl["head_score"] for sl in slices], np.float64)
+        summary["detection_head"] = detection(tpos, hscore > 0.5, hscore)
+        summary["detection_better"] = better_score(summary["detection"],
+                                                   summary["detection_head"])
+        summary["score_head"] = "head_probability (predictions.csv), positive when > 0.5"
+        result["summary"] = _nan_to_none(summary)
+        result["roc_head"] = roc_points(hscore, tpos)
     atomic_write_text(output, _csv_text(patients))
     atomic_write_text(output.with_name(f"{output.stem}_slices.csv"), _csv_text(slices))
     atomic_write_text(output.with_name(f"{output.stem}.json"), json.dumps(result, indent=1))
@@ -257,12 +296,20 @@ def format_slice_summary(result: dict[str, Any]) -> str:
     def pct(v: Any) -> str:
         return "n/a" if v is None else f"{100 * v:.2f} %"
 
-    c = d["confusion"]
-    return "\n".join([
+    def line(label: str, d: dict[str, Any]) -> str:
+        c = d["confusion"]
+        return (f"{label}: accuracy {pct(d['accuracy'])}, sensitivity {pct(d['sensitivity'])}, "
+                f"specificity {pct(d['specificity'])}, AUC {pct(d['auc'])} "
+                f"(tp {c['tp']}, fp {c['fp']}, fn {c['fn']}, tn {c['tn']})")
+
+    lines = [
         f"{s['n_patients']} patients, {s['n_slices']} slices",
         f"Dice per patient: mean {pct(s['dice_per_patient_mean'])}, "
         f"median {pct(s['dice_per_patient_median'])}; pooled Dice {pct(s['dice_pooled'])}",
-        f"slice detection: accuracy {pct(d['accuracy'])}, sensitivity {pct(d['sensitivity'])}, "
-        f"specificity {pct(d['specificity'])}, AUC {pct(d['auc'])} "
-        f"(tp {c['tp']}, fp {c['fp']}, fn {c['fn']}, tn {c['tn']})",
-    ])
+        line("slice detection" if "detection_head" not in s
+             else "slice detection (segmentation: max tumour probability)", d),
+    ]
+    if "detection_head" in s:
+        lines += [line("slice detection (classification head)", s["detection_head"]),
+                  f"better slice score: {s['detection_better']}"]
+    return "\n".join(lines)

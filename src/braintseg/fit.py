@@ -19,7 +19,7 @@ import keras
 from braintseg import distribute
 from braintseg.callbacks import logging_callbacks
 from braintseg.checkpoint import kill_point, save_checkpoint, set_rng_state, verify
-from braintseg.config import Config
+from braintseg.config import HEAD_OUTPUT, SEG_OUTPUT, Config
 from braintseg.data.augment import Augmenter
 from braintseg.data.generator import SliceDataset
 from braintseg.errors import Interrupted
@@ -151,28 +151,61 @@ def datasets(cfg: Config, store_path: Path, run: dict[str, Any],
         "view": t.view, "batch_size": t.batch_size, "cache": t.cache,
         "cache_max_gb": t.cache_max_gb, "prefetch": t.prefetch, "seed": t.seed,
         **(dist or distribute.Session()).dataset_args()}
-    train = SliceDataset(store_path, run["train_cases"], shuffle=True,
-                         augment=Augmenter(t.flip, t.rotate_degrees, t.zoom),
-                         tumour_oversampling=t.tumour_oversampling,
-                         max_batches=t.steps_per_epoch, **common)
-    val = SliceDataset(store_path, run["val_cases"], shuffle=False,
-                       max_batches=t.validation_steps, **common)
+    cls: Any = SliceDataset
+    if cfg.model.classification_head != "none":  # targets {"probabilities", "classification"}
+        from braintseg.data.head_targets import HeadSliceDataset
+
+        cls, common["head"] = HeadSliceDataset, cfg.model.classification_head
+    train = cls(store_path, run["train_cases"], shuffle=True,
+                augment=Augmenter(t.flip, t.rotate_degrees, t.zoom),
+                tumour_oversampling=t.tumour_oversampling,
+                max_batches=t.steps_per_epoch, **common)
+    val = cls(store_path, run["val_cases"], shuffle=False,
+              max_batches=t.validation_steps, **common)
     return train, val
+
+
+def compile_args(cfg: Config) -> dict[str, Any]:
+    """``loss`` and ``metrics`` for ``model.compile`` (dicts per output with a head: the
+    segmentation's keep their names through :class:`UnprefixSegmentationLogs`)."""
+    from braintseg.losses import build_head_loss, build_loss
+    from braintseg.metrics import build_head_metrics, build_metrics
+
+    loss, metrics = build_loss(cfg.train, cfg.model), build_metrics(cfg.model)
+    if cfg.model.classification_head == "none":
+        return {"loss": loss, "metrics": metrics}
+    return {"loss": {SEG_OUTPUT: loss, HEAD_OUTPUT: build_head_loss(cfg.model)},
+            "loss_weights": {SEG_OUTPUT: 1.0, HEAD_OUTPUT: cfg.train.classification_weight},
+            "metrics": {SEG_OUTPUT: metrics, HEAD_OUTPUT: build_head_metrics(cfg.model)}}
+
+
+class UnprefixSegmentationLogs(keras.callbacks.Callback):
+    """With a classification head Keras names the segmentation's metrics
+    ``probabilities_dice_mean`` (one prefix per output): copy them to the plain names
+    (``dice_mean``, ``val_dice_mean``) that ``train.monitor``, the checkpoint, the plateau
+    schedule and history.csv use.  First in the callback list; epoch end only (async-safe)."""
+
+    PREFIX = f"{SEG_OUTPUT}_"
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is None:
+            return
+        for key in list(logs):
+            for pre in ("", "val_"):
+                if key.startswith(pre + self.PREFIX) and not key.endswith("_loss"):
+                    logs.setdefault(pre + key[len(pre + self.PREFIX):], logs[key])
 
 
 def build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] | None,
           paths: RunPaths, dist: distribute.Session | None = None) -> keras.Model:
     """The compiled model; with a resume ``state`` the checkpoint's weights, optimizer and seed
     states, checked against the state (:func:`braintseg.checkpoint.verify`)."""
-    from braintseg.losses import build_loss
-    from braintseg.metrics import build_metrics
     from braintseg.model import build_model
 
     dist = dist or distribute.Session()
     with dist.scope():  # the TF strategy's variables (nothing on JAX: the distribution is global)
         model = dist.prepare(build_model(cfg.model, tuple(run["input_shape"])))
-        model.compile(optimizer=optimizer(cfg, steps), loss=build_loss(cfg.train, cfg.model),
-                      metrics=build_metrics(cfg.model))
+        model.compile(optimizer=optimizer(cfg, steps), **compile_args(cfg))
         if state is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(paths.last)
@@ -184,6 +217,8 @@ def build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] | 
 def callbacks(cfg: Config, paths: RunPaths, train: SliceDataset, guard: _Guard,
               state: dict[str, Any] | None) -> list[keras.callbacks.Callback]:
     cbs = [guard, *logging_callbacks(cfg, paths, train, state)]
+    if cfg.model.classification_head != "none":
+        cbs.insert(0, UnprefixSegmentationLogs())
     plateau = next((c for c in cbs if isinstance(c, keras.callbacks.ReduceLROnPlateau)), None)
     return [*cbs, _Checkpoints(paths, cfg, len(train), state, guard, plateau)]
 

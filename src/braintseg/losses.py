@@ -124,6 +124,49 @@ class GeneralizedDiceCE(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="braintseg")
+class DiceCE(keras.losses.Loss):
+    """``(1 − mean soft Dice of the foreground classes) + ce_weight × cross-entropy``.
+
+    The soft Dice of class c over the whole batch: ``(2 Σ r_c p_c + s) / (Σ r_c + Σ p_c + s)``
+    (sums in pixels, ``s = smooth``), averaged over the classes 1..K−1 (background left out).
+    With a 2-class softmax (``output: binary``) this is the tumour Dice + binary cross-entropy
+    (the 2-class categorical CE equals the BCE of the tumour probability).
+
+    Args:
+        ce_weight: weight of the cross-entropy (>= 0).
+        smooth: added to numerator and denominator (> 0; default 1 pixel).
+        epsilon: clip of the probabilities in the log (> 0).
+
+    Inputs: ``y_true`` int labels ``(B, H, W)``; ``y_pred`` float32 softmax ``(B, H, W, K)``.
+    """
+
+    def __init__(self, ce_weight: float = 1.0, smooth: float = 1.0, epsilon: float = 1e-7,
+                 name: str = "dice_ce", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.ce_weight = _check_number("ce_weight", ce_weight)
+        self.smooth = _check_number("smooth", smooth)
+        self.epsilon = _check_number("epsilon", epsilon)
+        if self.smooth <= 0 or self.epsilon <= 0:
+            raise ValueError(f"smooth and epsilon must be > 0; received {smooth!r}, {epsilon!r}")
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        probs = ops.cast(y_pred, "float32")
+        onehot = labels_to_onehot(y_true, len(probs.shape), int(probs.shape[-1]))
+        axes = tuple(range(len(probs.shape) - 1))
+        inter = batch_sum(onehot * probs, axes)[1:]
+        total = batch_sum(onehot, axes)[1:] + batch_sum(probs, axes)[1:]
+        dice = (2.0 * inter + self.smooth) / (total + self.smooth)
+        clipped = ops.clip(probs, self.epsilon, 1.0 - self.epsilon)
+        ce = -ops.sum(onehot * ops.log(clipped), axis=-1)
+        return (1.0 - ops.mean(dice)) + self.ce_weight * ce
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(ce_weight=self.ce_weight, smooth=self.smooth, epsilon=self.epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="braintseg")
 class RegionDiceLoss(keras.losses.Loss):
     """Soft Dice loss on the BraTS regions WT (1,2,3), TC (1,3), ET (3) for sigmoid outputs.
 
@@ -161,12 +204,23 @@ class RegionDiceLoss(keras.losses.Loss):
 
 
 def build_loss(train_cfg: TrainConfig, model_cfg: ModelConfig) -> keras.losses.Loss:
-    """The loss for a model config: :class:`GeneralizedDiceCE` (``ce_weight`` from
-    ``train.ce_weight``) for ``output: classes``, :class:`RegionDiceLoss` for ``regions``."""
+    """The segmentation loss for a model config: ``train.loss`` :class:`GeneralizedDiceCE`
+    (``gdl_ce``) or :class:`DiceCE` (``dice_ce``), ``ce_weight`` from ``train.ce_weight``, for
+    ``output: classes`` or ``binary``; :class:`RegionDiceLoss` for ``regions``."""
     if model_cfg.output in ("classes", "binary"):
         if train_cfg.ce_weight < 0:
             raise ConfigError(f"train.ce_weight must be >= 0; received {train_cfg.ce_weight}")
+        if train_cfg.loss == "dice_ce":
+            return DiceCE(ce_weight=train_cfg.ce_weight)
         return GeneralizedDiceCE(ce_weight=train_cfg.ce_weight)
     if model_cfg.output == "regions":
         return RegionDiceLoss()
     raise ConfigError(f"model.output must be classes or regions; received {model_cfg.output!r}")
+
+
+def build_head_loss(model_cfg: ModelConfig) -> keras.losses.Loss:
+    """The classification head's loss: binary cross-entropy (``tumour``, targets ``(B, 1)``
+    0/1) or sparse categorical cross-entropy (``tumour_type``, targets ``(B,)`` 0..2)."""
+    if model_cfg.classification_head == "tumour_type":
+        return keras.losses.SparseCategoricalCrossentropy(name="head_ce")
+    return keras.losses.BinaryCrossentropy(name="head_bce")

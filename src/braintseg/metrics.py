@@ -194,3 +194,11 @@ def build_metrics(model_cfg: ModelConfig) -> list[keras.metrics.Metric]:
     return [RegionDice(r, output=model_cfg.output) for r in REGIONS] + [
         MeanRegionDice(output=model_cfg.output)
     ]
+
+
+def build_head_metrics(model_cfg: ModelConfig) -> list[keras.metrics.Metric]:
+    """The head's metrics: accuracy (threshold 0.5, or argmax for ``tumour_type``) and, for
+    ``tumour``, the ROC AUC; Keras logs them as ``classification_accuracy`` etc."""
+    if model_cfg.classification_head == "tumour_type":
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]

@@ -12,7 +12,11 @@ and ``OUT/predictions.csv`` (one row per slice: ``case, slice, file, tumour_prob
 largest tumour probability of the slice (the slice-level score), ``predicted_area`` = tumour
 pixels of the mask, ``height, width``) and ``OUT/predict_config.yaml``.  Nothing is written
 beside the input.  Probabilities are averaged over the runs (and flips with TTA); the mask is
-the argmax (tumour probability > 0.5).
+the argmax (tumour probability > 0.5).  Runs with a classification head
+(``model.classification_head``) add the head's scores, averaged over the runs (no TTA):
+``head_probability`` (``tumour``: the head's tumour-present probability) or
+``head_meningioma, head_glioma, head_pituitary, head_class`` (``tumour_type``: the softmax and
+its argmax class 1–3).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ CSV_NAME = "predictions.csv"
 CONFIG_NAME = "predict_config.yaml"
 CSV_COLUMNS = ("case", "slice", "file", "tumour_probability", "predicted_area", "height",
                "width")
+#: extra columns of each classification head
+HEAD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "none": (), "tumour": ("head_probability",),
+    "tumour_type": ("head_meningioma", "head_glioma", "head_pituitary", "head_class")}
 #: (case id, slice ids, normalised float16 slices (S, H, W, C), source sizes (S, 2))
 Patient = tuple[str, list[str], NDArray[np.float16], NDArray[np.int32]]
 
@@ -106,8 +114,18 @@ def folder_patients(root: Path, run: RunInfo, cases: list[str] | None, fmt: str 
     return ids, gen()
 
 
+def head_columns(head: str, scores: NDArray[np.float32]) -> dict[str, str]:
+    """The ``predictions.csv`` columns of one slice's head output ``scores (K,)``."""
+    if head == "tumour":
+        return {"head_probability": f"{float(scores[0]):.6f}"}
+    cols = {name: f"{float(v):.6f}" for name, v in zip(HEAD_COLUMNS[head][:3], scores,
+                                                       strict=True)}
+    return {**cols, "head_class": str(int(np.argmax(scores)) + 1)}
+
+
 def _write_patient(out_dir: Path, cid: str, slice_ids: list[str], probs: NDArray[np.float32],
-                   sizes: NDArray[np.int32], probabilities: bool) -> tuple[list[dict], list[Path]]:
+                   sizes: NDArray[np.int32], probabilities: bool
+                   ) -> tuple[list[dict], list[Path]]:
     from braintseg.data.slices import from_store_size
 
     folder = out_dir / cid
@@ -128,15 +146,24 @@ def _write_patient(out_dir: Path, cid: str, slice_ids: list[str], probs: NDArray
     return rows, files
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
+def _csv(rows: Sequence[dict[str, Any]], head: str = "none") -> str:
     import csv
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*CSV_COLUMNS, *HEAD_COLUMNS[head]],
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _mean(predictors: list[Any], images: NDArray[np.float16]) -> NDArray[np.float32]:
+    """The predictors' outputs for ``images (S, H, W, C)`` averaged: ``(S, ...)`` float32."""
+    total = predictors[0].predict_slices(images)
+    for extra in predictors[1:]:
+        total += extra.predict_slices(images)
+    return total / len(predictors) if len(predictors) > 1 else total
 
 
 def run_predict_slices(
@@ -173,19 +200,25 @@ def run_predict_slices(
         "runs": [r.describe() for r in runs], "tta": tta, "probabilities": probabilities,
         "predict": {"batch_size": pcfg.batch_size}, "data": to_dict(runs[0].cfg)["data"],
         "n_cases": len(ids), "layout": "slices"})
-    predictors = [SlicePredictor(load_model(r), "axial", pcfg.batch_size, tta) for r in runs]
+    from braintseg.model.head import split_head
+
+    head = runs[0].cfg.model.classification_head  # the same in every run (check_ensemble)
+    models = [split_head(load_model(r)) for r in runs]
+    predictors = [SlicePredictor(seg, "axial", pcfg.batch_size, tta) for seg, _ in models]
+    heads = [SlicePredictor(h, "axial", pcfg.batch_size) for _, h in models if h is not None]
     rows: list[dict[str, Any]] = []
     written: list[Path] = []
     start = time.perf_counter()
     for cid, slice_ids, images, sizes in progress(patients, len(ids), "predict", "patient"):
-        probs = predictors[0].predict_slices(images)
-        for extra in predictors[1:]:
-            probs += extra.predict_slices(images)
-        probs /= len(predictors)
+        probs = _mean(predictors, images)
         new_rows, files = _write_patient(out_dir, cid, slice_ids, probs, sizes, probabilities)
+        if heads:
+            scores = _mean(heads, images)
+            for row, sc in zip(new_rows, scores, strict=True):
+                row.update(head_columns(head, sc))
         rows += new_rows
         written += files
-    write_text(out_dir / CSV_NAME, _csv(rows))
+    write_text(out_dir / CSV_NAME, _csv(rows, head if heads else "none"))
     logger.info("predicted %d slices of %d patients in %.1f s", len(rows), len(ids),
                 time.perf_counter() - start)
     return written

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from braintseg.config import SEG_OUTPUT
+
 
 @dataclass(frozen=True)
 class Draws:
@@ -199,6 +201,9 @@ def install_device_affine(model: Any, batch: tuple[Any, Any]) -> None:
 
     def unpack(data: Any) -> Any:
         (x, transforms), y = data[0], data[1]
+        if isinstance(y, dict):  # with a classification head: only the label maps move
+            x, seg = apply_affine(x, y[SEG_OUTPUT], transforms)
+            return (x, {**y, SEG_OUTPUT: seg}, *data[2:])
         x, y = apply_affine(x, y, transforms)
         return (x, y, *data[2:])
 

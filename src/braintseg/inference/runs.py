@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from braintseg.config import VIEWS, Config, load_config
+from braintseg.config import SEG_OUTPUT, VIEWS, Config, load_config
 from braintseg.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def check_ensemble(runs: list[RunInfo]) -> None:
         "n_channels": lambda r: r.n_channels,
         "crop_box": lambda r: list(r.crop_box),
         "model.output": lambda r: r.output,
+        "model.classification_head": lambda r: r.cfg.model.classification_head,
         "data.normalization": lambda r: r.cfg.data.normalization,
         "data.clip_percentiles": lambda r: list(r.cfg.data.clip_percentiles),
     }
@@ -155,7 +156,8 @@ def load_model(run: RunInfo) -> Any:
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         first = (str(exc).splitlines() or [""])[0][:300]
         raise DataError(f"cannot load model {path}: {type(exc).__name__}: {first}") from None
-    out = model.output_shape[-1]
+    output = model.output  # a dict with model.classification_head
+    out = (output[SEG_OUTPUT] if isinstance(output, dict) else output).shape[-1]
     expected = {"classes": 4, "binary": 2}.get(run.output, 3)
     if out != expected or model.input_shape[-1] != run.n_channels:
         raise DataError(

@@ -14,6 +14,7 @@ from braintseg.config import ModelConfig
 from braintseg.errors import ConfigError
 from braintseg.model.attention_unet import build_attention_unet
 from braintseg.model.blocks import NORMS, ResidualUnit, SqueezeExcite
+from braintseg.model.head import BOTTLENECK, HEADS, add_classification_head
 from braintseg.model.unet import build_unet
 
 __all__ = ["MODELS", "ResidualUnit", "SqueezeExcite", "build_model"]
@@ -39,6 +40,9 @@ def _check(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> tuple[int, in
         raise ConfigError(
             f"model.output must be one of {', '.join(OUTPUTS)}; received {cfg.output!r}"
         )
+    if cfg.classification_head not in HEADS:
+        raise ConfigError(f"model.classification_head must be one of {', '.join(HEADS)}; "
+                          f"received {cfg.classification_head!r}")
     if cfg.levels < 1 or cfg.start_channels < 1:
         raise ConfigError(
             "model.levels and model.start_channels must be >= 1; "
@@ -76,7 +80,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Mo
         ``(B, H, W, 4)`` softmax over internal labels 0 background, 1 NCR/NET, 2 edema, 3 ET
         (``output: classes``) or ``(B, H, W, 3)`` sigmoids for WT, TC, ET
         (``output: regions``), or ``(B, H, W, 2)`` softmax 0 background, 1 tumour
-        (``output: binary``, 2D slice data sets).
+        (``output: binary``, 2D slice data sets).  With ``classification_head`` other than
+        ``none``: a dict ``{"probabilities": that output, "classification": (B, 1) sigmoid or
+        (B, 3) softmax}`` (:mod:`braintseg.model.head`).
 
     Raises:
         ConfigError: unknown model name / norm / output, or a shape not divisible by
@@ -84,5 +90,6 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Mo
     """
     shape = _check(cfg, input_shape)
     model = MODELS[cfg.name](cfg, shape)
+    model = add_classification_head(model, cfg.classification_head, BOTTLENECK[cfg.name])
     logger.debug("built %s for %s: %d parameters", cfg.name, shape, model.count_params())
     return model
