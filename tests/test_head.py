@@ -193,19 +193,3 @@ def test_head_needs_binary_output_cli(lgg: tuple[Path, Path], tmp_path: Path) ->
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "model.classification_head needs model.output: binary" in res.output
     assert len(res.output.strip().splitlines()) == 1
-
-
-def test_dice_ce_loss() -> None:
-    from braintseg.config import TrainConfig
-    from braintseg.losses import DiceCE, build_loss
-
-    loss = build_loss(TrainConfig(loss="dice_ce", ce_weight=1.0), ModelConfig(output="binary"))
-    assert isinstance(loss, DiceCE)
-    y = np.zeros((2, 8, 8), np.uint8)
-    y[:, 2:5, 2:5] = 1
-    perfect = np.stack([1.0 - y, y.astype(np.float64)], -1).astype(np.float32)
-    assert float(loss(y, perfect)) < 1e-3 < 1.0 < float(loss(y, perfect[..., ::-1]))
-    half = np.full((2, 8, 8, 2), 0.5, np.float32)  # Dice 2*9*0.5/(9+32) per image pair
-    dice = (2 * 18 * 0.5 + 1) / (18 + 64 + 1)
-    assert float(loss(y, half)) == pytest.approx(1 - dice + np.log(2), rel=1e-4)
-    assert DiceCE.from_config(loss.get_config()).ce_weight == 1.0

@@ -40,7 +40,7 @@ class DataConfig:
     n_folds: int = 5
     holdout_fraction: float = 0.0
     seed: int = 100
-    normalization: Literal["zscore", "none"] = "zscore"
+    normalization: Literal["zscore", "slice", "none"] = "zscore"
     clip_percentiles: tuple[float, float] = (1.0, 99.0)
 
 

@@ -404,6 +404,9 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
     if folds_from is not None or validation_cases is not None:
         raise ConfigError("--folds-from and --validation-cases apply to 2D slice data sets; "
                           "BraTS folds come from data.n_folds / data.seed")
+    if cfg.data.normalization == "slice":
+        raise ConfigError("data.normalization: slice applies to 2D slice data sets; BraTS "
+                          "volumes take zscore or none")
     cases, problems = scan_cases(root, require_labels)
     options = {"skip_invalid": skip_invalid, "require_labels": require_labels}
     fingerprint = input_fingerprint(cfg, root, cases, problems, options)

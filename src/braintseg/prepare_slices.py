@@ -53,11 +53,14 @@ def normalise_case(case: SliceCase, size: tuple[int, int], data: DataConfig,
 
     Normalisation per patient and channel: ``data.normalization: zscore`` uses
     :func:`braintseg.data.preprocess.normalization_stats` on the patient's stack (nonzero pixels,
-    ``data.clip_percentiles``); ``none`` keeps the source values (as float).
+    ``data.clip_percentiles``); ``slice`` does the same on each slice alone
+    (:func:`slice_normalise`); ``none`` keeps the source values (as float).
     """
     stack, masks, shapes = to_stack(case, size)
     where = f"case {case.case_id}"
-    if data.normalization == "zscore":
+    if data.normalization == "slice":
+        images, stats = slice_normalise(stack, data.clip_percentiles, case.channels, dtype)
+    elif data.normalization == "zscore":
         try:
             stats = normalization_stats(stack, data.clip_percentiles, case.channels)
         except DataError as exc:
@@ -67,6 +70,27 @@ def normalise_case(case: SliceCase, size: tuple[int, int], data: DataConfig,
         stats = [{"modality": m, "method": "none"} for m in case.channels]
         images = np.ascontiguousarray(stack, dtype=dtype)
     return images, masks, shapes, stats
+
+
+def slice_normalise(stack: np.ndarray, clip_percentiles: tuple[float, float],
+                    channels: tuple[str, ...], dtype: str
+                    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Per-slice scaling (``data.normalization: slice``): each slice and channel z-scored on its
+    own nonzero pixels after the same percentile clip; a slice channel with no nonzero pixel or
+    constant intensity becomes 0.  ``stack (S, H, W, C)`` → ``(S, H, W, C) dtype`` and one dict
+    per channel ``{modality, method: slice, n_constant}`` (slice channels set to 0)."""
+    out = np.zeros(stack.shape, dtype)
+    constant = [0] * len(channels)
+    for s in range(stack.shape[0]):
+        for c, name in enumerate(channels):
+            try:
+                st = normalization_stats(stack[s, ..., c:c + 1], clip_percentiles, (name,))
+            except DataError:  # empty or constant: nothing to scale
+                constant[c] += 1
+                continue
+            out[s, ..., c] = apply_normalization(stack[s, ..., c:c + 1], st, dtype)[..., 0]
+    return out, [{"modality": m, "method": "slice", "n_constant": n}
+                 for m, n in zip(channels, constant, strict=True)]
 
 
 def prepare_patient(files: SliceFiles, root: Path, size: tuple[int, int], data: DataConfig,
