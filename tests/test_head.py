@@ -163,6 +163,9 @@ def test_train_predict_evaluate_with_head(lgg: tuple[Path, Path], tmp_path: Path
     c = s["detection_head"]["confusion"]
     assert c["tp"] + c["fp"] == positive
     assert s["detection_better"] in ("head", "derived", "equal")
+    res = runner.invoke(cli, ["report", str(pred), "-t", str(root), "-o", str(tmp_path / "pics")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "pics" / "roc.png").stat().st_size > 0
 
 
 def test_better_score() -> None:

@@ -57,12 +57,18 @@ def plot_patient(case: Any, preds: dict[str, Path], out: Path, dice: float | Non
     return save_png(fig, out)
 
 
-def plot_roc(roc: dict[str, list], auc: float | None, out: Path) -> Path:
-    """The slice-level ROC curve PNG."""
+def plot_roc(roc: dict[str, list], auc: float | None, out: Path,
+             head: tuple[dict[str, list], float | None] | None = None) -> Path:
+    """The slice-level ROC curve PNG (and the classification head's, when given)."""
     fig = figure(4, 4)
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(roc["fpr"], roc["tpr"], color="#c03030", lw=1.5,
-            label=f"AUC {auc:.3f}" if auc is not None else "AUC n/a")
+    curves = [(roc, auc, "#c03030", "max tumour probability" if head else "")]
+    if head is not None:
+        curves.append((head[0], head[1], "#3050c0", "classification head"))
+    for points, area, colour, name in curves:
+        text = f"AUC {area:.3f}" if area is not None else "AUC n/a"
+        ax.plot(points["fpr"], points["tpr"], color=colour, lw=1.5,
+                label=f"{name}: {text}" if name else text)
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
     ax.set_xlabel("1 - specificity (slices)")
     ax.set_ylabel("sensitivity (slices)")
@@ -94,6 +100,8 @@ def run_report_slices(pred_dir: Path, truth: Path, out_dir: Path) -> list[Path]:
         case = rd.load_case(files)
         written.append(plot_patient(case, preds, out_dir / f"{files.case_id}_montage.png",
                                     dices.get(files.case_id)))
+    head = ((result["roc_head"], result["summary"]["detection_head"]["auc"])
+            if "roc_head" in result else None)
     written.append(plot_roc(result["roc"], result["summary"]["detection"]["auc"],
-                            out_dir / "roc.png"))
+                            out_dir / "roc.png", head))
     return written
