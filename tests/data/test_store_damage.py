@@ -5,6 +5,7 @@ naming the store and the case (``damaged: re-run prepare``), at the SliceStore l
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -61,8 +62,25 @@ def _patch(path: Path, offset: int, new: bytes) -> None:
         f.write(new)
 
 
+#: why a read failed: what the direct chunk reader found, or HDF5's error type
+DIRECT_WHY = (r"chunk at byte \d+: (Fletcher-32 checksum mismatch|Blosc cannot decode it.*|"
+              r"a Blosc header for \d+ bytes, expected \d+|read \d+ of \d+ bytes.*)")
+
+
+def why() -> str:
+    return "HDF5ExtError" if os.environ.get("BRAINTSEG_DIRECT_READS") == "0" else DIRECT_WHY
+
+
+@pytest.fixture(autouse=True, params=["direct", "hdf5"])
+def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: direct chunk reads (the default) and reads through HDF5."""
+    if request.param == "hdf5":
+        monkeypatch.setenv("BRAINTSEG_DIRECT_READS", "0")
+    return str(request.param)
+
+
 def _message(case: str) -> str:
-    return rf"^store .*s\.h5: case {case} cannot be read \(HDF5ExtError\); damaged: re-run prepare$"
+    return rf"^store .*s\.h5: case {case} cannot be read \({why()}\); damaged: re-run prepare$"
 
 
 def test_store_data_carries_fletcher32(pristine: Path) -> None:
@@ -182,7 +200,7 @@ def test_evaluate_against_damaged_store_is_one_line(store: Path, cases_root: Pat
                                       "-o", str(tmp_path / "m.csv")])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    assert re.search(rf"store .*s\.h5: case {CASES[3]} cannot be read \(HDF5ExtError\); "
+    assert re.search(rf"store .*s\.h5: case {CASES[3]} cannot be read \({why()}\); "
                      "damaged: re-run prepare", result.output), result.output
     assert not (tmp_path / "m.csv").exists()
 
@@ -201,7 +219,7 @@ def test_predict_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> No
                                       "-o", str(out)])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \({why()}\); "
                      "damaged: re-run prepare", result.output), result.output
     assert not (out / f"{victim}.nii.gz").exists()
 
@@ -220,6 +238,6 @@ def test_train_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> None
                                       "--set", "train.epochs=1"])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \({why()}\); "
                      "damaged: re-run prepare", result.output), result.output
     assert not (run / "model.keras").exists()

@@ -43,6 +43,7 @@ import numpy as np
 import tables
 from numpy.typing import NDArray
 
+from braintseg.data.chunks import ChunkError, ChunkReader
 from braintseg.data.codec import Int16Decoder, move_to_front
 from braintseg.data.folds import Folds
 from braintseg.data.preprocess import VIEW_AXIS, view_axis
@@ -67,16 +68,20 @@ DECODER_CACHE_CASES = 32
 #: HDF5/PyTables is not thread-safe: every read of an open store happens under this lock
 HDF5_LOCK = threading.RLock()
 #: what a damaged or truncated store raises on read (each becomes one "damaged" DataError)
-READ_ERRORS = (tables.HDF5ExtError, OSError, ValueError, KeyError, tables.NoSuchNodeError)
+READ_ERRORS = (tables.HDF5ExtError, OSError, ValueError, KeyError, tables.NoSuchNodeError,
+               ChunkError)
+#: ``0`` turns direct chunk reads off (every read through HDF5, as before): for benchmarks
+DIRECT_ENV = "BRAINTSEG_DIRECT_READS"
 #: the first 8 bytes of every HDF5 file (superblock at offset 0, as PyTables writes it)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def damaged(store: Path, what: str, exc: BaseException) -> DataError:
     """The one-line error for a store that fails a read: ``store X: <what> cannot be read
-    (<exception type>); damaged: re-run prepare`` (HDF5's own text names C functions only)."""
-    return DataError(f"store {store}: {what} cannot be read ({type(exc).__name__}); "
-                     "damaged: re-run prepare")
+    (<why>); damaged: re-run prepare``; <why> is the direct reader's own words (which chunk,
+    what failed) or the exception type (HDF5's own text names C functions only)."""
+    why = str(exc) if isinstance(exc, ChunkError) else type(exc).__name__
+    return DataError(f"store {store}: {what} cannot be read ({why}); damaged: re-run prepare")
 
 
 class SliceStore:
@@ -115,6 +120,8 @@ class SliceStore:
             self._case_index = tumour["case_index"]
         self._decoders: OrderedDict[int, Int16Decoder] = OrderedDict()
         self._decoders_lock = threading.Lock()
+        self._direct: tuple[ChunkReader, ChunkReader] | None = None
+        self._direct_pid = -1
 
     # -- pickling / process safety
     def __getstate__(self) -> dict[str, Any]:
@@ -136,6 +143,65 @@ class SliceStore:
             with HDF5_LOCK:
                 self._h.close()
         self._h = None
+        if self._direct is not None and self._direct_pid == os.getpid():
+            for reader in self._direct:
+                reader.close()
+        self._direct, self._direct_pid = None, -1
+
+    def _readers(self) -> tuple[ChunkReader, ChunkReader] | None:
+        """Direct chunk readers of ``/images`` and ``/labels`` (:mod:`braintseg.data.chunks`),
+        built once a process; None where the store's filters are not supported or
+        ``BRAINTSEG_DIRECT_READS=0``.  Reads then need no HDF5 call, so threads read at once."""
+        if self._direct_pid == os.getpid():
+            return self._direct
+        with HDF5_LOCK:
+            if self._direct_pid != os.getpid():
+                self._direct = self._open_readers()
+                self._direct_pid = os.getpid()
+        return self._direct
+
+    def _open_readers(self) -> tuple[ChunkReader, ChunkReader] | None:
+        if os.environ.get(DIRECT_ENV, "1") == "0":
+            return None
+        try:
+            images = ChunkReader.open(self.path, "images")
+            labels = ChunkReader.open(self.path, "labels")
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            logger.debug("%s: direct chunk reads off (%s)", self.path, exc)
+            return None
+        if images is None or labels is None:
+            return None
+        # a check that costs one chunk: the first one read both ways must agree
+        h = self._handle()
+        for reader, node in ((images, h.root.images), (labels, h.root.labels)):
+            box = tuple(slice(0, min(c, s)) for c, s in zip(reader.chunks, reader.shape,
+                                                              strict=True))
+            try:
+                expected = node[box]
+            except READ_ERRORS:  # damaged right there: the direct reader will say so
+                continue
+            try:
+                same = np.array_equal(reader.read(box), expected)
+            except (ChunkError, OSError):
+                same = False
+            if not same:
+                logger.warning("%s: direct chunk reads disagree with HDF5 on /%s; reading "
+                               "through HDF5", self.path, node.name)
+                return None
+        return images, labels
+
+    def _box(self, i: int, reader: ChunkReader, axis: int | None, start: int, stop: int,
+             order: list[int] | None) -> NDArray[Any]:
+        """Case ``i`` of a volume dataset, ``start:stop`` along ``axis`` (0-2, or None for
+        all), transposed to ``order`` (axes of the case, without the case axis)."""
+        box = [slice(i, i + 1)] + [slice(0, s) for s in reader.shape[1:]]
+        if axis is not None:
+            box[1 + axis] = slice(start, stop)
+        full = None if order is None else [0] + [1 + a for a in order]
+        try:
+            return reader.read(tuple(box), full)[0]
+        except (ChunkError, OSError) as exc:
+            raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
 
     def __enter__(self) -> SliceStore:
         return self
@@ -239,6 +305,13 @@ class SliceStore:
     def _read_rows(self, i: int, start: int, stop: int
                    ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """Rows ``start:stop`` of the slice table (case ``i`` names a read error)."""
+        readers = self._readers()
+        if readers is not None:
+            try:
+                return tuple(r.read((slice(start, stop), *(slice(0, s) for s in r.shape[1:])))
+                             for r in readers)  # type: ignore[return-value]
+            except (ChunkError, OSError) as exc:
+                raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
         with self._reading(i) as h:
             return h.root.images[start:stop], h.root.labels[start:stop]
 
@@ -252,8 +325,13 @@ class SliceStore:
         if self.layout == "slices":
             img, lab = self._read_rows(i, *self._rows(i))
             return img, self._labels_or_none(i, lab)
-        with self._reading(i) as h:
-            raw, labels = h.root.images[i], h.root.labels[i]
+        readers = self._readers()
+        if readers is not None:
+            raw = self._box(i, readers[0], None, 0, 0, None)
+            labels = self._box(i, readers[1], None, 0, 0, None)
+        else:
+            with self._reading(i) as h:
+                raw, labels = h.root.images[i], h.root.labels[i]
         images = self._decoder(i)(raw) if self.image_dtype == "int16" else raw
         return images, self._labels_or_none(i, labels)
 
@@ -274,6 +352,14 @@ class SliceStore:
             base = self._rows(i)[0]
             return self._read_rows(i, base + start, base + stop)
         axis = view_axis(view)
+        readers = self._readers()
+        if readers is not None:  # slicing axis first, in the one transposing copy
+            moved = [axis] + [a for a in range(3) if a != axis]
+            lab = self._box(i, readers[1], axis, start, stop, moved)
+            if self.image_dtype == "int16":
+                return self._decoder(i)(self._box(i, readers[0], axis, start, stop, None),
+                                        axis), lab
+            return self._box(i, readers[0], axis, start, stop, [*moved, 3]), lab
         sel: list[Any] = [i, slice(None), slice(None), slice(None)]
         sel[1 + axis] = slice(start, stop)
         with self._reading(i) as h:
