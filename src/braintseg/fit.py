@@ -211,7 +211,7 @@ def fit(model: keras.Model, cfg: Config, paths: RunPaths, train: SliceDataset,
             ckpt.save_now()
         why = stop.name if stop.signum is not None else "a stop signal to another process"
         step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        if dist is not None and not dist.is_writer:  # its run folder is private scratch: say where the run is
+        if dist is not None and not dist.is_writer:  # its folder is scratch: name the run's
             raise Interrupted(f"{why}: stopped at training step {step} with the other "
                               "processes; process 0 saved the checkpoint") from None
         raise Interrupted(f"{why}: checkpoint saved in {paths.last} after "

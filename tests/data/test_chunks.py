@@ -175,14 +175,42 @@ def test_store_reads_equal_with_and_without_direct_reads(
     hdf5 = open_store(path)
     assert hdf5._readers() is None
     for i in range(direct.n_cases):
-        for a, b in zip(direct.read_case(i), hdf5.read_case(i), strict=True):
-            np.testing.assert_array_equal(a, b)
+        # twice: a chunk's first read goes through HDF5 (checksum), the second is direct
+        for _ in range(2):
+            for a, b in zip(direct.read_case(i), hdf5.read_case(i), strict=True):
+                np.testing.assert_array_equal(a, b)
         for view in ("axial", "coronal", "sagittal"):
             n = direct.n_slices(i, view)
             for start, stop in ((0, n), (3, min(n, 21)), (n - 1, n)):
-                for a, b in zip(direct.read_slices(i, view, start, stop),
-                                hdf5.read_slices(i, view, start, stop), strict=True):
-                    assert a.flags.c_contiguous and a.dtype == b.dtype
-                    np.testing.assert_array_equal(a, b)
+                for _ in range(2):
+                    for a, b in zip(direct.read_slices(i, view, start, stop),
+                                    hdf5.read_slices(i, view, start, stop), strict=True):
+                        assert a.flags.c_contiguous and a.dtype == b.dtype
+                        np.testing.assert_array_equal(a, b)
+    assert all(r._verified.all() for r in direct._chunked)  # the second reads were direct
+    direct.close()
+    hdf5.close()
+
+
+def test_slice_store_reads_equal_with_and_without_direct_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2D layout (one slice a chunk, LZ4 as prepare writes it): whole patients and rows."""
+    from braintseg.synthetic_slices import write_lgg
+
+    write_lgg(tmp_path / "lgg", n_patients=3, n_slices=7, size=32)
+    cfg = load_config(None, ["store.compression=blosc:lz4", "data.n_folds=3"])
+    path = run_prepare(cfg, tmp_path / "lgg", tmp_path / "s.h5", workers=1)
+    direct = open_store(path)
+    assert direct._readers() is not None
+    monkeypatch.setenv("BRAINTSEG_DIRECT_READS", "0")
+    hdf5 = open_store(path)
+    for i in range(direct.n_cases):
+        for _ in range(2):  # the second read is direct
+            for a, b in zip(direct.read_case(i), hdf5.read_case(i), strict=True):
+                np.testing.assert_array_equal(a, b)
+            for a, b in zip(direct.read_slices(i, "slice", 2, 5),
+                            hdf5.read_slices(i, "slice", 2, 5), strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert all(r._verified.all() for r in direct._chunked)
     direct.close()
     hdf5.close()

@@ -4,12 +4,19 @@ A store is immutable once ``prepare`` has committed it, so where each chunk lies
 never changes.  :class:`ChunkReader` asks HDF5 once for the whole index of one dataset
 (offset, size and filter mask of every stored chunk: one ``H5Dchunk_iter`` pass, a few µs a
 chunk), then reads any box of the dataset without the HDF5 library: ``os.pread`` of each chunk's
-bytes, its Fletcher-32 checksum verified exactly as HDF5 does (a damaged chunk is refused),
-Blosc decompression (a context per call, the GIL released), and a copy of the chunk's part of
-the box.  Nothing is shared but read-only arrays and a file descriptor used only with
-``pread``, so several threads read at once — HDF5 itself stays single-threaded (every HDF5
-call of the package is under :data:`braintseg.data.store.HDF5_LOCK`), which is the design's
-"one reader" rule: parallel HDF5 access is what crashed the pipeline we replace.
+bytes, Blosc decompression (a context per call, the GIL released) straight into a buffer, and
+one transposing copy into the box's layout.  Nothing is shared but read-only arrays and a file
+descriptor used only with ``pread``, so several threads read at once — HDF5 itself stays
+single-threaded (every HDF5 call of the package is under
+:data:`braintseg.data.store.HDF5_LOCK`), which is the design's "one reader" rule: parallel HDF5
+access is what crashed the pipeline we replace.
+
+Checksums: a chunk's Fletcher-32 is verified once per process, the first time the chunk is
+read — :class:`~braintseg.data.store.SliceStore` reads a box with unverified chunks through
+HDF5 (whose C checksum is ~5x cheaper than the numpy one here) and marks them
+(:meth:`ChunkReader.mark_verified`); :meth:`ChunkReader.read` verifies any unverified chunk
+itself (:func:`fletcher32_matches`, exactly HDF5's sum).  So a damaged chunk is refused on its
+first read, as with HDF5 alone, and later epochs pay no checksum.
 
 Supported filter pipelines (what ``prepare`` writes): none, ``fletcher32``, ``blosc``
 (any Blosc-1 codec; Blosc does its own shuffle) and ``blosc`` + ``fletcher32``.  Anything else
@@ -186,6 +193,23 @@ class ChunkReader:
         except (ValueError, RuntimeError) as exc:
             raise ChunkError(f"chunk at byte {offset}: Blosc cannot decode it ({exc})") from None
 
+    def _keys(self, box: tuple[slice, ...]) -> tuple[list[int], list[int], NDArray[np.intp]]:
+        """First chunk and chunk count per dimension of ``box``; the chunks' linear indices
+        (C order)."""
+        first = [s.start // c for s, c in zip(box, self.chunks, strict=True)]
+        counts = [-(-s.stop // c) - q for s, c, q in zip(box, self.chunks, first, strict=True)]
+        grid_index = np.indices(counts).reshape(len(box), -1) + np.array(first)[:, None]
+        return first, counts, np.ravel_multi_index(tuple(grid_index), self._grid)
+
+    def verified(self, box: tuple[slice, ...]) -> bool:
+        """True if every chunk of ``box`` had its checksum verified in this process (always
+        True without checksums)."""
+        return self._fletcher is None or bool(self._verified[self._keys(box)[2]].all())
+
+    def mark_verified(self, box: tuple[slice, ...]) -> None:
+        """Record that HDF5 has just read (and so verified) every chunk of ``box``."""
+        self._verified[self._keys(box)[2]] = 1
+
     def read(self, box: tuple[slice, ...], order: Sequence[int] | None = None) -> NDArray[Any]:
         """``dataset[box].transpose(order)`` (C-contiguous) for a box of plain slices (step 1,
         within the shape), one per dimension.  Raises :class:`ChunkError` for a damaged chunk.
@@ -198,11 +222,8 @@ class ChunkReader:
         n = len(box)
         order = list(range(n)) if order is None else list(order)
         chunks = self.chunks
-        first = [s.start // c for s, c in zip(box, chunks, strict=True)]
-        counts = [-(-s.stop // c) - q for s, c, q in zip(box, chunks, first, strict=True)]
+        first, counts, keys = self._keys(box)
         buf = np.empty((*counts, *chunks), self.dtype)
-        grid_index = np.indices(counts).reshape(n, -1) + np.array(first)[:, None]
-        keys = np.ravel_multi_index(tuple(grid_index), self._grid)
         for slot, k, offset, size, mask in zip(
                 buf.reshape(-1, *chunks), keys.tolist(), self._offset[keys].tolist(),
                 self._size[keys].tolist(), self._mask[keys].tolist(), strict=True):

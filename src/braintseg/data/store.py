@@ -120,8 +120,8 @@ class SliceStore:
             self._case_index = tumour["case_index"]
         self._decoders: OrderedDict[int, Int16Decoder] = OrderedDict()
         self._decoders_lock = threading.Lock()
-        self._direct: tuple[ChunkReader, ChunkReader] | None = None
-        self._direct_pid = -1
+        self._chunked: tuple[ChunkReader, ChunkReader] | None = None
+        self._chunked_pid = -1
 
     # -- pickling / process safety
     def __getstate__(self) -> dict[str, Any]:
@@ -143,22 +143,22 @@ class SliceStore:
             with HDF5_LOCK:
                 self._h.close()
         self._h = None
-        if self._direct is not None and self._direct_pid == os.getpid():
-            for reader in self._direct:
+        if self._chunked is not None and self._chunked_pid == os.getpid():
+            for reader in self._chunked:
                 reader.close()
-        self._direct, self._direct_pid = None, -1
+        self._chunked, self._chunked_pid = None, -1
 
     def _readers(self) -> tuple[ChunkReader, ChunkReader] | None:
         """Direct chunk readers of ``/images`` and ``/labels`` (:mod:`braintseg.data.chunks`),
         built once a process; None where the store's filters are not supported or
         ``BRAINTSEG_DIRECT_READS=0``.  Reads then need no HDF5 call, so threads read at once."""
-        if self._direct_pid == os.getpid():
-            return self._direct
+        if self._chunked_pid == os.getpid():
+            return self._chunked
         with HDF5_LOCK:
-            if self._direct_pid != os.getpid():
-                self._direct = self._open_readers()
-                self._direct_pid = os.getpid()
-        return self._direct
+            if self._chunked_pid != os.getpid():
+                self._chunked = self._open_readers()
+                self._chunked_pid = os.getpid()
+        return self._chunked
 
     def _open_readers(self) -> tuple[ChunkReader, ChunkReader] | None:
         if os.environ.get(DIRECT_ENV, "1") == "0":
@@ -190,33 +190,49 @@ class SliceStore:
                 return None
         return images, labels
 
-    def _box(self, i: int, reader: ChunkReader, axis: int | None, start: int, stop: int,
-             order: list[int] | None) -> NDArray[Any]:
-        """Case ``i`` of a volume dataset, ``start:stop`` along ``axis`` (0-2, or None for
-        all), transposed to ``order`` (axes of the case, without the case axis)."""
-        box = [slice(i, i + 1)] + [slice(0, s) for s in reader.shape[1:]]
-        if axis is not None:
-            box[1 + axis] = slice(start, stop)
-        full = None if order is None else [0] + [1 + a for a in order]
+    def _direct(self, i: int, which: int, box: tuple[slice, ...],
+                order: list[int] | None = None) -> NDArray[Any] | None:
+        """``/images`` (``which`` 0) or ``/labels`` (1) ``[box]``, transposed to ``order``, read
+        directly — or None when a chunk of the box was not read yet in this process: the
+        caller then reads through HDF5 (:meth:`_hdf5`, which verifies the checksums; see
+        :mod:`braintseg.data.chunks`).  Only after :meth:`_readers` returned readers."""
+        reader = self._chunked[which]  # type: ignore[index]
         try:
-            return reader.read(tuple(box), full)[0]
+            return reader.read(box, order) if reader.verified(box) else None
         except (ChunkError, OSError) as exc:
             raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
 
-    def __enter__(self) -> SliceStore:
-        return self
+    def _hdf5(self, i: int, which: int, box: tuple[slice, ...]) -> NDArray[Any]:
+        """``[box]`` of ``/images`` or ``/labels`` through HDF5; marks its chunks verified."""
+        with self._reading(i) as h:
+            data = (h.root.images, h.root.labels)[which][box]
+        if self._chunked is not None and self._chunked_pid == os.getpid():
+            self._chunked[which].mark_verified(box)
+        return data
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: nothing left to do
-            pass
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"SliceStore({str(self.path)!r}, n_cases={self.n_cases})"
+    def _volume(self, i: int, which: int, axis: int | None, start: int = 0, stop: int = 0,
+                first: bool = True) -> NDArray[Any]:
+        """Case ``i`` of ``/images`` (``which`` 0) or ``/labels`` (1): all of it (``axis``
+        None), or slices ``start:stop`` along ``axis`` — with that axis first (``first``; the
+        channels stay last), else in the stored order."""
+        readers = self._readers()
+        box = [slice(i, i + 1), slice(None), slice(None), slice(None)]
+        if readers is not None:
+            box = [slice(i, i + 1)] + [slice(0, s) for s in readers[which].shape[1:]]
+        if axis is not None:
+            box[1 + axis] = slice(start, stop)
+        order = None
+        if axis is not None and first:
+            order = [0, 1 + axis, *(1 + a for a in range(3) if a != axis), 4][:4 + (which == 0)]
+        data = self._direct(i, which, tuple(box), order) if readers is not None else None
+        if data is not None:
+            return data[0]
+        data = self._hdf5(i, which, tuple(box))[0]
+        if order is None:
+            return data
+        if which == 0:  # the channels move as one wide element
+            return move_to_front(data, axis)
+        return np.ascontiguousarray(np.moveaxis(data, axis, 0))
 
     # -- reading
     def _index(self, i: int) -> int:
@@ -307,11 +323,12 @@ class SliceStore:
         """Rows ``start:stop`` of the slice table (case ``i`` names a read error)."""
         readers = self._readers()
         if readers is not None:
-            try:
-                return tuple(r.read((slice(start, stop), *(slice(0, s) for s in r.shape[1:])))
-                             for r in readers)  # type: ignore[return-value]
-            except (ChunkError, OSError) as exc:
-                raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
+            out = []
+            for which, reader in enumerate(readers):
+                box = (slice(start, stop), *(slice(0, s) for s in reader.shape[1:]))
+                data = self._direct(i, which, box)
+                out.append(self._hdf5(i, which, box) if data is None else data)
+            return out[0], out[1]
         with self._reading(i) as h:
             return h.root.images[start:stop], h.root.labels[start:stop]
 
@@ -325,13 +342,7 @@ class SliceStore:
         if self.layout == "slices":
             img, lab = self._read_rows(i, *self._rows(i))
             return img, self._labels_or_none(i, lab)
-        readers = self._readers()
-        if readers is not None:
-            raw = self._box(i, readers[0], None, 0, 0, None)
-            labels = self._box(i, readers[1], None, 0, 0, None)
-        else:
-            with self._reading(i) as h:
-                raw, labels = h.root.images[i], h.root.labels[i]
+        raw, labels = self._volume(i, 0, None), self._volume(i, 1, None)
         images = self._decoder(i)(raw) if self.image_dtype == "int16" else raw
         return images, self._labels_or_none(i, labels)
 
@@ -352,22 +363,11 @@ class SliceStore:
             base = self._rows(i)[0]
             return self._read_rows(i, base + start, base + stop)
         axis = view_axis(view)
-        readers = self._readers()
-        if readers is not None:  # slicing axis first, in the one transposing copy
-            moved = [axis] + [a for a in range(3) if a != axis]
-            lab = self._box(i, readers[1], axis, start, stop, moved)
-            if self.image_dtype == "int16":
-                return self._decoder(i)(self._box(i, readers[0], axis, start, stop, None),
-                                        axis), lab
-            return self._box(i, readers[0], axis, start, stop, [*moved, 3]), lab
-        sel: list[Any] = [i, slice(None), slice(None), slice(None)]
-        sel[1 + axis] = slice(start, stop)
-        with self._reading(i) as h:
-            img, lab = h.root.images[tuple(sel)], h.root.labels[tuple(sel)]
-        lab = np.ascontiguousarray(np.moveaxis(lab, axis, 0))
+        lab = self._volume(i, 1, axis, start, stop)
         if self.image_dtype == "int16":  # the decoder moves the slicing axis to the front
-            return self._decoder(i)(img, axis), lab
-        return move_to_front(img, axis), lab  # channels move together (see move_to_front)
+            return self._decoder(i)(self._volume(i, 0, axis, start, stop, first=False),
+                                    axis), lab
+        return self._volume(i, 0, axis, start, stop), lab
 
     def read_view(self, i: int, view: str) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """All slices of case ``i`` in ``view``: ``(images (S, H, W, C), labels (S, H, W))``."""
