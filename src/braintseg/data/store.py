@@ -234,6 +234,21 @@ class SliceStore:
             return move_to_front(data, axis)
         return np.ascontiguousarray(np.moveaxis(data, axis, 0))
 
+    def __enter__(self) -> SliceStore:
+        return self
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: nothing left to do
+            pass
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SliceStore({str(self.path)!r}, n_cases={self.n_cases})"
+
     # -- reading
     def _index(self, i: int) -> int:
         if not -self.n_cases <= i < self.n_cases:
