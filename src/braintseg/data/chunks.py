@@ -12,11 +12,11 @@ single-threaded (every HDF5 call of the package is under
 access is what crashed the pipeline we replace.
 
 Checksums: a chunk's Fletcher-32 is verified once per process, the first time the chunk is
-read — :class:`~braintseg.data.store.SliceStore` reads a box with unverified chunks through
-HDF5 (whose C checksum is ~5x cheaper than the numpy one here) and marks them
-(:meth:`ChunkReader.mark_verified`); :meth:`ChunkReader.read` verifies any unverified chunk
-itself (:func:`fletcher32_matches`, exactly HDF5's sum).  So a damaged chunk is refused on its
-first read, as with HDF5 alone, and later epochs pay no checksum.
+read.  :meth:`ChunkReader.read` verifies any unverified chunk itself (:func:`fletcher32_matches`,
+exactly HDF5's sum); for small or uncompressed chunks (``self_verifies`` False) HDF5's C
+checksum is cheaper, so :class:`~braintseg.data.store.SliceStore` reads a box with unverified
+chunks through HDF5 and marks them (:meth:`ChunkReader.mark_verified`).  Either way a damaged
+chunk is refused on its first read, as with HDF5 alone, and later epochs pay no checksum.
 
 Supported filter pipelines (what ``prepare`` writes): none, ``fletcher32``, ``blosc``
 (any Blosc-1 codec; Blosc does its own shuffle) and ``blosc`` + ``fletcher32``.  Anything else
@@ -52,6 +52,11 @@ except ImportError:  # pragma: no cover - blosc2 comes with tables >= 3.8
 FLETCHER32, BLOSC = 3, 32001
 #: element types that move a whole trailing axis of this many bytes in one copy
 _WIDE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+#: compressed chunks of at least this many bytes (LGG's 384 KB slices) have their checksum
+#: verified by numpy here on first read (first LZ4 pass 620 -> 1,043 slices per CPU s);
+#: smaller ones (BraTS' 32 KB cubes) and uncompressed ones are first read through HDF5, whose
+#: C checksum wins there (scripts/bench_slices.py, scripts/bench_train.py)
+SELF_VERIFY_BYTES = 256 * 1024
 #: compressed chunks below this many bytes decode in Blosc's global context (GIL held)
 SMALL_CHUNK = 4096
 #: words per piece of the vectorised Fletcher-32: every float64 partial sum stays exact
@@ -105,6 +110,9 @@ class ChunkReader:
         self._offset, self._size, self._mask = index
         self._grid = tuple(-(-s // c) for s, c in zip(shape, chunks, strict=True))
         self._chunk_bytes = int(np.prod(chunks)) * dtype.itemsize
+        #: checksums verified here rather than by a first read through HDF5: for large chunks
+        #: numpy's per-call cost is amortised (see :data:`SELF_VERIFY_BYTES`)
+        self.self_verifies = blosc is not None and self._chunk_bytes >= SELF_VERIFY_BYTES
         self._verified = np.zeros(len(self._offset), np.uint8)
         self._fd = os.open(path, os.O_RDONLY)
 
