@@ -110,20 +110,24 @@ def child_generator(store: Path, mode: str, batch: int, steps: int | None,
     t0 = time.perf_counter()
     ds = SliceDataset(store, ids, "axial", batch, cache=mode, augment=Augmenter(flip=True),
                       max_batches=steps, prefetch=4, seed=100)  # type: ignore[arg-type]
-    ds[0]  # RAM cache filled / store opened before timing, as after epoch 1
-    ds.set_epoch(1)
-    t1 = time.perf_counter()
-    c1 = time.process_time()
-    n = 0
-    for i in range(len(ds)):
-        n += len(ds[i][0])
-    t2 = time.perf_counter()
-    cpu = time.process_time() - c1
+    ds[0]  # RAM cache filled / store opened before timing
+    passes = []
+    for epoch in (1, 2):  # stream: a chunk's first read in a process goes through HDF5
+        ds.set_epoch(epoch)
+        t1 = time.perf_counter()
+        c1 = time.process_time()
+        n = 0
+        for i in range(len(ds)):
+            n += len(ds[i][0])
+        t2 = time.perf_counter()
+        passes.append((n, t2 - t1, time.process_time() - c1))
     ds.close()
-    return {"mode": mode, "batch": batch, "slices": n, "slices_per_s": n / (t2 - t1),
-            "cpu_s_per_s": cpu / (t2 - t1), "cores": used,
-            "setup_s": t1 - t0, "vmhwm_mb": _vmhwm_mb(), "vmhwm_after_import_mb": rss0,
-            "cases": len(ids)}
+    (n1, wall1, cpu1), (n, wall, cpu) = passes
+    return {"mode": mode, "batch": batch, "slices": n, "slices_per_s": n / wall,
+            "cpu_s_per_s": cpu / wall, "first_pass_slices_per_s": n1 / wall1,
+            "first_pass_cpu_s_per_s": cpu1 / wall1, "cores": used,
+            "setup_s": time.perf_counter() - t0 - wall - wall1, "vmhwm_mb": _vmhwm_mb(),
+            "vmhwm_after_import_mb": rss0, "cases": len(ids)}
 
 
 def _noop_steps(model: Any, input_shape: list[int]) -> None:
@@ -155,17 +159,18 @@ def child_host_only(store: Path, mode: str, batch: int, steps: int, cores: int,
     import csv
 
     used = _pin(cores)
+    import braintseg.fit as fit_module
     import braintseg.train as train_module
     from braintseg.config import Config
 
-    build = train_module._build
+    build = fit_module.build
 
     def build_noop(*args: Any, **kwargs: Any) -> Any:
         model = build(*args, **kwargs)
         _noop_steps(model, args[1]["input_shape"])
         return model
 
-    train_module._build = build_noop  # the bench's only change to braintseg train
+    fit_module.build = build_noop  # the bench's only change to braintseg train
     cfg = Config().replace(train={"batch_size": batch, "cache": mode,
                                   "steps_per_epoch": steps or None,
                                   "validation_steps": 2, "epochs": 2, "flip": True})

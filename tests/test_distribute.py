@@ -190,6 +190,19 @@ def test_tensorflow_two_logical_cpus_equal_one_device(synthetic_store, tmp_path)
     _assert_same_training(one, two)
 
 
+@pytest.mark.slow
+def test_one_device_checkpoint_resumes_on_two_devices_as_if_never_stopped(
+        synthetic_store, jax_one_device, tmp_path) -> None:
+    """2 epochs on one device, the 3rd resumed on two: the same losses and weights as the
+    3 epochs of the one-device run (the reverse, 2 processes -> 1 device, is below)."""
+    out = tmp_path / "moved"
+    _run(_train_cmd(synthetic_store, out, "train.epochs=2"), _env("jax", 1))
+    assert len(_history(out)) == 2
+    _run(_train_cmd(synthetic_store, out, "train.distribution=data_parallel")
+         + ["--resume"], _env("jax", 2))
+    _assert_same_training(jax_one_device, out)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

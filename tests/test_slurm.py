@@ -411,3 +411,48 @@ def test_submit_cv_chain_runs_to_metrics(slurm, synthetic_root, tmp_path):
     assert (cv / "predictions_input" / f"{new_case.name}.nii.gz").is_file()
     record = yaml.safe_load((cv / "predictions_input" / "predict_config.yaml").read_text())
     assert len(record["runs"]) == 2
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_task_job_stops_both_tasks_at_one_step_and_the_requeue_resumes(
+    slurm, synthetic_store, tmp_path
+):
+    """``srun`` of two ``braintseg train`` processes (JAX distribution, one CPU each) from
+    train.sbatch: USR1 to the batch script reaches both tasks through srun; they stop before
+    the same training step, process 0 alone writes the run, every task exits 75, the job
+    requeues itself and resumes on two tasks to the full epoch count."""
+    cv = tmp_path / "cv"
+    env = slurm | {
+        "BRAINTSEG": BRAINTSEG, "STORE": str(synthetic_store), "CV_DIR": str(cv),
+        "N_FOLDS": "2", "VIEWS": "axial", "CONFIG": str(SMOKE), "JAX_PLATFORMS": "cpu",
+        "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2",
+        "SET": "train.epochs=12 train.steps_per_epoch=3 train.validation_steps=1 "
+               "train.batch_size=4 train.cache=ram"}
+    job = sbatch(env, "--gres=none", "--ntasks=2", "--cpus-per-task=1", "--mem=6G",
+                 "--array=1", "-o", str(tmp_path / "two-%A_%a.out"),
+                 str(SLURM_DIR / "train.sbatch"))
+    run = cv / "runs" / "axial_f1"
+    out = tmp_path / f"two-{job}_1.out"
+    wait_for(lambda: len(epochs(run / "history.csv")) >= 1, 600, "the first epoch")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job}_1"], env=env, check=True)
+    wait(env, [job], timeout=900)
+
+    (task,) = jobs(env, job)
+    log = out.read_text()
+    assert (task["JobState"], task["Restarts"]) == ("COMPLETED", "1"), log[-4000:]
+    assert epochs(run / "history.csv") == list(range(1, 13)), log[-4000:]
+    assert (run / "DONE").exists() and (run / "model.keras").exists()
+    first, second = log.split("restart 1", 1)
+    commands = [ln for ln in log.splitlines() if ln.startswith("train.sbatch: srun ")]
+    assert len(commands) == 2 and "--resume" not in commands[0].split(), commands
+    assert "--resume" in commands[1].split(), commands
+    assert "train.distribution=data_parallel" in commands[0]
+    # both tasks stopped before the same step: process 0 saved at step S, process 1 says S
+    saved = re.findall(r"checkpoint saved in \S+ after \d+ finished epochs "
+                       r"\(training step (\d+)\)", first)
+    peer = re.findall(r"stopped at training step (\d+) with the other processes", first)
+    assert len(saved) == 1 and peer == saved, first[-4000:]
+    assert f"requeueing {job}_1" in first and "finished" in second
+    assert sorted(p.name for p in cv.iterdir()) == ["runs"]  # nothing beside the run
+    assert sorted(p.name for p in (cv / "runs").iterdir()) == ["axial_f1"]

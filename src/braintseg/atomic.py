@@ -38,12 +38,41 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = temporary_name(path)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        commit(tmp, path)
     except OSError as exc:
         raise DataError(f"cannot write {path} ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto ``path`` durably: the data reach the disk before the rename (fsync of
+    the file), and the rename before we return (fsync of the folder), so a node crash or power
+    loss leaves the old file or the new one — never a renamed but empty one, which a rename
+    without fsync can give on ext4/XFS after a crash."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where the file system cannot fsync a
+    folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # EINVAL/EBADF: file systems (and platforms) without folder fsync
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -244,5 +244,10 @@ def fit(model: keras.Model, cfg: Config, paths: RunPaths, train: SliceDataset,
         ckpt = next(c for c in cbs if isinstance(c, _Checkpoints))
         if not stop_at.saved:  # mid-epoch: keep the weights reached (the epoch re-runs)
             ckpt.save_now()
-        raise Interrupted(f"{stop.name}: checkpoint saved in {paths.last} after "
-                          f"{ckpt.epochs_done} finished epochs") from None
+        why = stop.name if stop.signum is not None else "a stop signal to another process"
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        if dist is not None and not dist.is_writer:  # its folder is scratch: name the run's
+            raise Interrupted(f"{why}: stopped at training step {step} with the other "
+                              "processes; process 0 saved the checkpoint") from None
+        raise Interrupted(f"{why}: checkpoint saved in {paths.last} after "
+                          f"{ckpt.epochs_done} finished epochs (training step {step})") from None

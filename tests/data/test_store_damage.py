@@ -5,6 +5,7 @@ naming the store and the case (``damaged: re-run prepare``), at the SliceStore l
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -61,8 +62,27 @@ def _patch(path: Path, offset: int, new: bytes) -> None:
         f.write(new)
 
 
+#: what the direct reader says of a damaged chunk it verifies itself
+DIRECT_WHY = r"chunk at byte \d+: Fletcher-32 checksum mismatch"
+
+
+def why() -> str:
+    """Why a read failed: a chunk's first read in a process goes through HDF5 in both modes
+    (HDF5 verifies its checksum; direct reads take over for verified chunks), so a damaged
+    chunk is HDF5's error either way."""
+    return "HDF5ExtError"
+
+
+@pytest.fixture(autouse=True, params=["direct", "hdf5"])
+def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: direct chunk reads (the default) and reads through HDF5."""
+    if request.param == "hdf5":
+        monkeypatch.setenv("BRAINTSEG_DIRECT_READS", "0")
+    return str(request.param)
+
+
 def _message(case: str) -> str:
-    return rf"^store .*s\.h5: case {case} cannot be read \(HDF5ExtError\); damaged: re-run prepare$"
+    return rf"^store .*s\.h5: case {case} cannot be read \({why()}\); damaged: re-run prepare$"
 
 
 def test_store_data_carries_fletcher32(pristine: Path) -> None:
@@ -182,7 +202,7 @@ def test_evaluate_against_damaged_store_is_one_line(store: Path, cases_root: Pat
                                       "-o", str(tmp_path / "m.csv")])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    assert re.search(rf"store .*s\.h5: case {CASES[3]} cannot be read \(HDF5ExtError\); "
+    assert re.search(rf"store .*s\.h5: case {CASES[3]} cannot be read \({why()}\); "
                      "damaged: re-run prepare", result.output), result.output
     assert not (tmp_path / "m.csv").exists()
 
@@ -201,7 +221,7 @@ def test_predict_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> No
                                       "-o", str(out)])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \({why()}\); "
                      "damaged: re-run prepare", result.output), result.output
     assert not (out / f"{victim}.nii.gz").exists()
 
@@ -220,6 +240,35 @@ def test_train_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> None
                                       "--set", "train.epochs=1"])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(HDF5ExtError\); "
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \({why()}\); "
                      "damaged: re-run prepare", result.output), result.output
     assert not (run / "model.keras").exists()
+
+
+def test_damaged_slice_chunk_is_refused_by_the_direct_reader(tmp_path: Path) -> None:
+    """Slices of 256 x 256 x 3 (LGG): chunks large enough that the direct reader verifies
+    the checksum itself on first read (numpy), where smaller chunks go through HDF5 first."""
+    from braintseg.synthetic_slices import write_lgg
+
+    write_lgg(tmp_path / "lgg", n_patients=3, n_slices=3, size=256)
+    cfg = load_config(None, ["store.compression=blosc:lz4", "data.n_folds=3"])
+    path = run_prepare(cfg, tmp_path / "lgg", tmp_path / "s.h5", workers=1)
+    s = open_store(path)
+    victim = s.case_ids[1]
+    start = int(s._case_index[1][0])
+    s.close()
+    offset, size = _chunk(path, "images", start + 1)
+    with path.open("rb") as f:
+        f.seek(offset + size // 2)
+        byte = f.read(1)[0]
+    _patch(path, offset + size // 2, bytes([byte ^ 0x08]))
+    s = open_store(path)
+    direct = os.environ.get("BRAINTSEG_DIRECT_READS") != "0"
+    assert (s._readers() is not None) == direct
+    assert not direct or s._chunked[0].self_verifies
+    expected = DIRECT_WHY if direct else "HDF5ExtError"
+    with pytest.raises(DataError, match=rf"^store .*s\.h5: case {victim} cannot be read "
+                       rf"\({expected}\); damaged: re-run prepare$"):
+        s.read_case(1)
+    assert s.read_case(0)[0].shape[1:] == (256, 256, 3)  # the others read
+    s.close()

@@ -43,6 +43,7 @@ import numpy as np
 import tables
 from numpy.typing import NDArray
 
+from braintseg.data.chunks import ChunkError, ChunkReader
 from braintseg.data.codec import Int16Decoder, move_to_front
 from braintseg.data.folds import Folds
 from braintseg.data.preprocess import VIEW_AXIS, view_axis
@@ -67,16 +68,20 @@ DECODER_CACHE_CASES = 32
 #: HDF5/PyTables is not thread-safe: every read of an open store happens under this lock
 HDF5_LOCK = threading.RLock()
 #: what a damaged or truncated store raises on read (each becomes one "damaged" DataError)
-READ_ERRORS = (tables.HDF5ExtError, OSError, ValueError, KeyError, tables.NoSuchNodeError)
+READ_ERRORS = (tables.HDF5ExtError, OSError, ValueError, KeyError, tables.NoSuchNodeError,
+               ChunkError)
+#: ``0`` turns direct chunk reads off (every read through HDF5, as before): for benchmarks
+DIRECT_ENV = "BRAINTSEG_DIRECT_READS"
 #: the first 8 bytes of every HDF5 file (superblock at offset 0, as PyTables writes it)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def damaged(store: Path, what: str, exc: BaseException) -> DataError:
     """The one-line error for a store that fails a read: ``store X: <what> cannot be read
-    (<exception type>); damaged: re-run prepare`` (HDF5's own text names C functions only)."""
-    return DataError(f"store {store}: {what} cannot be read ({type(exc).__name__}); "
-                     "damaged: re-run prepare")
+    (<why>); damaged: re-run prepare``; <why> is the direct reader's own words (which chunk,
+    what failed) or the exception type (HDF5's own text names C functions only)."""
+    why = str(exc) if isinstance(exc, ChunkError) else type(exc).__name__
+    return DataError(f"store {store}: {what} cannot be read ({why}); damaged: re-run prepare")
 
 
 class SliceStore:
@@ -115,6 +120,8 @@ class SliceStore:
             self._case_index = tumour["case_index"]
         self._decoders: OrderedDict[int, Int16Decoder] = OrderedDict()
         self._decoders_lock = threading.Lock()
+        self._chunked: tuple[ChunkReader, ChunkReader] | None = None
+        self._chunked_pid = -1
 
     # -- pickling / process safety
     def __getstate__(self) -> dict[str, Any]:
@@ -136,6 +143,98 @@ class SliceStore:
             with HDF5_LOCK:
                 self._h.close()
         self._h = None
+        if self._chunked is not None and self._chunked_pid == os.getpid():
+            for reader in self._chunked:
+                reader.close()
+        self._chunked, self._chunked_pid = None, -1
+
+    def _readers(self) -> tuple[ChunkReader, ChunkReader] | None:
+        """Direct chunk readers of ``/images`` and ``/labels`` (:mod:`braintseg.data.chunks`),
+        built once a process; None where the store's filters are not supported or
+        ``BRAINTSEG_DIRECT_READS=0``.  Reads then need no HDF5 call, so threads read at once."""
+        if self._chunked_pid == os.getpid():
+            return self._chunked
+        with HDF5_LOCK:
+            if self._chunked_pid != os.getpid():
+                self._chunked = self._open_readers()
+                self._chunked_pid = os.getpid()
+        return self._chunked
+
+    def _open_readers(self) -> tuple[ChunkReader, ChunkReader] | None:
+        if os.environ.get(DIRECT_ENV, "1") == "0":
+            return None
+        try:
+            images = ChunkReader.open(self.path, "images")
+            labels = ChunkReader.open(self.path, "labels")
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            logger.debug("%s: direct chunk reads off (%s)", self.path, exc)
+            return None
+        if images is None or labels is None:
+            return None
+        # a check that costs one chunk: the first one read both ways must agree
+        h = self._handle()
+        for reader, node in ((images, h.root.images), (labels, h.root.labels)):
+            box = tuple(slice(0, min(c, s)) for c, s in zip(reader.chunks, reader.shape,
+                                                              strict=True))
+            try:
+                expected = node[box]
+            except READ_ERRORS:  # damaged right there: the direct reader will say so
+                continue
+            try:
+                same = np.array_equal(reader.read(box), expected)
+            except (ChunkError, OSError):
+                same = False
+            if not same:
+                logger.warning("%s: direct chunk reads disagree with HDF5 on /%s; reading "
+                               "through HDF5", self.path, node.name)
+                return None
+        return images, labels
+
+    def _direct(self, i: int, which: int, box: tuple[slice, ...],
+                order: list[int] | None = None) -> NDArray[Any] | None:
+        """``/images`` (``which`` 0) or ``/labels`` (1) ``[box]``, transposed to ``order``, read
+        directly — or None when a chunk of the box was not read yet in this process: the
+        caller then reads through HDF5 (:meth:`_hdf5`, which verifies the checksums; see
+        :mod:`braintseg.data.chunks`).  Only after :meth:`_readers` returned readers."""
+        reader = self._chunked[which]  # type: ignore[index]
+        try:
+            if reader.self_verifies or reader.verified(box):
+                return reader.read(box, order)
+            return None
+        except (ChunkError, OSError) as exc:
+            raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
+
+    def _hdf5(self, i: int, which: int, box: tuple[slice, ...]) -> NDArray[Any]:
+        """``[box]`` of ``/images`` or ``/labels`` through HDF5; marks its chunks verified."""
+        with self._reading(i) as h:
+            data = (h.root.images, h.root.labels)[which][box]
+        if self._chunked is not None and self._chunked_pid == os.getpid():
+            self._chunked[which].mark_verified(box)
+        return data
+
+    def _volume(self, i: int, which: int, axis: int | None, start: int = 0, stop: int = 0,
+                first: bool = True) -> NDArray[Any]:
+        """Case ``i`` of ``/images`` (``which`` 0) or ``/labels`` (1): all of it (``axis``
+        None), or slices ``start:stop`` along ``axis`` — with that axis first (``first``; the
+        channels stay last), else in the stored order."""
+        readers = self._readers()
+        box = [slice(i, i + 1), slice(None), slice(None), slice(None)]
+        if readers is not None:
+            box = [slice(i, i + 1)] + [slice(0, s) for s in readers[which].shape[1:]]
+        if axis is not None:
+            box[1 + axis] = slice(start, stop)
+        order = None
+        if axis is not None and first:
+            order = [0, 1 + axis, *(1 + a for a in range(3) if a != axis), 4][:4 + (which == 0)]
+        data = self._direct(i, which, tuple(box), order) if readers is not None else None
+        if data is not None:
+            return data[0]
+        data = self._hdf5(i, which, tuple(box))[0]
+        if order is None:
+            return data
+        if which == 0:  # the channels move as one wide element
+            return move_to_front(data, axis)
+        return np.ascontiguousarray(np.moveaxis(data, axis, 0))
 
     def __enter__(self) -> SliceStore:
         return self
@@ -239,6 +338,14 @@ class SliceStore:
     def _read_rows(self, i: int, start: int, stop: int
                    ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """Rows ``start:stop`` of the slice table (case ``i`` names a read error)."""
+        readers = self._readers()
+        if readers is not None:
+            out = []
+            for which, reader in enumerate(readers):
+                box = (slice(start, stop), *(slice(0, s) for s in reader.shape[1:]))
+                data = self._direct(i, which, box)
+                out.append(self._hdf5(i, which, box) if data is None else data)
+            return out[0], out[1]
         with self._reading(i) as h:
             return h.root.images[start:stop], h.root.labels[start:stop]
 
@@ -252,8 +359,7 @@ class SliceStore:
         if self.layout == "slices":
             img, lab = self._read_rows(i, *self._rows(i))
             return img, self._labels_or_none(i, lab)
-        with self._reading(i) as h:
-            raw, labels = h.root.images[i], h.root.labels[i]
+        raw, labels = self._volume(i, 0, None), self._volume(i, 1, None)
         images = self._decoder(i)(raw) if self.image_dtype == "int16" else raw
         return images, self._labels_or_none(i, labels)
 
@@ -274,14 +380,11 @@ class SliceStore:
             base = self._rows(i)[0]
             return self._read_rows(i, base + start, base + stop)
         axis = view_axis(view)
-        sel: list[Any] = [i, slice(None), slice(None), slice(None)]
-        sel[1 + axis] = slice(start, stop)
-        with self._reading(i) as h:
-            img, lab = h.root.images[tuple(sel)], h.root.labels[tuple(sel)]
-        lab = np.ascontiguousarray(np.moveaxis(lab, axis, 0))
+        lab = self._volume(i, 1, axis, start, stop)
         if self.image_dtype == "int16":  # the decoder moves the slicing axis to the front
-            return self._decoder(i)(img, axis), lab
-        return move_to_front(img, axis), lab  # channels move together (see move_to_front)
+            return self._decoder(i)(self._volume(i, 0, axis, start, stop, first=False),
+                                    axis), lab
+        return self._volume(i, 0, axis, start, stop), lab
 
     def read_view(self, i: int, view: str) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """All slices of case ``i`` in ``view``: ``(images (S, H, W, C), labels (S, H, W))``."""

@@ -17,6 +17,7 @@ import numpy as np
 import tables
 from numpy.typing import NDArray
 
+from braintseg.atomic import commit
 from braintseg.data.folds import Folds
 from braintseg.data.preprocess import VIEW_AXIS
 from braintseg.errors import ConfigError, DataError
@@ -195,7 +196,7 @@ class StoreWriter:
         if before_rename is not None:
             before_rename()
         with self._writing():
-            os.replace(self.tmp, self.path)
+            commit(self.tmp, self.path)  # fsync, rename, fsync the folder
         return self.path
 
     def __exit__(self, *exc: object) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import tables
 from numpy.typing import NDArray
 
+from braintseg.atomic import commit
 from braintseg.data.folds import Folds
 from braintseg.data.store_write import SCHEMA_VERSION, make_filters, writing
 from braintseg.errors import ConfigError, DataError
@@ -150,7 +151,7 @@ class SliceStoreWriter:
             h.close()
         if before_rename is not None:
             before_rename()
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.path)  # fsync, rename, fsync the folder
         return self.path
 
     def __exit__(self, *exc: object) -> None:
