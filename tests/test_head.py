@@ -196,3 +196,48 @@ def test_head_needs_binary_output_cli(lgg: tuple[Path, Path], tmp_path: Path) ->
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "model.classification_head needs model.output: binary" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_type_figures_by_hand() -> None:
+    from braintseg.scoring_types import type_figures
+
+    truth = np.array([1, 1, 1, 2, 2, 3, 0])
+    pred = np.array([1, 1, 2, 2, 3, 3, 1])  # the class-0 slice is left out
+    t = type_figures(truth, pred)
+    assert t["n"] == 6 and t["accuracy"] == pytest.approx(4 / 6)
+    assert t["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    g = t["per_class"]["glioma"]
+    assert g["precision"] == 0.5 and g["recall"] == 0.5 and g["specificity"] == 0.75
+    m = t["per_class"]["meningioma"]
+    assert m["precision"] == 1.0 and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(0.8)
+    assert t["macro_recall"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+
+
+def test_evaluate_tumour_type_head_columns(tmp_path: Path) -> None:
+    import tifffile
+
+    from braintseg.evaluate_slices import format_slice_summary, run_evaluate_slices
+    from braintseg.predict_slices import HEAD_COLUMNS
+
+    root = write_figshare(tmp_path / "fig", {"A1": [(1, 16, 1), (2, 16, 1)],
+                                             "B2": [(3, 16, 2)], "C3": [(4, 16, 3)]})
+    pred = tmp_path / "pred"
+    head_class = {"1": 1, "2": 2, "3": 2, "4": 3}
+    lines = [",".join(["case", "slice", "file", "tumour_probability", "predicted_area",
+                       "height", "width", *HEAD_COLUMNS["tumour_type"]])]
+    for cid, sids in {"A1": ["1", "2"], "B2": ["3"], "C3": ["4"]}.items():
+        (pred / cid).mkdir(parents=True)
+        for sid in sids:
+            tifffile.imwrite(pred / cid / f"{sid}_mask.tif", np.zeros((16, 16), np.uint8))
+            scores = ["0.1", "0.1", "0.1"]
+            scores[head_class[sid] - 1] = "0.8"
+            lines.append(f"{cid},{sid},{cid}/{sid}_mask.tif,0.2,0,16,16,{','.join(scores)},"
+                         f"{head_class[sid]}")
+    (pred / "predictions.csv").write_text("\n".join(lines) + "\n")
+    result = run_evaluate_slices(pred, root)
+    t = result["summary"]["tumour_type_head"]
+    assert t["n"] == 4 and t["accuracy"] == 0.75 and t["confusion"][0] == [1, 1, 0]
+    assert t["per_class"]["meningioma"]["recall"] == 0.5
+    assert "detection_head" not in result["summary"]  # no head_probability column
+    assert "tumour type (classification head): accuracy 75.00 %" in format_slice_summary(result)

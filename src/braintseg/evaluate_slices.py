@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from braintseg.atomic import atomic_write_text
 from braintseg.errors import DataError
+from braintseg.scoring_types import type_figures
 
 MASK_SUFFIX = "_mask.tif"
 
@@ -86,19 +87,22 @@ def read_scores(pred_dir: Path) -> dict[str, float]:
         raise DataError(f"{path}: expected columns slice, tumour_probability ({exc})") from None
 
 
-def read_head_scores(pred_dir: Path) -> dict[str, float]:
-    """``{slice id: head_probability}`` from ``predictions.csv`` ({} without that column)."""
+def read_head(pred_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{slice id: {"head_score": head_probability, "head_class": 1..3}}`` (the keys the
+    ``predictions.csv`` has) from a run with a classification head; {} without head columns."""
     path = Path(pred_dir) / "predictions.csv"
     if not path.is_file():
         return {}
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    if not rows or "head_probability" not in rows[0]:
+    if not rows:
         return {}
+    cols = [(c, k, t) for c, k, t in (("head_probability", "head_score", float),
+                                      ("head_class", "head_class", int)) if c in rows[0]]
     try:
-        return {r["slice"]: float(r["head_probability"]) for r in rows}
+        return {r["slice"]: {k: t(r[c]) for c, k, t in cols} for r in rows} if cols else {}
     except ValueError as exc:
-        raise DataError(f"{path}: column head_probability must hold numbers ({exc})") from None
+        raise DataError(f"{path}: head columns must hold numbers ({exc})") from None
 
 
 def better_score(derived: dict[str, Any], head: dict[str, Any]) -> str:
@@ -111,8 +115,10 @@ def better_score(derived: dict[str, Any], head: dict[str, Any]) -> str:
     return "equal" if a == b else ("head" if b > a else "derived")
 
 
-def truth_patients(truth: Path) -> Iterator[tuple[str, list[str], list[NDArray[np.uint8]]]]:
-    """``(case id, slice ids, masks (h, w) uint8 0/1 at each slice's own size)`` per patient."""
+def truth_patients(truth: Path) -> Iterator[tuple[str, list[str], Any, Any]]:
+    """``(case id, slice ids, masks (h, w) uint8 0/1 at each slice's own size, classes (S,)
+    uint8)`` per patient (a folder's patients give their ``SliceFiles`` and None instead: read
+    with :func:`_load_masks` only when scored)."""
     truth = Path(truth)
     if truth.is_file():
         from braintseg.data.store import open_store
@@ -126,21 +132,21 @@ def truth_patients(truth: Path) -> Iterator[tuple[str, list[str], list[NDArray[n
                 sizes = store.slice_sizes(i)
                 masks = [lab[:: lab.shape[0] // int(h), :: lab.shape[1] // int(w)]
                          for lab, (h, w) in zip(labels, sizes, strict=True)]
-                yield cid, list(store.case_meta(i)["slice_ids"]), masks
+                yield cid, list(store.case_meta(i)["slice_ids"]), masks, store.slice_classes(i)
         return
     from braintseg.data.formats import detect_format, reader
 
     rd = reader(detect_format(truth))
     for files in rd.find_cases(truth, require_labels=True):
-        yield files.case_id, list(files.slice_ids), files  # type: ignore[misc]
+        yield files.case_id, list(files.slice_ids), files, None
 
 
-def _load_masks(files: Any) -> list[NDArray[np.uint8]]:
+def _load_masks(files: Any) -> tuple[list[NDArray[np.uint8]], NDArray[np.uint8]]:
     from braintseg.data.formats import reader
 
     case = reader(files.format).load_case(files)
     assert case.masks is not None  # noqa: S101 - require_labels=True
-    return case.masks
+    return case.masks, case.classes
 
 
 def read_pred(path: Path, shape: tuple[int, ...]) -> NDArray[np.bool_]:
@@ -201,7 +207,8 @@ def detection(truth_pos: NDArray[np.bool_], pred_pos: NDArray[np.bool_],
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        fields = list(dict.fromkeys(k for row in rows for k in row))  # every row's keys, in order
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return buf.getvalue()
@@ -212,6 +219,8 @@ def _nan_to_none(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
     return value
 
 
@@ -229,9 +238,9 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
     if not preds:
         raise DataError(f"{pred_dir} holds no *{MASK_SUFFIX} predictions")
     scores_csv = read_scores(pred_dir)
-    head_csv = read_head_scores(pred_dir)
+    head_csv = read_head(pred_dir)
     patients, slices = [], []
-    for cid, slice_ids, masks in truth_patients(truth):
+    for cid, slice_ids, masks, classes in truth_patients(truth):
         if cases is not None and cid not in cases:
             continue
         if not any(s in preds for s in slice_ids):
@@ -241,9 +250,9 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
             raise DataError(f"patient {cid}: no prediction {missing[0]}{MASK_SUFFIX} in "
                             f"{pred_dir} ({len(missing)} of {len(slice_ids)} slices missing)")
         if not isinstance(masks, list):
-            masks = _load_masks(masks)
+            masks, classes = _load_masks(masks)
         inter = t_sum = p_sum = 0
-        for sid, mask in zip(slice_ids, masks, strict=True):
+        for sid, mask, cls in zip(slice_ids, masks, classes, strict=True):
             t = mask > 0
             p = read_pred(preds[sid], t.shape)
             i, nt, npred = int((t & p).sum()), int(t.sum()), int(p.sum())
@@ -251,7 +260,7 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
             slices.append({"case": cid, "slice": sid, "truth_area": nt, "predicted_area": npred,
                            "intersection": i,
                            "score": scores_csv.get(sid, float(npred)),
-                           **({"head_score": head_csv[sid]} if sid in head_csv else {})})
+                           "truth_class": int(cls), **head_csv.get(sid, {})})
         patients.append({"case": cid, "n_slices": len(slice_ids), "dice": dice(inter, t_sum, p_sum),
                          "truth_pixels": t_sum, "predicted_pixels": p_sum, "intersection": inter})
     if not patients:
@@ -274,6 +283,11 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
     }
     result = {"summary": _nan_to_none(summary), "roc": roc_points(score, tpos),
               "pred_dir": str(pred_dir), "truth": str(truth), "cases": patients}
+    if any(sl["truth_class"] > 0 for sl in slices) and all("head_class" in sl for sl in slices):
+        summary["tumour_type_head"] = type_figures(
+            np.array([sl["truth_class"] for sl in slices]),
+            np.array([sl["head_class"] for sl in slices]))
+        result["summary"] = _nan_to_none(summary)
     if head_csv and all("head_score" in sl for sl in slices):
         hscore = np.array([sl["head_score"] for sl in slices], np.float64)
         summary["detection_head"] = detection(tpos, hscore > 0.5, hscore)
@@ -312,4 +326,9 @@ def format_slice_summary(result: dict[str, Any]) -> str:
     if "detection_head" in s:
         lines += [line("slice detection (classification head)", s["detection_head"]),
                   f"better slice score: {s['detection_better']}"]
+    if "tumour_type_head" in s:
+        t = s["tumour_type_head"]
+        recalls = ", ".join(f"{name} {pct(v['recall'])}" for name, v in t["per_class"].items())
+        lines.append(f"tumour type (classification head): accuracy {pct(t['accuracy'])}, "
+                     f"macro F1 {pct(t['macro_f1'])}; recall {recalls}")
     return "\n".join(lines)
