@@ -20,7 +20,11 @@ Figures (stated conventions):
 * with a ``tumour`` classification head (``head_probability`` in ``predictions.csv``): the same
   detection figures for the head (**predicted positive = head probability > 0.5**, AUC of the
   head probability) as ``detection_head``, and ``detection_better``: ``head`` or ``derived``
-  (the segmentation's score), whichever has the higher AUC (then accuracy; ``equal`` on a tie).
+  (the segmentation's score), whichever has the higher AUC (then accuracy; ``equal`` on a tie);
+* with a ``tumour_type`` head (``head_class`` in ``predictions.csv``) and truth classes (figshare):
+  ``tumour_type_head`` = :func:`braintseg.scoring_types.type_figures` (accuracy, 3×3 confusion,
+  per-class precision / recall / specificity / F1, macro means).  ``metrics_slices.csv`` carries
+  ``truth_class`` and the head columns per slice.
 
 Writes ``metrics.csv`` (per patient), ``metrics_slices.csv`` (per slice) and ``metrics.json``
 (summary + ROC points) into ``PRED_DIR`` (or beside ``--output``).
