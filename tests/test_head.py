@@ -144,6 +144,13 @@ def test_train_predict_evaluate_with_head(lgg: tuple[Path, Path], tmp_path: Path
     res = runner.invoke(cli, ["train", "-c", str(SMOKE), *HEAD, "-i", str(store), "--fold", "0",
                               "-o", str(run)])
     assert res.exit_code == 0, res.output
+    from braintseg.data.store import SliceStore
+
+    meta = json.loads((run / "run.json").read_text())
+    with SliceStore(store) as st:
+        ids = [st.index_of(c) for c in meta["train_cases"]]
+        tumour = sum(len(st.tumour_slices(i, "slice")) for i in ids)
+        assert meta["train_tumour_fraction"] == tumour / sum(st.n_slices(i, "slice") for i in ids)
     history = (run / "history.csv").read_text().splitlines()[0].split(",")
     assert "val_dice_mean" in history and "val_classification_accuracy" in history
     res = runner.invoke(cli, ["predict", "-m", str(run), "-i", str(store), "--fold", "0",
@@ -241,3 +248,19 @@ def test_evaluate_tumour_type_head_columns(tmp_path: Path) -> None:
     assert t["per_class"]["meningioma"]["recall"] == 0.5
     assert "detection_head" not in result["summary"]  # no head_probability column
     assert "tumour type (classification head): accuracy 75.00 %" in format_slice_summary(result)
+
+
+def test_head_probability_prior_correction() -> None:
+    from types import SimpleNamespace
+
+    from braintseg.predict_slices import prior_corrected
+
+    cfg = load_config(None, ["train.tumour_oversampling=0.5"])
+    run = SimpleNamespace(cfg=cfg, tumour_fraction=0.25)  # batches: q = 0.5 + 0.5 * 0.25
+    p = np.array([[0.625], [0.0], [1.0], [0.9]], np.float32)
+    out = prior_corrected(p, run)  # type: ignore[arg-type]
+    assert out[:3, 0] == pytest.approx([0.25, 0.0, 1.0])  # the batches' prior -> the data's
+    assert out[3, 0] == pytest.approx(0.9 * 0.4 / (0.9 * 0.4 + 0.1 * 2.0))
+    assert prior_corrected(p, SimpleNamespace(cfg=cfg, tumour_fraction=None)) is p  # type: ignore[arg-type]
+    plain = SimpleNamespace(cfg=load_config(None), tumour_fraction=0.25)
+    assert prior_corrected(p, plain) is p  # type: ignore[arg-type]

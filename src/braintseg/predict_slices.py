@@ -14,7 +14,8 @@ pixels of the mask, ``height, width``) and ``OUT/predict_config.yaml``.  Nothing
 beside the input.  Probabilities are averaged over the runs (and flips with TTA); the mask is
 the argmax (tumour probability > 0.5).  Runs with a classification head
 (``model.classification_head``) add the head's scores, averaged over the runs (no TTA):
-``head_probability`` (``tumour``: the head's tumour-present probability) or
+``head_probability`` (``tumour``: the head's tumour-present probability, corrected for the
+prior of the oversampled training batches, :func:`prior_corrected`) or
 ``head_meningioma, head_glioma, head_pituitary, head_class`` (``tumour_type``: the softmax and
 its argmax class 1–3).
 """
@@ -114,6 +115,23 @@ def folder_patients(root: Path, run: RunInfo, cases: list[str] | None, fmt: str 
     return ids, gen()
 
 
+def prior_corrected(p: NDArray[np.float32], run: RunInfo) -> NDArray[np.float32]:
+    """The ``tumour`` head's probability under the data's tumour share instead of the batches'.
+
+    With ``train.tumour_oversampling = f`` the training batches hold tumour slices at
+    ``q = f + (1 − f) π``, π the training slices' share (``run.tumour_fraction``), so the head
+    learns the prior q.  Bayes' rule with the prior moved back to π:
+    ``p' = p·a / (p·a + (1 − p)·b)``, ``a = π / q``, ``b = (1 − π) / (1 − q)``.  Unchanged when
+    f = 0 or π is unknown (runs before this was recorded); a monotonic map, so the AUC is the same.
+    """
+    f, pi = run.cfg.train.tumour_oversampling, run.tumour_fraction
+    if not f or pi is None or not 0 < pi < 1:
+        return p
+    q = f + (1 - f) * pi
+    a, b = pi / q, (1 - pi) / (1 - q)
+    return (p * a / (p * a + (1 - p) * b)).astype(np.float32)
+
+
 def head_columns(head: str, scores: NDArray[np.float32]) -> dict[str, str]:
     """The ``predictions.csv`` columns of one slice's head output ``scores (K,)``."""
     if head == "tumour":
@@ -205,7 +223,8 @@ def run_predict_slices(
     head = runs[0].cfg.model.classification_head  # the same in every run (check_ensemble)
     models = [split_head(load_model(r)) for r in runs]
     predictors = [SlicePredictor(seg, "axial", pcfg.batch_size, tta) for seg, _ in models]
-    heads = [SlicePredictor(h, "axial", pcfg.batch_size) for _, h in models if h is not None]
+    heads = [(SlicePredictor(h, "axial", pcfg.batch_size), r)
+             for (_, h), r in zip(models, runs, strict=True) if h is not None]
     rows: list[dict[str, Any]] = []
     written: list[Path] = []
     start = time.perf_counter()
@@ -213,7 +232,8 @@ def run_predict_slices(
         probs = _mean(predictors, images)
         new_rows, files = _write_patient(out_dir, cid, slice_ids, probs, sizes, probabilities)
         if heads:
-            scores = _mean(heads, images)
+            scores = sum(prior_corrected(hp.predict_slices(images), r) if head == "tumour"
+                         else hp.predict_slices(images) for hp, r in heads) / len(heads)
             for row, sc in zip(new_rows, scores, strict=True):
                 row.update(head_columns(head, sc))
         rows += new_rows

@@ -56,7 +56,14 @@ def check_inputs(cfg: Config, store_path: Path, fold: int) -> dict[str, Any]:
                 f"{cfg.train.view} slices of {store_path} are {hw[0]}x{hw[1]}; model.levels="
                 f"{cfg.model.levels} needs both divisible by {factor} (adjust data.crop or "
                 "levels)")
-        return {"store": str(Path(store_path).resolve()), "fold": fold, "view": cfg.train.view,
+        run: dict[str, Any] = {}
+        if binary:  # the share of tumour slices the head's prior is corrected for (predict)
+            counts = [(len(store.tumour_slices(store.index_of(c), cfg.train.view)),
+                       store.n_slices(store.index_of(c), cfg.train.view)) for c in train_ids]
+            run["train_tumour_fraction"] = (sum(t for t, _ in counts)
+                                            / max(1, sum(n for _, n in counts)))
+        return {**run, "store": str(Path(store_path).resolve()), "fold": fold,
+                "view": cfg.train.view,
                 "layout": store.layout,
                 "input_shape": [*hw, store.n_channels], "n_channels": store.n_channels,
                 "crop_box": list(store.crop_box), "schema_version": store.schema_version,

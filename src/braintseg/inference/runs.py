@@ -36,6 +36,8 @@ class RunInfo:
         layout: the training store's layout: ``volumes`` (BraTS) or ``slices`` (2D data
             sets: no crop box, ``output: binary``; predicted by :mod:`braintseg.predict_slices`).
         input_shape: ``(H, W, C)`` the network was trained on.
+        tumour_fraction: slice stores: the share of the training slices with tumour
+            (``run.json`` ``train_tumour_fraction``; None in older runs).
     """
 
     path: Path
@@ -47,6 +49,7 @@ class RunInfo:
     fold: int | None
     layout: str = "volumes"
     input_shape: tuple[int, ...] = ()
+    tumour_fraction: float | None = None
 
     def describe(self) -> dict[str, Any]:
         """YAML-safe summary for ``predict_config.yaml``."""
@@ -107,7 +110,13 @@ def read_run(path: Path) -> RunInfo:
     box = () if layout == "slices" else _crop_box(meta, cfg, path)
     return RunInfo(path, cfg, view, box, n_channels,  # type: ignore[arg-type]
                    cfg.model.output, fold if isinstance(fold, int) else None, layout,
-                   tuple(int(v) for v in meta.get("input_shape") or ()))
+                   tuple(int(v) for v in meta.get("input_shape") or ()),
+                   _fraction(meta.get("train_tumour_fraction")))
+
+
+def _fraction(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    return float(value) if ok else None
 
 
 def check_ensemble(runs: list[RunInfo]) -> None:
