@@ -15,10 +15,11 @@ Prints the figures, the wall and CPU time per step and the load average (sampled
 command); writes ``OUT/cv_summary.json``.
 
 ``--threads N`` sets TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS / OMP_NUM_THREADS for the
-commands.  ``--reuse`` keeps an existing store and the folds whose ``pred_f<k>`` is complete
-(re-evaluates only).  ``--baseline DIR`` (another output folder of this script, e.g. the run
-without ``--set``) scores DIR's predictions of the same folds too and writes both summaries and
-their per-patient pairs into the ``--bench`` JSON (a measured pair: same patients, same folds).
+commands.  ``--reuse`` keeps an existing store, the folds whose ``pred_f<k>`` is complete and
+the finished runs (``run_f<k>/DONE``: predicted again when ``pred_f<k>`` is gone).
+``--baseline DIR`` (another output folder of this script, e.g. the run without ``--set``)
+scores DIR's predictions of the same folds too and writes both summaries and their per-patient
+pairs into the ``--bench`` JSON (a measured pair: same patients, same folds).
 """
 
 from __future__ import annotations
@@ -147,8 +148,9 @@ def main() -> None:
         run, pred = out / f"run_f{k}", out / f"pred_f{k}"
         if args.reuse and (pred / "predictions.csv").is_file():
             continue
-        step(f"train_f{k}", "train", *common, "-i", str(store), "--fold", str(k), "-o", str(run),
-             "--overwrite")
+        if not (args.reuse and (run / "DONE").is_file()):
+            step(f"train_f{k}", "train", *common, "-i", str(store), "--fold", str(k), "-o",
+                 str(run), "--overwrite")
         shutil.rmtree(pred, ignore_errors=True)
         step(f"predict_f{k}", "predict", "-m", str(run), "-i", str(store), "--fold", str(k),
              "-o", str(pred))
