@@ -287,6 +287,34 @@ def test_usr1_to_one_process_stops_both_at_the_same_step_and_resumes_on_one_devi
 
 
 @pytest.mark.slow
+def test_a_start_up_signal_to_one_process_ends_both_with_75(synthetic_store, tmp_path) -> None:
+    """SIGTERM to process 1 after the processes met (config agreed) but before training: it
+    does not leave alone (process 0 would wait for it until its peer timeout, or fail in a
+    collective) but goes on to the collective stop check before the first step, where both
+    stop and exit 75 (process 0 checkpoints the untrained state)."""
+    out = tmp_path / "runs" / "two"
+    out.parent.mkdir()
+    procs = _start_two(synthetic_store, out, "train.epochs=3",
+                       BRAINTSEG_PEER_TIMEOUT="300", BRAINTSEG_HEARTBEAT_TIMEOUT="10")
+    log1 = out.parent / "p1.log"
+    deadline = time.monotonic() + 900
+    while "distribution data_parallel" not in (log1.read_text() if log1.exists() else ""):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    codes = _wait(procs, 240)
+    took = time.monotonic() - start
+    logs = [(out.parent / f"p{i}.log").read_text() for i in range(2)]
+    assert codes == [75, 75], logs[0][-2000:] + logs[1][-2000:]
+    assert took < 120, took  # well inside the 300 s peer timeout
+    assert "SIGTERM during start-up" in logs[1] and "stops with the others" in logs[1]
+    assert "stopped at training step 0 with the other processes" in logs[1]
+    assert ("a stop signal to another process: checkpoint saved in" in logs[0]
+            and "after 0 finished epochs (training step 0)" in logs[0]), logs[0][-2000:]
+
+
+@pytest.mark.slow
 def test_killed_peer_makes_the_other_exit_nonzero_in_bounded_time(synthetic_store,
                                                                   tmp_path) -> None:
     out = tmp_path / "runs" / "two"

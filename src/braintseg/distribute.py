@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -351,11 +352,19 @@ def _init_jax(launch: Launch, timeout_s: float) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except Exception:  # noqa: BLE001 - option gone in newer JAX (gloo is the default there)
         pass
+    # JAX's preemption service takes SIGTERM for itself (a C++ handler replaces Python's):
+    # scancel or a preemption would then never reach braintseg's checkpoint-and-exit-75 path
+    with contextlib.suppress(Exception):
+        jax.config.update("jax_enable_preemption_service", False)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as exc:  # noqa: BLE001 - one line for the user
         raise DataError(f"joining the distributed training failed (coordinator "
                         f"{launch.coordinator or 'from Slurm'}): {_first_line(exc)}") from None
+    for signum, handler in handlers.items():  # re-install ours at the C level, to be sure
+        if callable(handler):
+            signal.signal(signum, handler)
 
 
 def _jax_is_initialized() -> bool:

@@ -3,7 +3,8 @@
 ``run_train`` installs the handlers first thing, before the checks, the Keras import and the
 model build, so a signal at any moment of a run ends it the same way: with
 :class:`~braintseg.errors.Interrupted` (the CLI exits 75), after saving a checkpoint when there
-is something to save.  The training loop looks at the flag before each batch.
+is something to save.  The training loop looks at the flag before each batch (with several
+processes, collectively: see ``StopSignals.collective``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        #: one of several processes of a training: a signal during start-up does not end this
+        #: process alone (its peers would wait for it until their timeout, or fail in a
+        #: collective); :meth:`check` lets start-up go on and the collective stop check before
+        #: the first training step stops every process at once (exit 75 everywhere)
+        self.collective = False
+        self._deferred = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> StopSignals:
@@ -56,6 +63,12 @@ class StopSignals:
         """Raise :class:`Interrupted` if a signal arrived (``where``: what was going on;
         ``checkpoint``: the run folder holds one, which stays as it was)."""
         if self.signum is not None:
+            if self.collective:  # several processes: all stop together at the first step
+                if not self._deferred:
+                    self._deferred = True
+                    logger.warning("%s during %s: this process stops with the others before "
+                                   "the first training step", self.name, where)
+                return
             saved = ("its checkpoint is unchanged" if checkpoint else
                      "no checkpoint yet (a rerun or --resume starts at epoch 1)")
             raise Interrupted(f"{self.name} during {where}: stopped before training began, "

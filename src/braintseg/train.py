@@ -130,6 +130,7 @@ def run_train(cfg: Config, store: Path, fold: int, run_dir: Path, *, resume: boo
     stop = StopSignals().install()
     try:
         with distribute.session(cfg, launch) as dist:
+            stop.collective = dist.n_processes > 1
             paths = RunPaths(dist.local_run_dir(Path(run_dir)))
             _run(cfg, Path(store), fold, paths, resume, overwrite, stop, dist)
         return Path(run_dir)
