@@ -72,3 +72,27 @@ def test_missing_config_file_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(cli, ["train", "-c", str(tmp_path / "nope.yaml"), "-i", "s.h5",
                                       "--fold", "0", "-o", str(tmp_path / "run")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_ctrl_c_inside_a_c_extension_is_the_same_one_line(capsys):
+    """A KeyboardInterrupt that a C extension turns into "SystemError: ... returned a result
+    with an exception set" (seen inside TensorFlow during a Ctrl-C test) ends as Ctrl-C does;
+    any other SystemError is not hidden."""
+    import pytest
+
+    from braintseg.cli import user_errors
+
+    def c_extension_interrupted():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("<built-in function __import__> returned a result with an "
+                              "exception set") from exc
+
+    with pytest.raises(SystemExit) as info, user_errors(lambda: ("checkpoint X", "cmd")):
+        c_extension_interrupted()
+    assert info.value.code == 130
+    assert capsys.readouterr().err.strip() == (
+        "braintseg: interrupted; checkpoint X; continue with: cmd")
+    with pytest.raises(SystemError, match="unrelated"), user_errors():
+        raise SystemError("unrelated")

@@ -47,13 +47,28 @@ def user_errors(resume: Callable[[], tuple[str, str]] | None = None) -> Iterator
         if _State.debug:
             raise
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        if _State.debug:
+    except (KeyboardInterrupt, SystemError) as exc:
+        # Ctrl-C inside a C extension (TensorFlow's import machinery, tf.data) can surface as
+        # "SystemError: ... returned a result with an exception set" caused by the
+        # KeyboardInterrupt: the same interruption, so the same one line
+        if _State.debug or not _caused_by_ctrl_c(exc):
             raise
         saved, command = resume() if resume else ("", "")
         hint = f"; {saved}; continue with: {command}" if resume else ""
         click.echo(f"braintseg: interrupted{hint}", err=True)
         sys.exit(130)
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    """True if ``exc`` is a KeyboardInterrupt or was raised because of one."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _train_resume(store: Path, fold: int, run_dir: Path, config_path: Path | None,
