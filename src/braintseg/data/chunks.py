@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from braintseg.data.codec import _WIDE  # a trailing axis moved as one wide element
+
 try:
     import blosc2
 
@@ -50,8 +52,6 @@ except ImportError:  # pragma: no cover - blosc2 comes with tables >= 3.8
 
 #: HDF5 filter ids (H5Zpublic.h) and PyTables' registered Blosc filter
 FLETCHER32, BLOSC = 3, 32001
-#: element types that move a whole trailing axis of this many bytes in one copy
-_WIDE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 #: compressed chunks of at least this many bytes (LGG's 384 KB slices) have their checksum
 #: verified by numpy here on first read (first LZ4 pass 620 -> 1,043 slices per CPU s);
 #: smaller ones (BraTS' 32 KB cubes) and uncompressed ones are first read through HDF5, whose
@@ -209,18 +209,15 @@ class ChunkReader:
         grid_index = np.indices(counts).reshape(len(box), -1) + np.array(first)[:, None]
         return first, counts, np.ravel_multi_index(tuple(grid_index), self._grid)
 
-    def verified(self, box: tuple[slice, ...]) -> bool:
-        """True if every chunk of ``box`` had its checksum verified in this process (always
-        True without checksums)."""
-        return self._fletcher is None or bool(self._verified[self._keys(box)[2]].all())
-
     def mark_verified(self, box: tuple[slice, ...]) -> None:
         """Record that HDF5 has just read (and so verified) every chunk of ``box``."""
         self._verified[self._keys(box)[2]] = 1
 
-    def read(self, box: tuple[slice, ...], order: Sequence[int] | None = None) -> NDArray[Any]:
+    def read(self, box: tuple[slice, ...], order: Sequence[int] | None = None,
+             only_verified: bool = False) -> NDArray[Any] | None:
         """``dataset[box].transpose(order)`` (C-contiguous) for a box of plain slices (step 1,
-        within the shape), one per dimension.  Raises :class:`ChunkError` for a damaged chunk.
+        within the shape), one per dimension; None with ``only_verified`` when a chunk of the box
+        has not had its checksum verified yet.  Raises :class:`ChunkError` for a damaged chunk.
 
         Every chunk the box touches is decoded straight into its slot of one buffer of shape
         ``(*chunks per dimension, *chunk shape)``; then one transposing copy per run of whole
@@ -231,6 +228,8 @@ class ChunkReader:
         order = list(range(n)) if order is None else list(order)
         chunks = self.chunks
         first, counts, keys = self._keys(box)
+        if only_verified and self._fletcher is not None and not self._verified[keys].all():
+            return None  # the caller reads it through HDF5 first (see the module docstring)
         buf = np.empty((*counts, *chunks), self.dtype)
         for slot, k, offset, size, mask in zip(
                 buf.reshape(-1, *chunks), keys.tolist(), self._offset[keys].tolist(),

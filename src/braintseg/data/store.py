@@ -198,9 +198,7 @@ class SliceStore:
         :mod:`braintseg.data.chunks`).  Only after :meth:`_readers` returned readers."""
         reader = self._chunked[which]  # type: ignore[index]
         try:
-            if reader.self_verifies or reader.verified(box):
-                return reader.read(box, order)
-            return None
+            return reader.read(box, order, only_verified=not reader.self_verifies)
         except (ChunkError, OSError) as exc:
             raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
 
