@@ -94,6 +94,7 @@ class TrainConfig:
     cache: Literal["auto", "ram", "stream"] = "auto"
     cache_max_gb: float | None = None
     prefetch: int = 4
+    read_processes: int | None = None
     distribution: Literal["none", "data_parallel", "auto"] = "none"
 
 
@@ -249,6 +250,9 @@ def validate(cfg: Config) -> Config:
         value = getattr(t, key)
         if value is not None and value < 1:
             raise ConfigError(f"train.{key} must be null or >= 1; received {value}")
+    if t.read_processes is not None and t.read_processes < 0:
+        raise ConfigError(f"train.read_processes must be null or >= 0; received "
+                          f"{t.read_processes}")
     if t.cache_max_gb is not None and t.cache_max_gb <= 0:
         raise ConfigError(f"train.cache_max_gb must be null or > 0; received {t.cache_max_gb}")
     if t.learning_rate <= 0:

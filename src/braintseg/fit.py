@@ -150,6 +150,7 @@ def datasets(cfg: Config, store_path: Path, run: dict[str, Any],
     common: dict[str, Any] = {
         "view": t.view, "batch_size": t.batch_size, "cache": t.cache,
         "cache_max_gb": t.cache_max_gb, "prefetch": t.prefetch, "seed": t.seed,
+        "read_processes": t.read_processes,
         **(dist or distribute.Session()).dataset_args()}
     cls: Any = SliceDataset
     if cfg.model.classification_head != "none":  # targets {"probabilities", "classification"}

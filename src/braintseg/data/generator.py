@@ -53,6 +53,8 @@ from braintseg.data.augment import (
     gather_flipped,
     pixels,
 )
+from braintseg.data.blockprocs import BlockProcesses, processes_unavailable
+from braintseg.data.memory import keep_freed_memory
 from braintseg.data.readahead import BlockReadAhead
 from braintseg.data.store import CHUNK_EDGE, LABEL_CHUNK_SCALE, SliceStore
 from braintseg.errors import ConfigError, DataError
@@ -238,6 +240,9 @@ class SliceDataset(keras.utils.PyDataset):
             read ahead while one is consumed (memory: about two windows).
         read_threads: stream mode: threads that read blocks ahead (HDF5 calls stay one at a
             time under the store lock); default: usable cores, at most 4.
+        read_processes: stream mode: worker processes that read blocks into shared memory
+            (:mod:`braintseg.data.blockprocs`), instead of threads of this process; None: usable
+            cores, at most 4, where processes can run (else threads, logged); 0: threads.
         shard: ``(k, n)``: this process reads only rows ``[k*B/n, (k+1)*B/n)`` of every batch
             of ``B = batch_size`` rows (the global batch of a multi-process training; every
             process draws the same epoch plan from ``seed``, so the rows of all processes
@@ -255,9 +260,11 @@ class SliceDataset(keras.utils.PyDataset):
         cache: Cache = "auto", cache_max_gb: float | None = None, prefetch: int = 4,
         tumour_oversampling: float = 0.0, max_batches: int | None = None,
         block_slices: int = STREAM_BLOCK, buffer_blocks: int = 16, read_threads: int | None = None,
-        shard: tuple[int, int] = (0, 1), drop_remainder: bool = False,
+        read_processes: int | None = None, shard: tuple[int, int] = (0, 1),
+        drop_remainder: bool = False,
     ) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
+        keep_freed_memory()  # fresh batches and blocks without page faults (see the module)
         if batch_size < 1 or prefetch < 1 or block_slices < 1 or buffer_blocks < 1:
             raise ConfigError(f"batch_size, prefetch, block_slices and buffer_blocks must be >= 1;"
                               f" received {batch_size}, {prefetch}, {block_slices}, "
@@ -282,6 +289,9 @@ class SliceDataset(keras.utils.PyDataset):
         self.prefetch, self.oversampling = prefetch, tumour_oversampling
         self.max_batches, self.block, self.buffer_blocks = max_batches, block_slices, buffer_blocks
         self.read_threads = read_threads or min(4, usable_cores())
+        self.read_processes = (min(4, usable_cores()) if read_processes is None
+                               else max(0, read_processes))
+        self._procs: BlockProcesses | None = None
         self.tumour = np.concatenate(
             [np.isin(np.arange(n), self.store.tumour_slices(r, view))
              for r, n in zip(self.rows, self.case_len.tolist(), strict=True)])
@@ -359,6 +369,9 @@ class SliceDataset(keras.utils.PyDataset):
         with self._lock:
             self._closed = True
             self._stop_reader()
+            if self._procs is not None:
+                self._procs.close()
+                self._procs = None
 
     def _stop_reader(self) -> None:
         if self._reader is not None:
@@ -382,7 +395,36 @@ class SliceDataset(keras.utils.PyDataset):
         src = self._plan_for(epoch).source[start * self.batch_size:]
         _, first = np.unique(src, return_index=True)
         order = src[np.sort(first)].tolist()
+        procs = self._block_processes()
+        if procs is not None:
+            return BlockReadAhead(self._proc_reader(procs), order, self.buffer_blocks,
+                                  procs.processes, release=procs.release)
         return BlockReadAhead(self._read_block, order, self.buffer_blocks, self.read_threads)
+
+    def _block_processes(self) -> BlockProcesses | None:
+        """The worker processes of stream mode (started on first use, kept until
+        :meth:`close`), or None: threads read (``read_processes`` 0, or processes cannot run
+        here: logged once)."""
+        if self._procs is not None or self.read_processes == 0:
+            return self._procs
+        h, w, c = self.input_shape
+        itemsize = 4 if self.store.image_dtype == "float32" else 2
+        slot = self.block * h * w * (c * itemsize + 1)
+        why = processes_unavailable(slot, 3 * self.buffer_blocks + 2 * self.read_processes)
+        if why is not None:
+            logger.info("stream mode reads on %d threads: %s", self.read_threads, why)
+            self.read_processes = 0
+            return None
+        self._procs = BlockProcesses(self.store.path, self.read_processes, slot,
+                                     self.store.chunk_counts())
+        logger.debug("stream mode reads blocks in %d worker processes", self.read_processes)
+        return self._procs
+
+    def _proc_reader(self, procs: BlockProcesses) -> Callable[[int], Any]:
+        def read(b: int) -> Any:
+            k, s0, s1 = self._blocks[b]
+            return procs.read(self.rows[k], self.view, s0, s1)
+        return read
 
     def _read_block(self, b: int) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         k, s0, s1 = self._blocks[b]
@@ -421,7 +463,7 @@ class SliceDataset(keras.utils.PyDataset):
         px = pixels(x)
         for j, (b, o, sh, sw) in enumerate(zip(src.tolist(), off.tolist(), step_h, step_w,
                                                strict=True)):
-            bx, by = blocks.get(b)
+            bx, by = blocks.get(b)  # a tuple, or a SharedBlock (worker processes)
             px[j], y[j] = pixels(bx)[o, ::sh, ::sw], by[o, ::sh, ::sw]  # one copy, flips in
         return x, y
 

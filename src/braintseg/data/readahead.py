@@ -26,12 +26,14 @@ class BlockReadAhead(Generic[T]):
     """Reads ``read(b)`` for ``b`` in ``order`` on ``threads`` threads, ``ahead`` blocks ahead.
 
     Use from one consumer thread: :meth:`get` blocks until a block is read (and raises its
-    read error), :meth:`drop` forgets blocks, :meth:`close` stops the threads.
+    read error), :meth:`drop` forgets blocks, :meth:`close` stops the threads.  ``release`` (if
+    given) is called once for every block read and then dropped or closed (a read still running
+    is released when it ends), e.g. to reuse its shared memory.
     """
 
     def __init__(self, read: Callable[[int], T], order: Sequence[int], ahead: int,
-                 threads: int) -> None:
-        self._read, self._order = read, list(order)
+                 threads: int, release: Callable[[T], None] | None = None) -> None:
+        self._read, self._order, self._release = read, list(order), release
         self._position = {b: k for k, b in enumerate(self._order)}
         self._ahead = max(1, ahead)
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="braintseg-block")
@@ -54,8 +56,14 @@ class BlockReadAhead(Generic[T]):
             if k is not None:
                 self._fill(k)
             future = self._futures.get(b)
-        if future is None:
-            return self._read(b)
+        if future is None:  # held like the others, so that it is released with them
+            block = self._read(b)
+            future = Future()
+            future.set_result(block)
+            with self._lock:
+                self._forget_later(self._futures.pop(b, None))
+                self._futures[b] = future
+            return block
         return future.result()
 
     def drop(self, blocks: Sequence[int]) -> None:
@@ -64,7 +72,21 @@ class BlockReadAhead(Generic[T]):
             for b in blocks:
                 future = self._futures.pop(b, None)
                 if future is not None:
-                    future.cancel()
+                    self._forget(future)
+
+    def _forget_later(self, future: Future[T] | None) -> None:
+        if future is not None:
+            self._forget(future)
+
+    def _forget(self, future: Future[T]) -> None:
+        if not future.cancel() and self._release is not None:
+            release = self._release
+
+            def done(f: Future[T]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    release(f.result())
+
+            future.add_done_callback(done)  # runs now if the read has ended
 
     def held(self) -> list[int]:
         """Blocks submitted and not dropped."""
@@ -75,6 +97,6 @@ class BlockReadAhead(Generic[T]):
         """Cancel what has not started and wait for the threads."""
         with self._lock:
             for future in self._futures.values():
-                future.cancel()
+                self._forget(future)
             self._futures.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)

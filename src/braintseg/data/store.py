@@ -190,15 +190,36 @@ class SliceStore:
                 return None
         return images, labels
 
+    def chunk_counts(self) -> tuple[int, int]:
+        """Chunks in the grids of ``/images`` and ``/labels``."""
+        with HDF5_LOCK:
+            h = self._handle()
+            return tuple(  # type: ignore[return-value]
+                int(np.prod([-(-s // c) for s, c in zip(node.shape, node.chunkshape,
+                                                           strict=True)]))
+                for node in (h.root.images, h.root.labels))
+
+    def share_verified(self, images: NDArray[np.uint8], labels: NDArray[np.uint8]) -> bool:
+        """Keep the direct readers' verified-chunk tables in ``images`` / ``labels`` (one byte
+        a chunk, see :meth:`chunk_counts`; shared memory of the reader processes of one
+        training); False where reads go through HDF5 (nothing to share)."""
+        readers = self._readers()
+        if readers is None:
+            return False
+        readers[0].share_verified(images)
+        readers[1].share_verified(labels)
+        return True
+
     def _direct(self, i: int, which: int, box: tuple[slice, ...],
-                order: list[int] | None = None) -> NDArray[Any] | None:
+                order: list[int] | None = None, out: NDArray[Any] | None = None
+                ) -> NDArray[Any] | None:
         """``/images`` (``which`` 0) or ``/labels`` (1) ``[box]``, transposed to ``order``, read
         directly — or None when a chunk of the box was not read yet in this process: the
         caller then reads through HDF5 (:meth:`_hdf5`, which verifies the checksums; see
         :mod:`braintseg.data.chunks`).  Only after :meth:`_readers` returned readers."""
         reader = self._chunked[which]  # type: ignore[index]
         try:
-            return reader.read(box, order, only_verified=not reader.self_verifies)
+            return reader.read(box, order, only_verified=not reader.self_verifies, out=out)
         except (ChunkError, OSError) as exc:
             raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
 
@@ -211,10 +232,11 @@ class SliceStore:
         return data
 
     def _volume(self, i: int, which: int, axis: int | None, start: int = 0, stop: int = 0,
-                first: bool = True) -> NDArray[Any]:
+                first: bool = True, out: NDArray[Any] | None = None) -> NDArray[Any]:
         """Case ``i`` of ``/images`` (``which`` 0) or ``/labels`` (1): all of it (``axis``
         None), or slices ``start:stop`` along ``axis`` — with that axis first (``first``; the
-        channels stay last), else in the stored order."""
+        channels stay last), else in the stored order.  ``out``: where a direct read may write
+        the result (the caller checks whether it did)."""
         readers = self._readers()
         box = [slice(i, i + 1), slice(None), slice(None), slice(None)]
         if readers is not None:
@@ -224,7 +246,9 @@ class SliceStore:
         order = None
         if axis is not None and first:
             order = [0, 1 + axis, *(1 + a for a in range(3) if a != axis), 4][:4 + (which == 0)]
-        data = self._direct(i, which, tuple(box), order) if readers is not None else None
+        direct_out = None if out is None or order is None else out[None]
+        data = (self._direct(i, which, tuple(box), order, direct_out) if readers is not None
+                else None)
         if data is not None:
             return data[0]
         data = self._hdf5(i, which, tuple(box))[0]
@@ -362,14 +386,33 @@ class SliceStore:
         return images, self._labels_or_none(i, labels)
 
     def read_slices(
-        self, i: int, view: str, start: int, stop: int
+        self, i: int, view: str, start: int, stop: int,
+        out: tuple[NDArray[Any], NDArray[np.uint8]] | None = None,
     ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """Slices ``start:stop`` of case ``i`` in ``view`` (fast when chunk-aligned).
 
+        Args:
+            out: ``(images, labels)`` C-contiguous arrays of the result's shapes and dtypes to
+                fill (e.g. shared memory): direct reads decode into them, other paths copy.
+
         Returns:
             ``(images (n, H, W, C), labels (n, H, W) uint8)``, C-contiguous; labels are zeros for
-            a case without labels.
+            a case without labels.  With ``out``: ``out``.
         """
+        x, y = self._slices(i, view, start, stop, out)
+        if out is None:
+            return x, y
+        for got, dst in zip((x, y), out, strict=True):
+            if not np.may_share_memory(got, dst):  # not decoded in place
+                if got.shape != dst.shape or got.dtype != dst.dtype:
+                    raise ValueError(f"out: expected {got.dtype} {got.shape}, received "
+                                     f"{dst.dtype} {dst.shape}")
+                np.copyto(dst, got)
+        return out
+
+    def _slices(self, i: int, view: str, start: int, stop: int,
+                out: tuple[NDArray[Any], NDArray[np.uint8]] | None
+                ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         i = self._index(i)
         size = self.n_slices(i, view)
         if not 0 <= start < stop <= size:
@@ -378,11 +421,12 @@ class SliceStore:
             base = self._rows(i)[0]
             return self._read_rows(i, base + start, base + stop)
         axis = view_axis(view)
-        lab = self._volume(i, 1, axis, start, stop)
+        x_out, y_out = (None, None) if out is None else out
+        lab = self._volume(i, 1, axis, start, stop, out=y_out)
         if self.image_dtype == "int16":  # the decoder moves the slicing axis to the front
             return self._decoder(i)(self._volume(i, 0, axis, start, stop, first=False),
                                     axis), lab
-        return self._volume(i, 0, axis, start, stop), lab
+        return self._volume(i, 0, axis, start, stop, out=x_out), lab
 
     def read_view(self, i: int, view: str) -> tuple[NDArray[Any], NDArray[np.uint8]]:
         """All slices of case ``i`` in ``view``: ``(images (S, H, W, C), labels (S, H, W))``."""

@@ -1,0 +1,286 @@
+"""Stream-mode block reads in worker processes, straight into shared memory.
+
+Why processes: a block read (:meth:`~braintseg.data.store.SliceStore.read_slices`) is Blosc
+decompression, which releases the GIL, plus transposing copies and Python per chunk, which
+mostly do not; on threads of one process the reads of a 2-core machine used about 1.5 cores,
+and the training loop's own Python competes for the same GIL.  Worker processes run their own
+interpreters, so block reads use every core the job was given.
+
+The one-reader rule holds: HDF5 is never called from two threads of one process.  Each worker
+is a process with its own HDF5 library state and its own read-only handle of the finished store
+(several processes reading an unchanging file is safe; what crashed the pipeline we replace was
+threads sharing one HDF5 library).
+
+Workers are plain child processes (``python -m braintseg.data.blockprocs STORE``), not
+multiprocessing's: nothing re-imports ``__main__`` (an unguarded script may train), nothing is
+pickled.  Protocol, one JSON line each way per block: the parent sends ``[segment, size, case
+row, view, start, stop]``; the worker reads the block, copies images then labels into the
+shared-memory segment (direct reads decode straight into it) and answers ``{"x": [dtype, shape], "y": [dtype, shape]}`` or
+``{"error": "<the store's one-line error>"}``.  A worker ignores SIGINT/SIGTERM (the parent
+decides when to stop; Slurm signals every process of a job) and exits when its standard input
+closes — :meth:`BlockProcesses.close`, or the parent's death.
+
+Memory: *slots*, each a :class:`~multiprocessing.shared_memory.SharedMemory` segment
+(``/dev/shm/braintseg_<pid>_<n>``) holding one block, created when first needed and reused once
+the consumer drops the block, so the total is what the thread reader holds (about two shuffle
+windows).  Segments are unlinked by :meth:`BlockProcesses.close`; after a ``kill -9`` of the
+parent, multiprocessing's resource tracker unlinks them.  :func:`processes_unavailable` says when
+processes cannot be used (no ``/dev/shm``, or too little room there: a full tmpfs would kill a
+process with SIGBUS instead of failing cleanly); the caller then reads on threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import mmap
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from braintseg.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: where POSIX shared memory lives on Linux (its free space is checked before use)
+SHM_DIR = Path("/dev/shm")
+#: name prefix of this package's segments (``braintseg_<pid>_<n>``)
+SHM_PREFIX = "braintseg_"
+_COUNTER = itertools.count()
+
+
+@dataclass
+class SharedBlock:
+    """A block read into shared memory: ``x`` images ``(n, H, W, C)``, ``y`` labels
+    ``(n, H, W)`` uint8 — views of ``slot``, valid until the block is released."""
+
+    x: NDArray[Any]
+    y: NDArray[np.uint8]
+    slot: SharedMemory
+
+    def __iter__(self) -> Any:  # ``bx, by = block``, as for a block read on a thread
+        return iter((self.x, self.y))
+
+
+def processes_unavailable(slot_bytes: int, max_slots: int) -> str | None:
+    """Why worker processes cannot read blocks here (None: they can)."""
+    if not SHM_DIR.is_dir():
+        return f"no {SHM_DIR} on this system"
+    st = os.statvfs(SHM_DIR)
+    free = st.f_bavail * st.f_frsize
+    if free < slot_bytes * max_slots:
+        return (f"{SHM_DIR} has {free / 1e6:.0f} MB free, the read-ahead needs up to "
+                f"{slot_bytes * max_slots / 1e6:.0f} MB")
+    return None
+
+
+class _Worker:
+    """One worker process and its two pipes."""
+
+    def __init__(self, store_path: Path, verified: str, counts: tuple[int, int]) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p]
+                                            + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(store_path), verified, *map(str, counts)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+        self.stdin: IO[str] = self.proc.stdin  # type: ignore[assignment]
+        self.stdout: IO[str] = self.proc.stdout  # type: ignore[assignment]
+
+    def ask(self, task: list[Any]) -> dict[str, Any] | None:
+        """The worker's answer to ``task``, or None if it died."""
+        try:
+            self.stdin.write(json.dumps(task) + "\n")
+            self.stdin.flush()
+            line = self.stdout.readline()
+        except (BrokenPipeError, OSError, ValueError):
+            return None
+        return json.loads(line) if line else None
+
+    def died(self) -> str:
+        code = self.proc.wait()
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError, ValueError):
+            self.stdout.close()
+
+
+class BlockProcesses:
+    """``processes`` worker processes that read blocks of one store into shared memory.
+
+    Args:
+        store_path: the store (opened read-only in each worker).
+        processes: worker processes.
+        slot_bytes: bytes of one slot (images then labels of the largest block).
+        chunk_counts: chunks of the store's ``/images`` and ``/labels``: the workers share
+            one table of verified checksums (``SliceStore.share_verified``), so a chunk is
+            verified once a training, not once a worker.
+
+    :meth:`read` may be called from several threads at once (each call uses an idle worker);
+    :meth:`release` every block read; :meth:`close` once.
+    """
+
+    def __init__(self, store_path: Path, processes: int, slot_bytes: int,
+                 chunk_counts: tuple[int, int]) -> None:
+        self.store_path, self.processes, self.slot_bytes = Path(store_path), processes, slot_bytes
+        self._verified = SharedMemory(f"{SHM_PREFIX}{os.getpid()}_{next(_COUNTER)}",
+                                      create=True, size=max(1, sum(chunk_counts)))
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._workers = [_Worker(self.store_path, self._verified.name, chunk_counts)
+                         for _ in range(processes)]
+        for w in self._workers:
+            self._idle.put(w)
+        self._free: list[SharedMemory] = []
+        self._all: list[SharedMemory] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _slot(self) -> SharedMemory:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("BlockProcesses is closed")
+            if self._free:
+                return self._free.pop()
+            name = f"{SHM_PREFIX}{os.getpid()}_{next(_COUNTER)}"
+            slot = SharedMemory(name, create=True, size=self.slot_bytes)
+            self._all.append(slot)
+            return slot
+
+    def read(self, case: int, view: str, start: int, stop: int) -> SharedBlock:
+        """Slices ``start:stop`` of case row ``case`` in ``view`` (as ``read_slices``), read
+        by a worker into a slot.
+
+        Raises:
+            DataError: a damaged chunk (the store's one line), or a worker that died.
+        """
+        slot = self._slot()
+        worker = self._idle.get()
+        try:
+            answer = worker.ask([slot.name, self.slot_bytes, case, view, start, stop])
+        finally:
+            self._idle.put(worker)
+        if answer is None or "error" in answer:
+            self.release_slot(slot)
+            if answer is None:
+                raise DataError(f"store {self.store_path}: a block reader process died "
+                                f"({worker.died()}; out of memory? train.read_processes: 0 "
+                                "reads on threads instead)")
+            raise DataError(answer["error"])
+        x = np.ndarray(answer["x"][1], np.dtype(answer["x"][0]), slot.buf, 0)
+        y = np.ndarray(answer["y"][1], np.dtype(answer["y"][0]), slot.buf, x.nbytes)
+        return SharedBlock(x, y, slot)
+
+    def release(self, block: SharedBlock) -> None:
+        """Give ``block``'s slot back (its arrays must not be used afterwards)."""
+        self.release_slot(block.slot)
+
+    def release_slot(self, slot: SharedMemory) -> None:
+        with self._lock:
+            if not self._closed:
+                self._free.append(slot)
+
+    def close(self) -> None:
+        """Stop the workers and unlink every segment."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            slots, self._all, self._free = [*self._all, self._verified], [], []
+        for w in self._workers:
+            w.stop()
+        for slot in slots:
+            with contextlib.suppress(BufferError):  # a view still exists: the map goes with it
+                slot.close()
+            with contextlib.suppress(FileNotFoundError):
+                slot.unlink()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+# -- worker side (python -m braintseg.data.blockprocs STORE)
+def _map(name: str, size: int) -> mmap.mmap:
+    """Segment ``name`` mapped with a plain mmap (SharedMemory would register it with a
+    resource tracker of the worker's own, which unlinks it when the worker ends)."""
+    fd = os.open(SHM_DIR / name, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _serve(store_path: Path, verified: str, counts: tuple[int, int], tasks: IO[str],
+           answers: IO[str]) -> None:
+    from braintseg.data.store import SliceStore
+
+    store = SliceStore(store_path)
+    table = np.ndarray(sum(counts), np.uint8, _map(verified, max(1, sum(counts))))
+    with contextlib.suppress(DataError, ValueError):  # a damaged store: the reads will say so
+        store.share_verified(table[:counts[0]], table[counts[0]:])
+    maps: dict[str, mmap.mmap] = {}
+    for line in tasks:
+        name, size, case, view, start, stop = json.loads(line)
+        try:
+            h, w = store.slice_shape(view)
+            x_shape = (int(stop) - int(start), h, w, store.n_channels)
+            x_dtype = np.dtype(np.float32 if store.image_dtype == "float32" else np.float16)
+            x_bytes = int(np.prod(x_shape)) * x_dtype.itemsize
+            if x_bytes + x_bytes // (x_shape[3] * x_dtype.itemsize) > size:
+                raise DataError(f"store {store_path}: a block of {x_shape} does not fit its "
+                                f"{size}-byte slot")
+            if name not in maps:
+                maps[name] = _map(name, size)
+            buf = maps[name]
+            x, y = store.read_slices(int(case), str(view), int(start), int(stop), out=(
+                np.ndarray(x_shape, x_dtype, buf, 0),
+                np.ndarray(x_shape[:3], np.uint8, buf, x_bytes)))
+            answer: dict[str, Any] = {"x": [x.dtype.str, x.shape], "y": [y.dtype.str, y.shape]}
+        except DataError as exc:
+            answer = {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - becomes the parent's one line
+            answer = {"error": f"store {store_path}: case row {case}, slices {start}:{stop} "
+                               f"of {view} cannot be read ({type(exc).__name__}: {exc})"}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+
+
+def main(argv: list[str]) -> None:
+    """Worker entry point: serve block reads of store ``argv[0]`` until standard input closes
+    (``argv[1:4]``: the verified-chunk segment and the chunk counts of images and labels)."""
+    # the parent stops a worker by closing its stdin, and its death closes it too (only the
+    # parent holds the pipe's other end); PR_SET_PDEATHSIG would fire when the *thread* that
+    # started the worker ends, so it is not used
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from braintseg.data.memory import keep_freed_memory
+
+    keep_freed_memory()
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything else printed (C libraries included) goes to stderr
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        _serve(Path(argv[0]), argv[1], (int(argv[2]), int(argv[3])), sys.stdin, answers)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

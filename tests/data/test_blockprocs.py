@@ -1,0 +1,182 @@
+"""Stream-mode block reads in worker processes: same batches as threads, one-line errors,
+signals, and nothing left behind (real processes, real shared memory, real signals)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tables
+
+from braintseg.data.augment import Augmenter
+from braintseg.data.blockprocs import SHM_DIR, SHM_PREFIX
+from braintseg.data.generator import SliceDataset
+from braintseg.data.store import open_store
+from braintseg.errors import DataError
+
+pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm")
+
+
+def _segments(pid: int) -> list[str]:
+    return sorted(p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}{pid}_*"))
+
+
+def _dataset(store: Path, processes: int, **kw: object) -> SliceDataset:
+    ids = open_store(store).case_ids
+    return SliceDataset(store, ids, "axial", batch_size=5, cache="stream", seed=3,
+                        augment=Augmenter(flip=True), block_slices=4, buffer_blocks=2,
+                        read_processes=processes, **kw)  # type: ignore[arg-type]
+
+
+def _epochs(ds: SliceDataset, epochs: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for e in range(epochs):
+        ds.set_epoch(e)
+        out += [ds[i] for i in range(len(ds))]
+    return out
+
+
+def _pids(ds: SliceDataset) -> list[int]:
+    assert ds._procs is not None, "the dataset did not read in worker processes"
+    return [w.proc.pid for w in ds._procs._workers]
+
+
+def test_worker_processes_give_the_thread_readers_batches(synthetic_store: Path) -> None:
+    threads, procs = _dataset(synthetic_store, 0), _dataset(synthetic_store, 2)
+    a, b = _epochs(threads), _epochs(procs)
+    assert threads._procs is None and len(_pids(procs)) == 2
+    assert len(a) == len(b) > 2
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert xa.tobytes() == xb.tobytes() and ya.tobytes() == yb.tobytes()
+    assert _segments(os.getpid())  # slots live while the dataset does ...
+    threads.close()
+    procs.close()
+    assert not _segments(os.getpid())  # ... and are unlinked by close()
+
+
+def test_sigterm_to_the_workers_is_ignored(synthetic_store: Path) -> None:
+    """Slurm signals every process of a job step: the workers leave stopping to the trainer."""
+    ref = _dataset(synthetic_store, 0)
+    ds = _dataset(synthetic_store, 2)
+    first = ds[0]
+    for pid in _pids(ds):
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.3)
+    ds.set_epoch(1)
+    ref.set_epoch(1)
+    for i in range(len(ds)):
+        assert ds[i][0].tobytes() == ref[i][0].tobytes()
+    assert first[0].shape[0] == 5
+    assert all(w.proc.poll() is None for w in ds._procs._workers)  # type: ignore[union-attr]
+    ds.close()
+    ref.close()
+    assert not _segments(os.getpid())
+
+
+def test_a_killed_worker_ends_in_one_line(synthetic_store: Path) -> None:
+    ds = _dataset(synthetic_store, 2)
+    ds[0]
+    victim = _pids(ds)[0]
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(DataError) as info:
+        for e in range(1, 4):
+            ds.set_epoch(e)
+            for i in range(len(ds)):
+                ds[i]
+    msg = str(info.value)
+    assert "\n" not in msg and str(synthetic_store) in msg
+    assert "a block reader process died (killed by signal 9" in msg
+    ds.close()
+    assert not _segments(os.getpid())
+
+
+def test_a_damaged_chunk_read_by_a_worker_is_the_stores_one_line(
+        synthetic_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.h5"
+    store.write_bytes(synthetic_store.read_bytes())
+    case = open_store(store).case_ids[1]
+    with tables.open_file(str(store)) as h:
+        info = h.root.images.chunk_info((1, 0, 0, 0, 0))
+    with store.open("r+b") as f:  # flip one byte in the middle of case 1's first chunk
+        f.seek(info.offset + info.size // 2)
+        byte = f.read(1)[0]
+        f.seek(info.offset + info.size // 2)
+        f.write(bytes([byte ^ 0x01]))
+    ds = _dataset(store, 2)
+    with pytest.raises(DataError, match=rf"^store {store}: case {case} cannot be read "
+                       r"\(.+\); damaged: re-run prepare$"):
+        _epochs(ds, 1)
+    assert len(_pids(ds)) == 2
+    ds.close()
+
+
+def test_killing_the_trainer_leaves_no_worker_and_no_segment(synthetic_store: Path,
+                                                            tmp_path: Path) -> None:
+    """``kill -9`` of the process that reads: its workers end (their stdin closes) and the
+    resource tracker unlinks its shared memory."""
+    script = tmp_path / "reader.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        from braintseg.data.generator import SliceDataset
+        from braintseg.data.store import open_store
+        store = {str(synthetic_store)!r}
+        ds = SliceDataset(store, open_store(store).case_ids, "axial", 5, cache="stream",
+                          block_slices=4, buffer_blocks=2, read_processes=2)
+        ds[0]
+        print(" ".join(str(w.proc.pid) for w in ds._procs._workers), flush=True)
+        time.sleep(600)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(workers) == 2 and _segments(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (_segments(proc.pid) or any(
+            Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text()
+            .split(")")[1][:3] for w in workers)):
+        time.sleep(0.2)
+    assert not _segments(proc.pid)
+    for w in workers:  # gone, or a zombie waiting for init to reap it
+        stat = Path(f"/proc/{w}/stat")
+        assert not stat.exists() or " Z " in stat.read_text(), f"worker {w} still runs"
+
+
+def test_no_room_in_dev_shm_reads_on_threads(synthetic_store: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    import braintseg.data.blockprocs as bp
+
+    class Full:
+        f_bavail, f_frsize = 1, 4096
+
+    monkeypatch.setattr(bp.os, "statvfs", lambda _: Full())
+    ref = _dataset(synthetic_store, 0)
+    ds = _dataset(synthetic_store, 2)
+    with caplog.at_level("INFO", logger="braintseg.data.generator"):
+        assert ds[0][0].tobytes() == ref[0][0].tobytes()
+    assert ds._procs is None and ds.read_processes == 0
+    assert any("reads on" in r.message and "/dev/shm has 0 MB free" in r.message
+               for r in caplog.records)
+    ds.close()
+    ref.close()
+
+
+def test_malloc_tuning_applies_once_and_respects_the_users_settings() -> None:
+    code = "from braintseg.data.memory import keep_freed_memory as k; print(k(), k())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("BRAINTSEG_MALLOC_TUNING", None)
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, text=True,  # noqa: E731
+                                   capture_output=True, check=True).stdout.split()
+    assert run(env) == ["True", "True"]  # glibc (this test machine)
+    assert run({**env, "MALLOC_ARENA_MAX": "2"}) == ["False", "False"]
+    assert run({**env, "BRAINTSEG_MALLOC_TUNING": "0"}) == ["False", "False"]
