@@ -77,8 +77,8 @@ def make_store(path: Path, n_cases: int, shape: tuple[int, int, int] = SHAPE) ->
     return path
 
 
-def _vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _vmhwm_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     import resource
@@ -93,6 +93,16 @@ def _pin(cores: int) -> int:
         os.sched_setaffinity(0, set(usable[:max(1, cores)]))
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds spent by the whole machine so far (``/proc/stat``: all but idle and iowait):
+    counts the stream reader's worker processes, which ``process_time`` does not."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def child_generator(store: Path, mode: str, batch: int, steps: int | None,
@@ -115,19 +125,23 @@ def child_generator(store: Path, mode: str, batch: int, steps: int | None,
     for epoch in (1, 2):  # stream: a chunk's first read in a process goes through HDF5
         ds.set_epoch(epoch)
         t1 = time.perf_counter()
-        c1 = time.process_time()
+        c1, m1 = time.process_time(), _machine_busy_s()
         n = 0
         for i in range(len(ds)):
             n += len(ds[i][0])
         t2 = time.perf_counter()
-        passes.append((n, t2 - t1, time.process_time() - c1))
+        passes.append((n, t2 - t1, time.process_time() - c1, _machine_busy_s() - m1))
+    processes = ds.read_processes if ds.mode == "stream" else 0
+    workers_mb = [_vmhwm_mb(w.proc.pid) for w in ds._procs._workers] if ds._procs else []
     ds.close()
-    (n1, wall1, cpu1), (n, wall, cpu) = passes
+    (n1, wall1, cpu1, _), (n, wall, cpu, machine) = passes
     return {"mode": mode, "batch": batch, "slices": n, "slices_per_s": n / wall,
-            "cpu_s_per_s": cpu / wall, "first_pass_slices_per_s": n1 / wall1,
+            "cpu_s_per_s": cpu / wall, "machine_cpu_s_per_s": machine / wall,
+            "read_processes": processes, "first_pass_slices_per_s": n1 / wall1,
             "first_pass_cpu_s_per_s": cpu1 / wall1, "cores": used,
             "setup_s": time.perf_counter() - t0 - wall - wall1, "vmhwm_mb": _vmhwm_mb(),
-            "vmhwm_after_import_mb": rss0, "cases": len(ids)}
+            "vmhwm_after_import_mb": rss0, "reader_processes_vmhwm_mb": workers_mb,
+            "cases": len(ids)}
 
 
 def _noop_steps(model: Any, input_shape: list[int]) -> None:
@@ -284,9 +298,10 @@ def host_only(a: argparse.Namespace, store: Path, batches: list[int], work: Path
                                 "ratio": ratio, "target_generator": target,
                                 "load": _load()})
             line = (f"{mode:6s} batch {b:3d}: generator alone {gen['slices_per_s']:8.0f} "
-                    f"slices/s ({gen['cores']} cores, {gen['cpu_s_per_s']:.2f} CPU-s/s = "
-                    f"{gen['slices_per_s'] / max(gen['cpu_s_per_s'], 1e-9):.0f} slices per "
-                    f"CPU-second) | "
+                    f"slices/s ({gen['cores']} cores, {gen['read_processes']} reader processes, "
+                    f"machine {gen['machine_cpu_s_per_s']:.2f} CPU-s/s = "
+                    f"{gen['slices_per_s'] / max(gen['machine_cpu_s_per_s'], 1e-9):.0f} slices "
+                    f"per CPU-second) | "
                     f"braintseg train, no-op step {host['slices_per_s']:8.0f} slices/s = "
                     f"{ratio:.0%} of the generator (target >= {HOST_TARGET:.0%}: "
                     f"{'met' if ratio >= HOST_TARGET else 'NOT met'})")

@@ -234,6 +234,23 @@ def test_keep_freed_memory_sets_glibc_thresholds() -> None:
     assert out == "True True False"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_keep_freed_memory_leaves_the_users_malloc_settings_alone() -> None:
+    code = "from braintseg.malloc import keep_freed_memory as k; print(k(), k())"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "BRAINTSEG_MALLOC_TUNING"}
+
+    def run(extra: dict[str, str]) -> list[str]:
+        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, text=True,
+                              capture_output=True, check=True).stdout.split()
+
+    if run({}) == ["False", "False"]:
+        pytest.skip("not glibc")
+    assert run({}) == ["True", "True"]
+    assert run({"MALLOC_TRIM_THRESHOLD_": "1000000"}) == ["False", "False"]
+    assert run({"BRAINTSEG_MALLOC_TUNING": "0"}) == ["False", "False"]
+
+
 def test_run_dir_holds_tensorboard_logs(two_epoch_run: Path) -> None:
     """With the tensorboard package (in the tf/cpu extras) a run has event files per epoch."""
     pytest.importorskip("tensorboard")

@@ -187,3 +187,46 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(
                "--set train.epochs=3 --resume")
     assert last.endswith(f"continue with: {command}"), last
     assert read_state(run / "last.keras")["epochs_done"] == 2  # untouched
+
+
+def _block_readers(store: Path) -> list[int]:
+    """Live (not zombie) block reader processes of ``store`` on this machine."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"braintseg.data.blockprocs" in cmd and str(store).encode() in cmd and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow  # three trainings, ~2 min on 2 cores
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_stream_mode_sigkill_leaves_no_reader_and_resume_equals_uninterrupted(
+    synthetic_store: Path, tmp_path: Path
+) -> None:
+    """Stream mode with worker processes: SIGKILL of the trainer just after epoch 1's commit
+    leaves no block reader process and no shared-memory segment, and --resume finishes exactly
+    as an uninterrupted stream-mode run."""
+    stream = ("--set", "train.cache=stream", "--set", "train.read_processes=2")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    done = subprocess.run(_args(synthetic_store, ref, *stream), env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stream mode reads on" not in done.stderr  # worker processes, not the fallback
+    proc = subprocess.Popen(_args(synthetic_store, run, *stream), env=_env("committed:1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    deadline = time.monotonic() + 30
+    segments = lambda: list(Path("/dev/shm").glob(f"braintseg_{proc.pid}_*"))  # noqa: E731
+    while (_block_readers(synthetic_store) or segments()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _block_readers(synthetic_store) == [] and segments() == []
+    done = subprocess.run(_args(synthetic_store, run, *stream, "--resume"), env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(run, ref)

@@ -236,3 +236,25 @@ def test_auto_cache_budget_from_available_memory(synthetic_store: Path,
     with caplog.at_level("INFO", logger="braintseg.data.generator"):
         ds = SliceDataset(synthetic_store, open_store(synthetic_store).case_ids[:1], "axial", 4)
     assert ds.mode == "ram" and "RAM budget" in caplog.text and "available" in caplog.text
+
+
+@pytest.mark.parametrize("cache", ["ram", "stream"])
+def test_batches_are_64_byte_aligned_so_jax_takes_them_without_a_copy(
+        synthetic_store: Path, cache: str) -> None:
+    from braintseg.data.augment import BATCH_ALIGN, empty_batch
+
+    store = open_store(synthetic_store)
+    ds = SliceDataset(synthetic_store, store.case_ids, "axial", batch_size=3, cache=cache,
+                      augment=Augmenter(flip=True), buffer_blocks=2)  # type: ignore[arg-type]
+    try:
+        for i in range(len(ds)):
+            x, y = ds[i]
+            for a in (x, y):
+                assert a.ctypes.data % BATCH_ALIGN == 0 and a.flags.c_contiguous
+    finally:
+        ds.close()
+    odd = [empty_batch((5, 7), np.uint8) for _ in range(8)]
+    assert all(a.ctypes.data % BATCH_ALIGN == 0 and a.shape == (5, 7) for a in odd)
+    jax = pytest.importorskip("jax")
+    if jax.default_backend() == "cpu":  # the CPU client aliases an aligned array
+        assert jax.device_put(x).unsafe_buffer_pointer() == x.ctypes.data

@@ -118,6 +118,21 @@ class Augmenter:
         return x, y
 
 
+#: byte alignment of batch buffers: JAX's CPU client takes a 64-byte-aligned C-contiguous
+#: numpy array without copying it (a jitted call on a batch of 64: 4.9 -> 0.2 ms), so the
+#: training loop's main thread does not copy each batch (the batch is never written again)
+BATCH_ALIGN = 64
+
+
+def empty_batch(shape: tuple[int, ...], dtype: Any) -> NDArray[Any]:
+    """``np.empty(shape, dtype)`` whose data starts on a :data:`BATCH_ALIGN`-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + BATCH_ALIGN, np.uint8)
+    start = -raw.ctypes.data % BATCH_ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def gather_flipped(src: NDArray[Any], index: NDArray[np.int64], draws: Draws | None,
                    out: NDArray[Any] | None = None) -> NDArray[Any]:
     """``out[j] = src[index[j]]`` flipped as ``draws`` says: one strided copy per slice.
@@ -125,7 +140,7 @@ def gather_flipped(src: NDArray[Any], index: NDArray[np.int64], draws: Draws | N
     ``src`` is ``(N, H, W, ...)`` (images or labels); with ``draws`` None a plain gather.
     """
     if out is None:
-        out = np.empty((len(index), *src.shape[1:]), src.dtype)
+        out = empty_batch((len(index), *src.shape[1:]), src.dtype)
     n = len(index)
     step_h = np.where(draws.flip_h, -1, 1).tolist() if draws is not None else [1] * n
     step_w = np.where(draws.flip_w, -1, 1).tolist() if draws is not None else [1] * n

@@ -14,19 +14,21 @@ threads sharing one HDF5 library).
 Workers are plain child processes (``python -m braintseg.data.blockprocs STORE``), not
 multiprocessing's: nothing re-imports ``__main__`` (an unguarded script may train), nothing is
 pickled.  Protocol, one JSON line each way per block: the parent sends ``[segment, size, case
-row, view, start, stop]``; the worker reads the block, copies images then labels into the
-shared-memory segment (direct reads decode straight into it) and answers ``{"x": [dtype, shape], "y": [dtype, shape]}`` or
-``{"error": "<the store's one-line error>"}``.  A worker ignores SIGINT/SIGTERM (the parent
-decides when to stop; Slurm signals every process of a job) and exits when its standard input
-closes — :meth:`BlockProcesses.close`, or the parent's death.
+row, view, start, stop]``; the worker reads the block into the shared-memory segment, images
+then labels (direct reads decode straight into it), and answers ``{"x": [dtype, shape], "y":
+[dtype, shape]}`` or ``{"error": "<the store's one-line error>"}``.  A worker ignores
+SIGINT/SIGTERM (the parent decides when to stop; Slurm signals every process of a job) and
+exits when its standard input closes — :meth:`BlockProcesses.close`, or the parent's death.
 
 Memory: *slots*, each a :class:`~multiprocessing.shared_memory.SharedMemory` segment
 (``/dev/shm/braintseg_<pid>_<n>``) holding one block, created when first needed and reused once
 the consumer drops the block, so the total is what the thread reader holds (about two shuffle
 windows).  Segments are unlinked by :meth:`BlockProcesses.close`; after a ``kill -9`` of the
-parent, multiprocessing's resource tracker unlinks them.  :func:`processes_unavailable` says when
-processes cannot be used (no ``/dev/shm``, or too little room there: a full tmpfs would kill a
-process with SIGBUS instead of failing cleanly); the caller then reads on threads.
+parent, multiprocessing's resource tracker unlinks them, and if the tracker was killed too
+(Slurm ends every process of a job), the next reader removes segments of dead processes.
+:func:`processes_unavailable` says when processes cannot be used (no ``/dev/shm``, or too
+little room there: a full tmpfs would kill a process with SIGBUS instead of failing cleanly);
+the caller then reads on threads.
 """
 
 from __future__ import annotations
@@ -86,6 +88,27 @@ def processes_unavailable(slot_bytes: int, max_slots: int) -> str | None:
     return None
 
 
+def remove_stale_segments() -> list[str]:
+    """Unlink this user's ``braintseg_<pid>_*`` segments whose process no longer runs (a job
+    killed with its resource tracker, e.g. Slurm's SIGKILL of every process of a job)."""
+    from braintseg.atomic import pid_alive
+
+    removed = []
+    for path in SHM_DIR.glob(f"{SHM_PREFIX}*_*"):
+        pid = path.name[len(SHM_PREFIX):].split("_", 1)[0]
+        try:
+            if not pid.isdigit() or pid_alive(int(pid)) or path.stat().st_uid != os.getuid():
+                continue
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path.name)
+    if removed:
+        logger.info("removed %d shared-memory segment(s) of stopped braintseg processes from "
+                    "%s (%s)", len(removed), SHM_DIR, ", ".join(sorted(removed)[:3]))
+    return removed
+
+
 class _Worker:
     """One worker process and its two pipes."""
 
@@ -143,6 +166,7 @@ class BlockProcesses:
     def __init__(self, store_path: Path, processes: int, slot_bytes: int,
                  chunk_counts: tuple[int, int]) -> None:
         self.store_path, self.processes, self.slot_bytes = Path(store_path), processes, slot_bytes
+        remove_stale_segments()
         self._verified = SharedMemory(f"{SHM_PREFIX}{os.getpid()}_{next(_COUNTER)}",
                                       create=True, size=max(1, sum(chunk_counts)))
         self._idle: queue.Queue[_Worker] = queue.Queue()
@@ -273,7 +297,7 @@ def main(argv: list[str]) -> None:
     # started the worker ends, so it is not used
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from braintseg.data.memory import keep_freed_memory
+    from braintseg.malloc import keep_freed_memory
 
     keep_freed_memory()
     answers = os.fdopen(os.dup(1), "w")

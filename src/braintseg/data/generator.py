@@ -50,14 +50,15 @@ from braintseg.data.augment import (
     Augmenter,
     Draws,
     device_transforms,
+    empty_batch,
     gather_flipped,
     pixels,
 )
 from braintseg.data.blockprocs import BlockProcesses, processes_unavailable
-from braintseg.data.memory import keep_freed_memory
 from braintseg.data.readahead import BlockReadAhead
 from braintseg.data.store import CHUNK_EDGE, LABEL_CHUNK_SCALE, SliceStore
 from braintseg.errors import ConfigError, DataError
+from braintseg.malloc import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -456,8 +457,8 @@ class SliceDataset(keras.utils.PyDataset):
         src, off = plan.source[p0:p1], plan.offset[p0:p1]
         first_window = plan.window[src].min()
         blocks.drop([b for b in blocks.held() if plan.window[b] < first_window])  # finished
-        x = np.empty((p1 - p0, *self.input_shape), np.float16)
-        y = np.empty((p1 - p0, *self.input_shape[:2]), np.uint8)
+        x = empty_batch((p1 - p0, *self.input_shape), np.float16)
+        y = empty_batch((p1 - p0, *self.input_shape[:2]), np.uint8)
         step_h = np.where(draws.flip_h, -1, 1).tolist() if draws else [1] * len(src)
         step_w = np.where(draws.flip_w, -1, 1).tolist() if draws else [1] * len(src)
         px = pixels(x)
