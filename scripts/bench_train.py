@@ -166,7 +166,7 @@ def _noop_steps(model: Any, input_shape: list[int]) -> None:
 
 
 def child_host_only(store: Path, mode: str, batch: int, steps: int, cores: int,
-                    work: Path) -> dict[str, Any]:
+                    work: Path, cached: bool = False) -> dict[str, Any]:
     """``braintseg train``'s own loop (run_train: its datasets, callbacks and model.fit) with
     the compiled steps replaced by no-ops: the host ceiling.  Two epochs; the second's
     ``slices_per_s`` from history.csv (timed from its second batch, as for any run)."""
@@ -185,6 +185,19 @@ def child_host_only(store: Path, mode: str, batch: int, steps: int, cores: int,
         return model
 
     fit_module.build = build_noop  # the bench's only change to braintseg train
+    if cached:  # Keras' own loop cost: each dataset cycles through its first 4 batches
+        from braintseg.data import generator
+
+        read = generator.SliceDataset.__getitem__
+        kept: dict[tuple[int, int], Any] = {}
+
+        def cycle(self: Any, i: int) -> Any:
+            key = (id(self), i % 4)
+            if key not in kept:
+                kept[key] = read(self, i)
+            return kept[key]
+
+        generator.SliceDataset.__getitem__ = cycle
     cfg = Config().replace(train={"batch_size": batch, "cache": mode,
                                   "steps_per_epoch": steps or None,
                                   "validation_steps": 2, "epochs": 2, "flip": True})
@@ -309,6 +322,15 @@ def host_only(a: argparse.Namespace, store: Path, batches: list[int], work: Path
                 line += (f" | generator target >= {target:,.0f}: "
                          f"{'met' if gen['slices_per_s'] >= target else 'NOT met'}")
             print(line + f" | load {_load()}", flush=True)
+    if a.keras_loop:
+        res["keras_loop"] = []
+        for b in batches:
+            loop = run_child([str(store), "ram", str(b), str(a.steps), str(cores), str(work),
+                              "cached"], flag="--child-host")
+            res["keras_loop"].append(loop)
+            print(f"keras loop alone, batch {b:3d} (4 cached batches, no-op step): "
+                  f"{loop['slices_per_s']:8.0f} slices/s = "
+                  f"{1e3 * b / loop['slices_per_s']:.1f} ms a step | load {_load()}", flush=True)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=2) + "\n")
@@ -333,7 +355,9 @@ def main() -> None:
                    help="cores for --host-only children [default: all usable]")
     p.add_argument("--child", nargs=5, metavar=("STORE", "MODE", "BATCH", "STEPS", "CORES"),
                    help=argparse.SUPPRESS)
-    p.add_argument("--child-host", nargs=6, help=argparse.SUPPRESS)
+    p.add_argument("--keras-loop", action="store_true",
+                   help="with --host-only: also the loop alone (4 cached batches, no-op step)")
+    p.add_argument("--child-host", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         steps = int(a.child[3]) or None
@@ -341,9 +365,9 @@ def main() -> None:
                                          int(a.child[4]))))
         return
     if a.child_host:
-        st, mode, b, steps, cores, work_dir = a.child_host
+        st, mode, b, steps, cores, work_dir, *cached = a.child_host
         print(json.dumps(child_host_only(Path(st), mode, int(b), int(steps), int(cores),
-                                         Path(work_dir))))
+                                         Path(work_dir), cached == ["cached"])))
         return
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_train_"))
     work.mkdir(parents=True, exist_ok=True)
