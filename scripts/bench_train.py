@@ -77,9 +77,9 @@ def make_store(path: Path, n_cases: int, shape: tuple[int, int, int] = SHAPE) ->
     return path
 
 
-def _vmhwm_mb(pid: int | str = "self") -> float:
+def _vmhwm_mb(pid: int | str = "self", key: str = "VmHWM") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     import resource
 
@@ -133,6 +133,7 @@ def child_generator(store: Path, mode: str, batch: int, steps: int | None,
         passes.append((n, t2 - t1, time.process_time() - c1, _machine_busy_s() - m1))
     processes = ds.read_processes if ds.mode == "stream" else 0
     workers_mb = [_vmhwm_mb(w.proc.pid) for w in ds._procs._workers] if ds._procs else []
+    shared_mb = _vmhwm_mb("self", "RssShmem")  # the shared blocks, counted by every process
     ds.close()
     (n1, wall1, cpu1, _), (n, wall, cpu, machine) = passes
     return {"mode": mode, "batch": batch, "slices": n, "slices_per_s": n / wall,
@@ -141,6 +142,7 @@ def child_generator(store: Path, mode: str, batch: int, steps: int | None,
             "first_pass_cpu_s_per_s": cpu1 / wall1, "cores": used,
             "setup_s": time.perf_counter() - t0 - wall - wall1, "vmhwm_mb": _vmhwm_mb(),
             "vmhwm_after_import_mb": rss0, "reader_processes_vmhwm_mb": workers_mb,
+            "shared_blocks_mb_at_end": shared_mb,
             "cases": len(ids)}
 
 
