@@ -119,12 +119,20 @@ def test_ctrl_c_is_one_line_and_leaves_nothing(cases: Path, tmp_path: Path) -> N
     """SIGINT to the whole group, as a terminal sends it: the parent says so in one line, the
     workers print nothing and end, and no temporary file is left."""
     out = tmp_path / "s.h5"
-    proc = start(cases, out)
-    deadline = time.monotonic() + 60
-    while len(group_members(proc.pid)) < 3 and proc.poll() is None:  # parent + 2 workers
-        assert time.monotonic() < deadline, "the workers never started"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-run while the group gets the SIGINT
+    for _ in range(5):  # tiny cases: a run may end before it is caught mid-run; try again
+        proc = start(cases, out)
+        deadline = time.monotonic() + 60
+        while len(group_members(proc.pid)) < 3 and proc.poll() is None:  # parent + 2 workers
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-run while the group gets the SIGINT
+        if proc.poll() is None:
+            break
+        finish(proc)
+        for p in tmp_path.iterdir():
+            p.unlink()
+    else:
+        pytest.fail("prepare ended five times before it could be interrupted mid-run")
     os.killpg(proc.pid, signal.SIGINT)
     os.kill(proc.pid, signal.SIGCONT)
     code, err = finish(proc)
