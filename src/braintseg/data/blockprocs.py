@@ -109,6 +109,16 @@ def remove_stale_segments() -> list[str]:
     return removed
 
 
+def _new_segment(size: int) -> SharedMemory:
+    """A new segment ``braintseg_<pid>_<n>``, known to the resource tracker *before* it exists:
+    a ``kill -9`` between its creation and SharedMemory's own registration would leak it."""
+    from multiprocessing import resource_tracker
+
+    name = f"{SHM_PREFIX}{os.getpid()}_{next(_COUNTER)}"
+    resource_tracker.register(f"/{name}", "shared_memory")
+    return SharedMemory(name, create=True, size=size)
+
+
 class _Worker:
     """One worker process and its two pipes."""
 
@@ -167,8 +177,7 @@ class BlockProcesses:
                  chunk_counts: tuple[int, int]) -> None:
         self.store_path, self.processes, self.slot_bytes = Path(store_path), processes, slot_bytes
         remove_stale_segments()
-        self._verified = SharedMemory(f"{SHM_PREFIX}{os.getpid()}_{next(_COUNTER)}",
-                                      create=True, size=max(1, sum(chunk_counts)))
+        self._verified = _new_segment(max(1, sum(chunk_counts)))
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._workers = [_Worker(self.store_path, self._verified.name, chunk_counts)
                          for _ in range(processes)]
@@ -185,8 +194,7 @@ class BlockProcesses:
                 raise RuntimeError("BlockProcesses is closed")
             if self._free:
                 return self._free.pop()
-            name = f"{SHM_PREFIX}{os.getpid()}_{next(_COUNTER)}"
-            slot = SharedMemory(name, create=True, size=self.slot_bytes)
+            slot = _new_segment(self.slot_bytes)
             self._all.append(slot)
             return slot
 
