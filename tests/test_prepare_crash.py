@@ -62,7 +62,14 @@ def start(root: Path, out: Path, *extra: str, env: dict[str, str] | None = None
     return subprocess.Popen(
         [sys.executable, "-m", "braintseg", "prepare", "-i", str(root), "-o", str(out), *ARGS,
          "--workers", "2", *extra], env={**ENV, **(env or {})}, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """A background job of a non-interactive shell (``cmd &``) inherits SIGINT ignored (and a
+    thread may have it blocked), and so would braintseg: restore what a terminal's process has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
