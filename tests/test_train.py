@@ -401,3 +401,41 @@ def test_run_callbacks_keep_async_dispatch_on_jax(synthetic_store: Path, tmp_pat
     except ImportError:
         pass
     assert (async_train, async_test) == ("True", "True"), names
+
+
+def test_a_ctrl_c_python_swallows_is_raised_again_before_the_next_batch() -> None:
+    """A KeyboardInterrupt raised inside a garbage-collector callback (JAX has one) is only
+    printed ("Exception ignored in"): the stop handler remembers it and the training loop's
+    guard raises it before the next batch, so Ctrl-C still ends the run (exit 130)."""
+    import gc
+    import signal
+
+    from braintseg.fit import _Guard
+    from braintseg.stop import StopSignals
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    stop = StopSignals().install()
+    try:
+        def in_gc(phase: str, info: dict) -> None:
+            if phase == "start":
+                signal.raise_signal(signal.SIGINT)  # delivered here, swallowed by Python
+
+        gc.callbacks.append(in_gc)
+        try:
+            gc.collect()  # prints "Exception ignored in ...", raises nothing here
+        finally:
+            gc.callbacks.remove(in_gc)
+        assert stop.interrupted
+        with pytest.raises(KeyboardInterrupt):
+            _Guard(stop).on_train_batch_begin(0)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ignored = StopSignals()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's SIGINT
+    try:
+        ignored.install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # left as it was
+        ignored.restore()
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -57,6 +57,8 @@ class _Guard(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         kill_point("batch")
+        if self.stop.interrupted:  # a Ctrl-C whose KeyboardInterrupt Python swallowed
+            raise KeyboardInterrupt
         if self.requested():
             raise _StopRequested
 
@@ -252,3 +254,5 @@ def fit(model: keras.Model, cfg: Config, paths: RunPaths, train: SliceDataset,
                               "processes; process 0 saved the checkpoint") from None
         raise Interrupted(f"{why}: checkpoint saved in {paths.last} after "
                           f"{ckpt.epochs_done} finished epochs (training step {step})") from None
+    if stop.interrupted:  # swallowed during the last step: still the user's Ctrl-C
+        raise KeyboardInterrupt

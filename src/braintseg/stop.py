@@ -34,6 +34,8 @@ class StopSignals:
         #: collective); :meth:`check` lets start-up go on and the collective stop check before
         #: the first training step stops every process at once (exit 75 everywhere)
         self.collective = False
+        #: Ctrl-C arrived (see :meth:`_ctrl_c`)
+        self.interrupted = False
         self._deferred = False
         self._previous: dict[int, Any] = {}
 
@@ -43,12 +45,21 @@ class StopSignals:
             return self
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not SIG_IGN, not
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._ctrl_c)  # yours
         return self
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def _ctrl_c(self, signum: int, frame: Any) -> None:
+        """Python's Ctrl-C (raise KeyboardInterrupt), remembered: where Python swallows the
+        exception (a garbage-collector callback such as JAX's, a ``__del__``: "Exception
+        ignored in ..."), the training loop raises it again before the next batch."""
+        self.interrupted = True
+        raise KeyboardInterrupt
 
     def _handle(self, signum: int, frame: Any) -> None:
         logger.warning("received %s: stopping", signal.Signals(signum).name)
