@@ -413,8 +413,8 @@ def test_a_ctrl_c_python_swallows_is_raised_again_before_the_next_batch() -> Non
     from braintseg.fit import _Guard
     from braintseg.stop import StopSignals
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    stop = StopSignals().install()
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's, whatever
+    stop = StopSignals().install()  # the test runner was started with (a background job: SIG_IGN)
     try:
         def in_gc(phase: str, info: dict) -> None:
             if phase == "start":
@@ -430,12 +430,12 @@ def test_a_ctrl_c_python_swallows_is_raised_again_before_the_next_batch() -> Non
             _Guard(stop).on_train_batch_begin(0)
     finally:
         stop.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    ignored = StopSignals()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's SIGINT
     try:
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ignored = StopSignals()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's SIGINT
         ignored.install()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # left as it was
         ignored.restore()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, outer)
