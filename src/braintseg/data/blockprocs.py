@@ -276,9 +276,9 @@ def _serve(store_path: Path, verified: str, counts: tuple[int, int], tasks: IO[s
         try:
             h, w = store.slice_shape(view)
             x_shape = (int(stop) - int(start), h, w, store.n_channels)
-            x_dtype = np.dtype(np.float32 if store.image_dtype == "float32" else np.float16)
+            x_dtype = store.read_dtype
             x_bytes = int(np.prod(x_shape)) * x_dtype.itemsize
-            if x_bytes + x_bytes // (x_shape[3] * x_dtype.itemsize) > size:
+            if x_bytes + int(np.prod(x_shape[:3])) > size:  # images, then uint8 labels
                 raise DataError(f"store {store_path}: a block of {x_shape} does not fit its "
                                 f"{size}-byte slot")
             if name not in maps:

@@ -409,8 +409,7 @@ class SliceDataset(keras.utils.PyDataset):
         if self._procs is not None or self.read_processes == 0:
             return self._procs
         h, w, c = self.input_shape
-        itemsize = 4 if self.store.image_dtype == "float32" else 2
-        slot = self.block * h * w * (c * itemsize + 1)
+        slot = self.block * h * w * (c * self.store.read_dtype.itemsize + 1)
         why = processes_unavailable(slot, 3 * self.buffer_blocks + 2 * self.read_processes)
         if why is not None:
             logger.info("stream mode reads on %d threads: %s", self.read_threads, why)

@@ -61,7 +61,9 @@ class BlockReadAhead(Generic[T]):
             future = Future()
             future.set_result(block)
             with self._lock:
-                self._forget_later(self._futures.pop(b, None))
+                old = self._futures.pop(b, None)
+                if old is not None:
+                    self._forget(old)
                 self._futures[b] = future
             return block
         return future.result()
@@ -73,10 +75,6 @@ class BlockReadAhead(Generic[T]):
                 future = self._futures.pop(b, None)
                 if future is not None:
                     self._forget(future)
-
-    def _forget_later(self, future: Future[T] | None) -> None:
-        if future is not None:
-            self._forget(future)
 
     def _forget(self, future: Future[T]) -> None:
         if not future.cancel() and self._release is not None:

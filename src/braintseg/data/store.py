@@ -190,6 +190,11 @@ class SliceStore:
                 return None
         return images, labels
 
+    @property
+    def read_dtype(self) -> np.dtype[Any]:
+        """dtype of the images readers get: float32 for float32 stores, else float16."""
+        return np.dtype(np.float32 if self.image_dtype == "float32" else np.float16)
+
     def chunk_counts(self) -> tuple[int, int]:
         """Chunks in the grids of ``/images`` and ``/labels``."""
         with HDF5_LOCK:
