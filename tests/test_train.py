@@ -439,3 +439,24 @@ def test_a_ctrl_c_python_swallows_is_raised_again_before_the_next_batch() -> Non
         ignored.restore()
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+def test_monitor_last_keeps_the_final_weights(synthetic_store: Path, smoke_cfg: Config,
+                                              tmp_path: Path) -> None:
+    """``train.monitor: last``: model.keras is the last epoch's model, whatever validation says
+    (in a cross-validation the validation patients are the test patients)."""
+    from braintseg.train import run_train
+
+    run = tmp_path / "last"
+    run_train(_cfg(smoke_cfg, epochs=2, monitor="last"), synthetic_store, 0, run)
+    state = read_json(run / "checkpoint" / "state.json")
+    assert state["best_epoch"] == 2 and state["monitor"] == "last"
+    best, _ = _weights(run / "model.keras")
+    last, _ = _weights(run / "last.keras")
+    for a, b in zip(best, last, strict=False):  # the model's weights (model.keras: no optimizer)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_monitor_last_refuses_the_plateau_schedule(smoke_cfg: Config) -> None:
+    with pytest.raises(ConfigError, match="train.monitor: last"):
+        smoke_cfg.replace(train={"monitor": "last", "schedule": "plateau"})

@@ -90,7 +90,7 @@ class TrainConfig:
     rotate_degrees: float = 0.0
     zoom: float = 0.0
     tumour_oversampling: float = 0.0
-    monitor: Literal["val_dice_mean", "val_loss"] = "val_dice_mean"
+    monitor: Literal["val_dice_mean", "val_loss", "last"] = "val_dice_mean"
     cache: Literal["auto", "ram", "stream"] = "auto"
     cache_max_gb: float | None = None
     prefetch: int = 4
@@ -260,6 +260,9 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= t.tumour_oversampling <= 1.0:
         raise ConfigError("train.tumour_oversampling must be in [0, 1]; "
                           f"received {t.tumour_oversampling}")
+    if t.schedule == "plateau" and t.monitor == "last":
+        raise ConfigError("train.schedule: plateau needs a validation figure to watch; "
+                          "received train.monitor: last (use val_loss or val_dice_mean)")
     if m.classification_head != "none" and m.output != "binary":
         raise ConfigError("model.classification_head needs model.output: binary (2D slice "
                           f"stores); received output {m.output!r} with head "

@@ -78,7 +78,7 @@ class _Checkpoints(keras.callbacks.Callback):
         super().__init__()
         self.paths, self.guard, self.monitor = paths, guard, cfg.train.monitor
         self.plateau, self.plateau_state = plateau, (state or {}).get("plateau")
-        self.higher = self.monitor != "val_loss"
+        self.higher = self.monitor != "val_loss"  # (last: every epoch is the new best)
         s = state or {}
         self.epochs_done = int(s.get("epochs_done", 0))
         self.best, self.best_epoch = s.get("best"), s.get("best_epoch")
@@ -113,16 +113,21 @@ class _Checkpoints(keras.callbacks.Callback):
         kill_point("epoch-end")
         number = epoch + 1
         iterations = int(self.model.optimizer.iterations.numpy())
-        value = (logs or {}).get(self.monitor)
-        new_best = value is not None and (self.best is None or (
-            value > self.best if self.higher else value < self.best))
+        if self.monitor == "last":  # model.keras is the latest epoch's (validation unused)
+            value, new_best = (logs or {}).get("loss"), True
+        else:
+            value = (logs or {}).get(self.monitor)
+            new_best = value is not None and (self.best is None or (
+                value > self.best if self.higher else value < self.best))
         self.epochs_done, self.epoch_end = number, iterations
-        if new_best and value is not None:
-            self.best, self.best_epoch, self.best_iterations = float(value), number, iterations
+        if new_best:
+            best = float(value) if value is not None else None
+            self.best, self.best_epoch, self.best_iterations = best, number, iterations
         save_checkpoint(self.model, self.paths, self.state(), new_best)
         if new_best:
-            logger.info("epoch %d: %s %.4f, saved %s", number, self.monitor, value,
-                        self.paths.best)
+            logger.info("epoch %d: %s %s, saved %s", number,
+                        "loss" if self.monitor == "last" else self.monitor,
+                        "?" if value is None else f"{value:.4f}", self.paths.best)
         if self.guard.requested():
             raise _StopRequested(saved=True)
 
