@@ -266,3 +266,18 @@ def test_training_curves_title_names_the_run_folders_path(tmp_path: Path,
     title = figures[0]._suptitle.get_text()
     assert title.startswith(f"training run {run.resolve()}: 2 epochs"), title
     assert "run run" not in title
+
+
+def test_training_curves_draw_the_slice_runs_tumour_dice(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An LGG/figshare history has ``dice_tumour``, not WT/TC/ET: its Dice panel is drawn."""
+    figures = _spy_figures(monkeypatch)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text("epoch,dice_tumour,loss,val_dice_tumour,val_loss\n"
+                                     "1,0.2,1.0,0.1,1.1\n2,0.5,0.9,0.4,1.0\n")
+    assert _invoke("report", str(run)).exit_code == 0
+    dice_axes = figures[0].axes[1]
+    labels = [line.get_label() for line in dice_axes.get_lines()]
+    assert labels == ["TUMOUR train", "TUMOUR validation"]
+    np.testing.assert_allclose(dice_axes.get_lines()[1].get_ydata(), [0.1, 0.4])

@@ -296,9 +296,10 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None, shard: str | None
 
 
 @cli.command()
-@click.option("-o", "--output", "out_dir", default=Path("braintseg-demo"),
+@click.option("-o", "--output", "out_dir", default=None,
               type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (new or empty unless --overwrite).")
+              help="Output folder, new or empty unless --overwrite [default: braintseg-demo, "
+                   "or braintseg-demo-lgg with --dataset lgg].")
 @click.option("--overwrite", is_flag=True, help="Replace the demo's outputs in a non-empty folder.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs [default: 6 on a CPU; 100 when a GPU is visible].")
@@ -308,8 +309,8 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None, shard: str | None
 @click.option("--dataset", type=click.Choice(["brats", "lgg"]), default="brats",
               help="brats: 4 bundled BraTS volumes; lgg: 2 bundled LGG kaggle_3m patients "
                    "(2D TIFF slices).")
-def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[str, ...],
-         dataset: str) -> None:
+def demo(out_dir: Path | None, overwrite: bool, epochs: int | None,
+         overrides: tuple[str, ...], dataset: str) -> None:
     """Run the whole pipeline on 4 bundled real BraTS cases (a few minutes on a CPU).
 
     Trains on two cases, chooses the model on a third (validation) and predicts and evaluates
@@ -317,15 +318,17 @@ def demo(out_dir: Path, overwrite: bool, epochs: int | None, overrides: tuple[st
     written where, the validation Dice and the held-out Dice per region.
     """
     with user_errors():
-        from braintseg.demo import format_result, run_demo
+        from braintseg.demo import DEFAULT_OUTPUT, format_result, run_demo
 
         if dataset == "lgg":
-            from braintseg.demo_lgg import format_lgg_result, run_demo_lgg
+            from braintseg.demo_lgg import DEFAULT_LGG_OUTPUT, format_lgg_result, run_demo_lgg
 
-            click.echo(format_lgg_result(run_demo_lgg(out_dir, overwrite=overwrite,
-                                                      epochs=epochs, overrides=overrides)))
+            click.echo(format_lgg_result(run_demo_lgg(
+                out_dir or DEFAULT_LGG_OUTPUT, overwrite=overwrite, epochs=epochs,
+                overrides=overrides)))
             return
-        result = run_demo(out_dir, overwrite=overwrite, epochs=epochs, overrides=overrides)
+        result = run_demo(out_dir or DEFAULT_OUTPUT, overwrite=overwrite, epochs=epochs,
+                          overrides=overrides)
         click.echo(format_result(result))
 
 

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 #: trained on the other bundled patient; with 2 patients this one is also the validation patient
 #: (the saved model is the best of the epochs on it: an optimistic figure)
 HOLDOUT = "TCGA_HT_7686_19950629"
+#: ``braintseg demo --dataset lgg`` writes here by default (beside the BraTS demo's folder)
+DEFAULT_LGG_OUTPUT = Path("braintseg-demo-lgg")
 #: the LGG demo's configuration (a CPU run of a few minutes)
 LGG_CONFIG: dict[str, dict[str, Any]] = {
     "data": {"n_folds": 2},

@@ -64,7 +64,9 @@ def read_history(path: Path) -> dict[str, NDArray[np.float64]]:
 
 
 def plot_history(run_dir: Path, out: Path) -> Path:
-    """Training curves of a run: loss, and Dice of WT/TC/ET (validation dashed) per epoch."""
+    """Training curves of a run: loss, and every Dice column of ``history.csv`` per epoch
+    (``dice_wt``/``dice_tc``/``dice_et`` for BraTS, ``dice_tumour`` for 2D slices; validation
+    dashed; ``dice_mean`` is left out when there are per-region columns)."""
     hist = read_history(Path(run_dir) / "history.csv")
     epochs = hist.get("epoch", np.arange(len(next(iter(hist.values())))))
     epochs = epochs + 1 if epochs.min() == 0 else epochs
@@ -74,13 +76,13 @@ def plot_history(run_dir: Path, out: Path) -> Path:
         if f"{prefix}loss" in hist:
             ax_loss.plot(epochs, hist[f"{prefix}loss"], style, color="black", marker=".",
                          label=tag)
-        for region, colour in REGION_COLOURS.items():
-            key = f"{prefix}dice_{region}"
-            if key in hist:
-                ax_dice.plot(epochs, hist[key], style, color=colour, marker=".",
-                             label=f"{region.upper()} {tag}")
+        for i, region in enumerate(dice_columns(hist)):
+            colour = REGION_COLOURS.get(region, f"C{(i + 4) % 10}")
+            ax_dice.plot(epochs, hist[f"{prefix}dice_{region}"] if f"{prefix}dice_{region}"
+                         in hist else np.full(len(epochs), np.nan), style, color=colour,
+                         marker=".", label=f"{region.upper()} {tag}")
     ax_loss.set(title="loss", xlabel="epoch", ylabel="loss")
-    ax_dice.set(title="Dice per region", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
+    ax_dice.set(title="Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -89,6 +91,15 @@ def plot_history(run_dir: Path, out: Path) -> Path:
                  "(training solid, validation dashed)", fontsize=10)
     fig.tight_layout()
     return save_png(fig, out)
+
+
+def dice_columns(hist: dict[str, NDArray[Any]]) -> list[str]:
+    """The Dice names of a history (``dice_<name>`` or ``val_dice_<name>`` columns), BraTS
+    regions first; ``mean`` only when it is the only one."""
+    names = {k.removeprefix("val_")[len("dice_"):] for k in hist
+             if k.removeprefix("val_").startswith("dice_")}
+    order = [r for r in REGION_COLOURS if r in names] + sorted(names - set(REGION_COLOURS))
+    return [n for n in order if n != "mean"] or [n for n in order if n == "mean"]
 
 
 def _short(path: Path, limit: int = 70) -> str:
