@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from braintseg.data.ids import check_id
 from braintseg.data.slices import SliceCase, SliceFiles, check_mask, numeric_order
 from braintseg.errors import DataError
 
@@ -76,6 +77,7 @@ def scan_folder(folder: Path, require_labels: bool, grades: dict[str, str]) -> S
     Every image needs its ``_mask`` (unless ``require_labels`` is False and no slice has one)
     and every mask its image.
     """
+    check_id(folder.name, f"patient folder {folder}", "patient id")
     images: dict[str, Path] = {}
     masks: dict[str, Path] = {}
     for p in _image_files(folder):
