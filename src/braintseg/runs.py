@@ -164,6 +164,26 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_same_split(saved_run: dict[str, Any], run: dict[str, Any], root: Path) -> None:
+    """Refuse a resume on a store whose folds differ from those the run started with (a
+    ``prepare --overwrite`` with another seed: the old validation patients would be trained on).
+
+    Runs that recorded the folds' digest compare it; older ones their case lists.
+
+    Raises:
+        DataError: one line naming the store and the run folder.
+    """
+    if "folds_sha256" in saved_run:
+        same = saved_run["folds_sha256"] == run.get("folds_sha256")
+    else:
+        same = all(saved_run.get(k) in (None, run.get(k)) for k in ("train_cases", "val_cases"))
+    if not same:
+        raise DataError(f"--resume: store {run.get('store')} has other folds than when run "
+                        f"{root} started (re-prepared with another split?); resuming would "
+                        "train on its validation patients: start a new run folder or use "
+                        "--overwrite")
+
+
 def resume_differences(
     saved_cfg: Config, cfg: Config, saved_run: dict[str, Any], run: dict[str, Any]
 ) -> list[str]:
