@@ -74,3 +74,79 @@ def test_folds_digest_ignores_order_within_a_fold() -> None:
     assert folds_digest([["a", "b"], ["c"]]) != folds_digest([["a", "c"], ["b"]])
     assert folds_digest([["a"]], ["h"]) != folds_digest([["a"]])
 
+
+
+HOLD = ("import sys, time; from pathlib import Path; from braintseg.runs import lock_run\n"
+        "with lock_run(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)\n")
+
+
+def test_a_second_train_into_a_locked_folder_is_refused(synthetic_store: Path,
+                                                        tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from braintseg.runs import lock_run
+
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        res = CliRunner().invoke(cli, ["train", "-c", SMOKE, "-i", str(synthetic_store),
+                                       "--fold", "0", "-o", str(run)])
+        assert res.exit_code == 1
+        assert res.output.strip() == (f"Error: run folder {run} is in use by another braintseg "
+                                      f"train (pid {holder.pid}); wait for it to end or choose "
+                                      "another folder")
+        assert sorted(p.name for p in run.iterdir()) == [".train.lock"]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with lock_run(run):  # the OS released the dead holder's lock
+        assert (run / ".train.lock").read_text() == f"{os.getpid()}\n"
+    with lock_run(tmp_path / "new" / "deep"):
+        assert (tmp_path / "new" / "deep" / ".train.lock").is_file()
+    assert not (tmp_path / "new").exists()  # folders it created, holding only the lock, go
+
+
+def test_a_checkpoint_without_its_saved_state_is_one_line(synthetic_store: Path,
+                                                          two_epoch_run: Path,
+                                                          tmp_path: Path) -> None:
+    """``last.keras`` without its saved weights/optimizer state (``model.weights.h5``; Keras
+    raised KeyError/ValueError from ``load_weights``), and a resume state whose counters are not
+    integers: refused in one line, nothing in the folder changed."""
+    import zipfile
+
+    from braintseg.checkpoint import STATE_ENTRY
+
+    run = Path(shutil.copytree(two_epoch_run, tmp_path / "run"))
+    last = run / "last.keras"
+    with zipfile.ZipFile(last) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    with zipfile.ZipFile(last, "w") as zf:
+        for name, data in entries.items():
+            if name != "model.weights.h5":
+                zf.writestr(name, data)
+    before = _snapshot(run)
+    train = ["train", "-c", SMOKE, "-i", str(synthetic_store), "--fold", "0", "-o", str(run),
+             "--resume",
+             *[a for k, v in {**TINY, "epochs": 3}.items() for a in ("--set", f"train.{k}={v}")]]
+    res = CliRunner().invoke(cli, train)
+    assert res.exit_code == 1, res.output
+    errors = [ln for ln in res.output.strip().splitlines() if " INFO " not in ln]
+    assert len(errors) == 1 and f"checkpoint {last} cannot be resumed" in errors[0], errors
+    assert "--overwrite" in errors[0] and "Traceback" not in res.output
+    assert _snapshot(run) == before
+
+    state = json.loads(entries[STATE_ENTRY])
+    with zipfile.ZipFile(last, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, json.dumps({**state, "optimizer_iterations": "4x"})
+                        if name == STATE_ENTRY else data)
+    res = CliRunner().invoke(cli, train)
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+        f"Error: checkpoint {last}: state key optimizer_iterations is '4x'; expected an "
+        "integer (start afresh with --overwrite)")

@@ -30,6 +30,7 @@ from braintseg.runs import (
     RunPaths,
     check_same_split,
     check_writable,
+    lock_run,
     read_json,
     resume_differences,
     write_json,
@@ -154,6 +155,13 @@ def _run(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bool, ove
          stop: StopSignals, dist: distribute.Session) -> Path:
     run = check_inputs(cfg, store, fold)
     check_writable(paths.root)
+    with lock_run(paths.root):  # one trainer a folder (process 0's is the real one)
+        return _run_locked(cfg, store, fold, paths, resume, overwrite, stop, dist, run)
+
+
+def _run_locked(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bool,
+                overwrite: bool, stop: StopSignals, dist: distribute.Session,
+                run: dict[str, Any]) -> Path:
     state = check_run_dir(paths, cfg, run, resume, overwrite)
     dist.agree("store, fold and checkpoint", [run, state])
     for folder, names in paths.target_names().items():
