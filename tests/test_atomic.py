@@ -63,3 +63,19 @@ def test_commit_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path:
                for kind, what in events[:rename]), events
     assert ("fsync", str(tmp_path)) in events[rename + 1:], events
     assert target.read_text() == "weights"
+
+
+def test_a_too_long_name_is_the_file_systems_error_in_one_line(tmp_path: Path) -> None:
+    """ENAMETOOLONG surfaces (the clean-up of the temporary name, longer still, used to raise
+    its own OSError over the DataError); a long name that fits is written (its temporary name
+    is shortened, keeping the suffixes)."""
+    long = tmp_path / ("a" * 300 + ".nii.gz")
+    with pytest.raises(DataError) as info:
+        atomic_write_text(long, "x")
+    assert str(info.value) == f"cannot write {long} (File name too long)"
+    fits = tmp_path / ("b" * 240 + ".nii.gz")
+    seen: list[Path] = []
+    atomic_write(fits, lambda tmp: (seen.append(tmp), tmp.write_text("y")))
+    assert fits.read_text() == "y" and seen[0].name.endswith("b.nii.gz")
+    assert len(seen[0].name.encode()) == 255
+    assert list(tmp_path.iterdir()) == [fits]

@@ -204,6 +204,21 @@ def test_postprocessing_set_and_recorded_via_cli(runs, cases, tmp_path) -> None:
     assert record["postprocessing"]["enabled"] is True
 
 
+def test_too_long_output_name_is_one_line(runs, cases, tmp_path) -> None:
+    """A 300-character output_pattern: the file system's ENAMETOOLONG in one line naming the
+    file (the temporary file's clean-up used to raise its own ENAMETOOLONG over it)."""
+    out = tmp_path / "long"
+    pattern = "x" * 290 + "{case}.nii.gz"
+    result = CliRunner().invoke(cli, [
+        "predict", "-m", str(runs["axial"]), "-i", str(cases), "-o", str(out), "--cases", CASE18,
+        "--set", f"predict.output_pattern='{pattern}'"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip() and " INFO " not in ln]
+    target = out / pattern.replace("{case}", CASE18)
+    assert lines == [f"Error: cannot write {target} (File name too long)"], lines
+    assert not out.exists()  # the folder predict made is removed again
+
+
 def test_regions_head_to_labels_by_hand() -> None:
     from braintseg.inference.ensemble import probabilities_to_labels
 

@@ -9,6 +9,7 @@ leftovers of a killed writer (:func:`remove_stale_temporaries`) from a live writ
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -20,6 +21,8 @@ from pathlib import Path
 from braintseg.errors import DataError
 
 logger = logging.getLogger(__name__)
+#: the longest file name (bytes) of common Linux file systems
+NAME_MAX = 255
 #: ``.tmp-<pid>-<hex>-<name>`` (atomic_write), ``.<name>.partial-<pid>-<hex>`` (store)
 _TEMPORARY = re.compile(r"^\.(?:tmp-(?P<pid1>\d+)-[0-9a-f]{8}-(?P<name1>.+)"
                         r"|(?P<name2>.+)\.partial-(?P<pid2>\d+)-[0-9a-f]{8})$")
@@ -42,7 +45,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     except OSError as exc:
         raise DataError(f"cannot write {path} ({exc.strerror or exc})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never mask the error that got us here
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -83,7 +87,11 @@ def atomic_write_text(path: Path, text: str) -> Path:
 def temporary_name(path: Path) -> Path:
     """The hidden temporary path beside ``path`` that :func:`atomic_write` uses."""
     path = Path(path)
-    return path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    prefix, name = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-", path.name
+    room = NAME_MAX - len(prefix.encode())
+    if len(name.encode()) > room:  # a long target name: keep its end (the suffixes) in room
+        name = name.encode()[-room:].decode("utf-8", errors="ignore")
+    return path.with_name(prefix + name)
 
 
 def pid_alive(pid: int) -> bool:

@@ -77,6 +77,11 @@ def kill_point(name: str) -> None:
 # --------------------------------------------------------------------------- reading (no Keras)
 
 
+#: the resume state's integer counters (checked on load: int() of anything else would raise)
+COUNTERS = ("optimizer_iterations", "epoch_end_iterations", "steps_per_epoch",
+            "skipped_iterations", "best_iterations", "best_epoch")
+
+
 def read_state(path: Path) -> dict[str, Any] | None:
     """The state inside a ``.keras`` file, or None when it has none (a file of an older version).
 
@@ -112,6 +117,11 @@ def load_state(paths: RunPaths) -> dict[str, Any] | None:
         state = read_json(paths.state)
     if not isinstance(state.get("epochs_done"), int):
         raise DataError(f"checkpoint {paths.last}: state has no integer epochs_done")
+    for key in COUNTERS:
+        value = state.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise DataError(f"checkpoint {paths.last}: state key {key} is {value!r}; expected "
+                            "an integer (start afresh with --overwrite)")
     return state
 
 

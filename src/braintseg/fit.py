@@ -22,7 +22,7 @@ from braintseg.checkpoint import kill_point, save_checkpoint, set_rng_state, ver
 from braintseg.config import HEAD_OUTPUT, SEG_OUTPUT, Config
 from braintseg.data.augment import Augmenter
 from braintseg.data.generator import SliceDataset
-from braintseg.errors import Interrupted
+from braintseg.errors import DataError, Interrupted
 from braintseg.runs import RunPaths
 from braintseg.stop import StopSignals
 
@@ -216,7 +216,13 @@ def build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] | 
         model.compile(optimizer=optimizer(cfg, steps), **compile_args(cfg))
         if state is not None:
             model.optimizer.build(model.trainable_variables)
-            model.load_weights(paths.last)
+            try:
+                model.load_weights(paths.last)
+            except (ValueError, KeyError, TypeError) as exc:  # Keras: not this model's state
+                text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise DataError(f"checkpoint {paths.last} cannot be resumed: its weights or "
+                                f"optimizer state do not fit this model ({text}); start "
+                                "afresh with --overwrite") from None
             verify(state, int(model.optimizer.iterations.numpy()), paths.last)
             set_rng_state(model, state.get("rng", []))
     return model

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from braintseg import __version__
 from braintseg.atomic import atomic_write
 from braintseg.config import to_dict
+from braintseg.data.ids import child
 from braintseg.errors import ConfigError, DataError
 from braintseg.inference.runs import RunInfo, check_ensemble, load_model, read_run
 from braintseg.inference.writing import prepare_out_dir, write_text, write_yaml
@@ -146,17 +147,17 @@ def _write_patient(out_dir: Path, cid: str, slice_ids: list[str], probs: NDArray
                    ) -> tuple[list[dict], list[Path]]:
     from braintseg.data.slices import from_store_size
 
-    folder = out_dir / cid
+    folder = child(out_dir, cid)
     folder.mkdir(parents=True, exist_ok=True)
     rows, files = [], []
     for k, sid in enumerate(slice_ids):
         p = from_store_size(probs[k], (int(sizes[k][0]), int(sizes[k][1])))
         tumour = p[..., 1]
         mask = (np.argmax(p, axis=-1) == 1).astype(np.uint8) * np.uint8(255)
-        path = write_tif(folder / f"{sid}_mask.tif", mask)
+        path = write_tif(child(folder, f"{sid}_mask.tif"), mask)
         files.append(path)
         if probabilities:
-            write_tif(folder / f"{sid}_prob.tif", tumour.astype(np.float32))
+            write_tif(child(folder, f"{sid}_prob.tif"), tumour.astype(np.float32))
         rows.append({"case": cid, "slice": sid, "file": f"{cid}/{path.name}",
                      "tumour_probability": f"{float(tumour.max()):.6f}",
                      "predicted_area": int((mask > 0).sum()), "height": mask.shape[0],

@@ -281,17 +281,30 @@ def _write(cfg: Config, root: Path, output: Path, cases: list[CaseFiles], box: t
     return path, folds
 
 
-def input_fingerprint(cfg: Config, root: Path, cases: Sequence[CaseFiles],
-                      problems: Sequence[Failure], options: dict[str, Any]) -> str:
-    """SHA-256 over the config, the options, and every input file's path, size and mtime."""
+def _input_files(case: Any) -> list[tuple[str, Path]]:
+    """``[(key, path), ...]`` of a BraTS case (modalities, seg) or a slice patient (slices,
+    masks)."""
+    if hasattr(case, "slice_ids"):  # data.slices.SliceFiles
+        masks = case.masks or ()
+        return ([(f"image {s}", p) for s, p in zip(case.slice_ids, case.images, strict=True)]
+                + [(f"mask {s}", p) for s, p in zip(case.slice_ids, masks, strict=True)])
+    return sorted({**case.images, **({"seg": case.seg} if case.seg else {})}.items())
+
+
+def input_fingerprint(cfg: Config, root: Path, cases: Sequence[Any],
+                      problems: Sequence[Failure], options: dict[str, Any],
+                      extra: Sequence[Path] = ()) -> str:
+    """SHA-256 over the config, the options, and every input file's path, size and mtime
+    (``cases``: BraTS :class:`CaseFiles` or slice patients; ``extra``: other files read, such as
+    a patient table or a folds file)."""
+    entries = [(c.case_id, key, p) for c in cases for key, p in _input_files(c)]
     files = []
-    for c in cases:
-        for key, p in sorted({**c.images, **({"seg": c.seg} if c.seg else {})}.items()):
-            try:
-                st = os.stat(p)
-                files.append([c.case_id, key, str(p), st.st_size, st.st_mtime_ns])
-            except OSError:
-                files.append([c.case_id, key, str(p), None, None])
+    for cid, key, p in [*entries, *(("", "extra", Path(e)) for e in extra)]:
+        try:
+            st = os.stat(p)
+            files.append([cid, key, str(p), st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([cid, key, str(p), None, None])
     text = json.dumps({"config": to_dict(cfg), "root": str(root.resolve()), "options": options,
                        "files": files, "problems": [list(p) for p in problems]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -394,11 +407,9 @@ def run_prepare(cfg: Config, input_dir: Path, output: Path, *, workers: int | No
 
     fmt = detect_format(root, fmt)
     if fmt != "brats":
-        if output.exists() and not overwrite:
-            raise DataError(f"store {output} already exists; use --overwrite to replace it")
         from braintseg.prepare_slices import run_prepare_slices
 
-        return run_prepare_slices(cfg, root, output, fmt, workers=workers,
+        return run_prepare_slices(cfg, root, output, fmt, workers=workers, overwrite=overwrite,
                                   skip_invalid=skip_invalid, require_labels=require_labels,
                                   folds_from=folds_from, validation_cases=validation_cases)
     if folds_from is not None or validation_cases is not None:

@@ -33,8 +33,10 @@ from braintseg.errors import ConfigError, DataError
 from braintseg.log import progress
 from braintseg.prepare import (
     Failure,
+    _kept_store,
     _output_folder,
     _sidecar_texts,
+    input_fingerprint,
     sidecar,
     write_sidecars,
 )
@@ -179,19 +181,50 @@ def _store_size(cases: list[SliceFiles]) -> tuple[int, int]:
     return int(first.images[0].shape[0]), int(first.images[0].shape[1])
 
 
+def scan(cfg: Config, root: Path, fmt: str, options: dict[str, Any]
+         ) -> tuple[list[SliceFiles], list[Failure], str]:
+    """``(patients, [(patient, problem)], input fingerprint)``; readers without
+    ``scan_cases`` raise on the first bad patient instead of listing it."""
+    rd = reader(fmt)
+    if hasattr(rd, "scan_cases"):
+        cases, problems = rd.scan_cases(root, options["require_labels"])
+    else:
+        cases, problems = rd.find_cases(root, options["require_labels"]), []
+    extra = [root / "data.csv",
+             *(Path(options[k]) for k in ("folds_from", "validation_cases") if options[k])]
+    return cases, problems, input_fingerprint(cfg, root, cases, problems, options, extra)
+
+
 def run_prepare_slices(cfg: Config, input_dir: Path, output: Path, fmt: str, *,
-                       workers: int | None = None, skip_invalid: bool = False,
-                       require_labels: bool = True, folds_from: Path | None = None,
+                       workers: int | None = None, overwrite: bool = False,
+                       skip_invalid: bool = False, require_labels: bool = True,
+                       folds_from: Path | None = None,
                        validation_cases: Path | None = None) -> Path:
     """Prepare a slice store from ``input_dir`` in format ``fmt`` (``lgg`` or ``figshare``).
 
-    Called by :func:`braintseg.prepare.run_prepare` after the output checks.  Returns the
-    store path; DataError/ConfigError name the file, patient or key.
+    Called by :func:`braintseg.prepare.run_prepare` after the output checks.  An existing
+    store made from the same input files, options and config is kept (as for BraTS); any other
+    needs ``overwrite``.  Returns the store path; DataError/ConfigError name the file, patient
+    or key.
     """
     root, output = Path(input_dir), Path(output)
-    cases = reader(fmt).find_cases(root, require_labels)
+    options = {"format": fmt, "skip_invalid": skip_invalid, "require_labels": require_labels,
+               "folds_from": str(folds_from) if folds_from else None,
+               "validation_cases": str(validation_cases) if validation_cases else None}
+    cases, problems, fingerprint = scan(cfg, root, fmt, options)
+    if output.exists() and not overwrite:
+        if _kept_store(output, fingerprint):
+            return output
+        raise DataError(f"store {output} already exists; use --overwrite to replace it")
+    failures: list[Failure] = []
+    for pid, msg in problems:
+        if not skip_invalid:
+            raise DataError(msg)
+        logger.warning("skipping patient %s: %s", pid, msg)
+        failures.append((pid, msg))
     if not cases:
-        raise DataError(f"no patients found under {root} (format {fmt})")
+        raise DataError(f"no patients found under {root} (format {fmt})"
+                        + (" that could be used" if failures else ""))
     labelled = all(c.masks is not None for c in cases)
     if labelled:  # fold feasibility, before any heavy work
         make_slice_folds(cfg, cases, folds_from, validation_cases)
@@ -203,12 +236,12 @@ def run_prepare_slices(cfg: Config, input_dir: Path, output: Path, fmt: str, *,
     workers = max(1, min(workers or os.cpu_count() or 1, len(cases)))
     fn = functools.partial(prepare_patient, root=root, size=size, data=cfg.data,
                            dtype=cfg.store.dtype, skip=skip_invalid)
-    failures: list[Failure] = []
     start = time.perf_counter()
     n_channels = 3 if fmt == "lgg" else 1
     with loader_pool(workers) as pool, _output_folder(output):  # pool first: no HDF5 file open
         path, writer, folds = _write(cfg, root, output, fmt, cases, fn, pool, n_channels, size,
-                                     labelled, failures, folds_from, validation_cases)
+                                     labelled, failures, folds_from, validation_cases,
+                                     fingerprint)
     if failures:
         logger.warning("skipped %d invalid patient(s); see %s", len(failures),
                        sidecar(output, ".skipped.txt"))
@@ -221,8 +254,8 @@ def run_prepare_slices(cfg: Config, input_dir: Path, output: Path, fmt: str, *,
 
 def _write(cfg: Config, root: Path, output: Path, fmt: str, cases: list[SliceFiles], fn: Any,
            pool: Any, n_channels: int, size: tuple[int, int], labelled: bool,
-           failures: list[Failure], folds_from: Path | None, validation_cases: Path | None
-           ) -> tuple[Path, SliceStoreWriter, Folds | None]:
+           failures: list[Failure], folds_from: Path | None, validation_cases: Path | None,
+           fingerprint: str) -> tuple[Path, SliceStoreWriter, Folds | None]:
     writer = SliceStoreWriter(output, size, n_channels, cfg.store.compression,
                               cfg.store.complevel, cfg.store.dtype,
                               expected_slices=sum(len(c.slice_ids) for c in cases))
@@ -247,7 +280,8 @@ def _write(cfg: Config, root: Path, output: Path, fmt: str, cases: list[SliceFil
                 "channels": list(writer.metas[0]["channels"]), "resize_rule": RESIZE_RULE,
                 "config": to_dict(cfg), "source_root": str(root.resolve()),
                 "folds_source": str(folds_from or validation_cases or "make_folds"),
-                "braintseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "braintseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "input_fingerprint": fingerprint}
         texts = _sidecar_texts(cfg, folds, failures)
         info["sidecars"] = texts
         path = writer.finish(folds, info, before_rename=lambda: write_sidecars(output, texts))

@@ -22,9 +22,13 @@ stopped before its first checkpoint is simply started again.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ from typing import Any
 from braintseg.atomic import atomic_write_text, temporary_name
 from braintseg.config import Config, to_dict
 from braintseg.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 #: config sections and run.json keys that must match for ``--resume``
 RESUME_SECTIONS: tuple[str, ...] = ("data", "model")
@@ -104,6 +110,51 @@ class RunPaths:
                 p.unlink()
 
 
+#: the file ``train`` holds an exclusive flock on while it runs (released by the OS at its death)
+LOCK_NAME = ".train.lock"
+
+
+@contextlib.contextmanager
+def lock_run(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root/.train.lock`` while the block runs (creates ``root``).
+
+    The lock is an ``fcntl.flock`` on an open file: the OS releases it when the process ends in
+    any way (kill -9 included), so a stale lock file never blocks a later run.  A folder this
+    call created is removed again when the block leaves nothing in it but the lock file.  File
+    systems without flock (``ENOLCK``/``ENOSYS``/``EOPNOTSUPP``) run unlocked, logged.
+
+    Raises:
+        DataError: another process holds the lock (names the folder and that process's pid).
+    """
+    root = Path(root)
+    created = [p for p in (*reversed(root.parents), root) if not p.exists()]
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise DataError(f"run folder {root} is in use by another braintseg train (pid "
+                            f"{holder}); wait for it to end or choose another folder") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise DataError(f"cannot lock run folder {root} ({exc.strerror})") from None
+            logger.warning("cannot lock %s (%s): a second train into it would not be refused",
+                           lock, exc.strerror)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+        if created and [p.name for p in root.iterdir()] == [LOCK_NAME]:
+            lock.unlink(missing_ok=True)
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
 def check_writable(folder: Path) -> None:
     """Check that files can be created in ``folder`` (and its ``checkpoint/``), or in the
     nearest existing folder above it when it does not exist yet.
@@ -162,6 +213,26 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError(f"{path} must hold a JSON object; received {type(data).__name__}")
     return data
+
+
+def check_same_split(saved_run: dict[str, Any], run: dict[str, Any], root: Path) -> None:
+    """Refuse a resume on a store whose folds differ from those the run started with (a
+    ``prepare --overwrite`` with another seed: the old validation patients would be trained on).
+
+    Runs that recorded the folds' digest compare it; older ones their case lists.
+
+    Raises:
+        DataError: one line naming the store and the run folder.
+    """
+    if "folds_sha256" in saved_run:
+        same = saved_run["folds_sha256"] == run.get("folds_sha256")
+    else:
+        same = all(saved_run.get(k) in (None, run.get(k)) for k in ("train_cases", "val_cases"))
+    if not same:
+        raise DataError(f"--resume: store {run.get('store')} has other folds than when run "
+                        f"{root} started (re-prepared with another split?); resuming would "
+                        "train on its validation patients: start a new run folder or use "
+                        "--overwrite")
 
 
 def resume_differences(

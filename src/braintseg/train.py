@@ -23,9 +23,18 @@ from braintseg import __version__, distribute
 from braintseg.atomic import remove_stale_temporaries
 from braintseg.checkpoint import kill_point, load_state, repair_run
 from braintseg.config import Config, dump_config, load_config
+from braintseg.data.folds import folds_digest
 from braintseg.data.store import open_store
 from braintseg.errors import ConfigError, DataError
-from braintseg.runs import RunPaths, check_writable, read_json, resume_differences, write_json
+from braintseg.runs import (
+    RunPaths,
+    check_same_split,
+    check_writable,
+    lock_run,
+    read_json,
+    resume_differences,
+    write_json,
+)
 from braintseg.stop import StopSignals
 
 logger = logging.getLogger(__name__)
@@ -67,7 +76,9 @@ def check_inputs(cfg: Config, store_path: Path, fold: int) -> dict[str, Any]:
                 "layout": store.layout,
                 "input_shape": [*hw, store.n_channels], "n_channels": store.n_channels,
                 "crop_box": list(store.crop_box), "schema_version": store.schema_version,
-                "train_cases": train_ids, "val_cases": val_ids, "braintseg_version": __version__}
+                "train_cases": train_ids, "val_cases": val_ids,
+                "folds_sha256": folds_digest(store.folds, store.holdout),
+                "braintseg_version": __version__}
     finally:
         store.close()
 
@@ -83,7 +94,8 @@ def check_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: boo
         ConfigError: ``--resume`` with ``--overwrite``; ``--resume`` with other model/data
             settings (names the keys).
         DataError: the folder holds a run and neither flag was given; ``--resume`` of a folder
-            without any run; a damaged checkpoint.
+            without any run; a damaged checkpoint; ``--resume`` on a store whose folds changed
+            since the run started (its validation patients would be trained on).
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; choose one")
@@ -99,8 +111,9 @@ def check_run_dir(paths: RunPaths, cfg: Config, run: dict[str, Any], resume: boo
             logger.info("%s holds no checkpoint yet: starting at epoch 1", paths.root)
             return None
         if paths.config.is_file() and paths.run_json.is_file():
-            saved = load_config(paths.config)
-            diffs = resume_differences(saved, cfg, read_json(paths.run_json), run)
+            saved, saved_run = load_config(paths.config), read_json(paths.run_json)
+            check_same_split(saved_run, run, paths.root)
+            diffs = resume_differences(saved, cfg, saved_run, run)
             if diffs:
                 raise ConfigError(f"--resume: {paths.root} was trained with other settings: "
                                   + "; ".join(diffs))
@@ -142,6 +155,13 @@ def _run(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bool, ove
          stop: StopSignals, dist: distribute.Session) -> Path:
     run = check_inputs(cfg, store, fold)
     check_writable(paths.root)
+    with lock_run(paths.root):  # one trainer a folder (process 0's is the real one)
+        return _run_locked(cfg, store, fold, paths, resume, overwrite, stop, dist, run)
+
+
+def _run_locked(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bool,
+                overwrite: bool, stop: StopSignals, dist: distribute.Session,
+                run: dict[str, Any]) -> Path:
     state = check_run_dir(paths, cfg, run, resume, overwrite)
     dist.agree("store, fold and checkpoint", [run, state])
     for folder, names in paths.target_names().items():

@@ -61,13 +61,16 @@ def test_worker_processes_give_the_thread_readers_batches(synthetic_store: Path)
     assert not _segments(os.getpid())  # ... and are unlinked by close()
 
 
-def test_sigterm_to_the_workers_is_ignored(synthetic_store: Path) -> None:
-    """Slurm signals every process of a job step: the workers leave stopping to the trainer."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT],
+                         ids=["TERM", "USR1", "INT"])
+def test_stop_signals_to_the_workers_are_ignored(synthetic_store: Path, sig: int) -> None:
+    """Slurm signals every process of a job step (``kill -USR1 -- -PGID``, ``scancel -s``): the
+    workers leave stopping to the trainer."""
     ref = _dataset(synthetic_store, 0)
     ds = _dataset(synthetic_store, 2)
     first = ds[0]
     for pid in _pids(ds):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     time.sleep(0.3)
     ds.set_epoch(1)
     ref.set_epoch(1)

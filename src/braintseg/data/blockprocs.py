@@ -17,7 +17,8 @@ pickled.  Protocol, one JSON line each way per block: the parent sends ``[segmen
 row, view, start, stop]``; the worker reads the block into the shared-memory segment, images
 then labels (direct reads decode straight into it), and answers ``{"x": [dtype, shape], "y":
 [dtype, shape]}`` or ``{"error": "<the store's one-line error>"}``.  A worker ignores
-SIGINT/SIGTERM (the parent decides when to stop; Slurm signals every process of a job) and
+SIGINT and the trainer's stop signals (SIGTERM, SIGUSR1: the parent decides when to stop; Slurm
+signals every process of a job) and
 exits when its standard input closes — :meth:`BlockProcesses.close`, or the parent's death.
 
 Memory: *slots*, each a :class:`~multiprocessing.shared_memory.SharedMemory` segment
@@ -53,6 +54,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.errors import DataError
+from braintseg.stop import SIGNALS as STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -303,8 +305,8 @@ def main(argv: list[str]) -> None:
     # the parent stops a worker by closing its stdin, and its death closes it too (only the
     # parent holds the pipe's other end); PR_SET_PDEATHSIG would fire when the *thread* that
     # started the worker ends, so it is not used
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (*STOP_SIGNALS, signal.SIGINT):  # the trainer's stop signals and Ctrl-C
+        signal.signal(sig, signal.SIG_IGN)
     from braintseg.malloc import keep_freed_memory
 
     keep_freed_memory()

@@ -129,3 +129,13 @@ def load_folds(path: Path) -> Folds:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
     return Folds.from_mapping(raw, str(path))
+
+
+def folds_digest(folds: Sequence[Sequence[str]], holdout: Sequence[str] = ()) -> str:
+    """sha256 of the canonical JSON of the validation lists (and held-out cases): two stores
+    with this digest split the patients alike (order within a fold does not count)."""
+    import hashlib
+
+    text = json.dumps({"folds": [sorted(f) for f in folds], "holdout": sorted(holdout)},
+                      separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

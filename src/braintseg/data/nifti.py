@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from braintseg.atomic import atomic_write
 from braintseg.config import MODALITIES
+from braintseg.data.ids import check_id
 from braintseg.data.preprocess import to_internal
 from braintseg.errors import DataError
 
@@ -116,7 +117,8 @@ def _case_from_folder(
         if hit:
             found.setdefault((hit[0], hit[1]), []).append(folder / name)
     conventions = sorted({conv for conv, _ in found})
-    case_id = folder.name
+    name = folder.name if folder.name not in ("", ".", "..") else folder.resolve().name
+    case_id = check_id(name, f"case folder {folder}", "case id")
     if len(conventions) > 1:
         raise DataError(f"case {case_id}: mixes BraTS 2018 and 2023 file names in {folder}")
     convention = conventions[0]

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.data.folds import Folds
+from braintseg.data.ids import check_id
 from braintseg.data.slices import SliceCase, SliceFiles, check_mask
 from braintseg.errors import DataError
 
@@ -74,7 +75,7 @@ def _header(h: Any, path: Path) -> tuple[str, int]:
     pid = _char(g["PID"][()])
     if not pid:
         raise DataError(f"{path}: {STRUCT}.PID is empty; expected the patient id")
-    return pid, int(label)
+    return check_id(pid, str(path), f"{STRUCT}.PID"), int(label)
 
 
 def read_slice(path: Path) -> tuple[NDArray[np.int16], NDArray[np.uint8], int, str]:

@@ -13,6 +13,7 @@ Pillow.  Label convention ``binary``: 0 background, 1 FLAIR abnormality.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from braintseg.data.ids import check_id
 from braintseg.data.slices import SliceCase, SliceFiles, check_mask, numeric_order
 from braintseg.errors import DataError
 
@@ -59,6 +61,10 @@ def read_grades(root: Path) -> dict[str, str]:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read the patient table ({exc})") from None
+    columns = list(rows[0]) if rows else []
+    if rows and "Patient" not in columns:
+        raise DataError(f"{path}: no 'Patient' column (columns: {', '.join(columns)[:120]}); "
+                        f"expected the data set's patient table (Patient, {GRADE_COLUMN})")
     return {r["Patient"].strip(): (r.get(GRADE_COLUMN) or "").strip()
             for r in rows if r.get("Patient") and (r.get(GRADE_COLUMN) or "").strip()}
 
@@ -70,12 +76,24 @@ def _grade(case_id: str, grades: dict[str, str]) -> str | None:
     return None
 
 
+def _check_numbers(files: dict[str, Path]) -> None:
+    """DataError when two files hold the same slice number (``_5.tif`` and ``_05.tif``)."""
+    seen: dict[int, Path] = {}
+    for stem, p in files.items():
+        n = int(stem.rsplit("_", 1)[1])
+        if n in seen:
+            raise DataError(f"{p}: slice {n} is also {seen[n].name}; expected one file per "
+                            "slice number")
+        seen[n] = p
+
+
 def scan_folder(folder: Path, require_labels: bool, grades: dict[str, str]) -> SliceFiles:
     """One patient folder → :class:`SliceFiles`; DataError naming the file or folder.
 
     Every image needs its ``_mask`` (unless ``require_labels`` is False and no slice has one)
     and every mask its image.
     """
+    check_id(folder.name, f"patient folder {folder}", "patient id")
     images: dict[str, Path] = {}
     masks: dict[str, Path] = {}
     for p in _image_files(folder):
@@ -84,6 +102,8 @@ def scan_folder(folder: Path, require_labels: bool, grades: dict[str, str]) -> S
             raise DataError(f"{p}: not a slice name; expected <patient>_<n>{p.suffix} or "
                             f"<patient>_<n>_mask{p.suffix}")
         (masks if m["mask"] else images)[m["stem"]] = p
+    _check_numbers(images)
+    _check_numbers(masks)
     if not images and not masks:
         raise DataError(f"patient folder {folder} holds no slices "
                         f"(<patient>_<n>.tif with <patient>_<n>_mask.tif)")
@@ -103,13 +123,29 @@ def scan_folder(folder: Path, require_labels: bool, grades: dict[str, str]) -> S
         grade=_grade(folder.name, grades))
 
 
-def find_cases(root: Path, require_labels: bool = True) -> list[SliceFiles]:
-    """Every patient folder below ``root`` (sorted by id); DataError on the first bad one."""
+def scan_cases(root: Path, require_labels: bool = True
+               ) -> tuple[list[SliceFiles], list[tuple[str, str]]]:
+    """Every patient folder below ``root`` (sorted by id) and ``[(patient, problem), ...]`` for
+    the folders that cannot be used (``prepare --skip-invalid`` skips them)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"input {root} is not a folder")
     grades = read_grades(root)
-    return [scan_folder(f, require_labels, grades) for f in _patient_folders(root)]
+    cases, problems = [], []
+    for folder in _patient_folders(root):
+        try:
+            cases.append(scan_folder(folder, require_labels, grades))
+        except DataError as exc:
+            problems.append((folder.name, str(exc)))
+    return cases, problems
+
+
+def find_cases(root: Path, require_labels: bool = True) -> list[SliceFiles]:
+    """Every patient folder below ``root`` (sorted by id); DataError on the first bad one."""
+    cases, problems = scan_cases(root, require_labels)
+    if problems:
+        raise DataError(problems[0][1])
+    return cases
 
 
 def read_image(path: Path) -> NDArray[Any]:
@@ -122,11 +158,16 @@ def read_image(path: Path) -> NDArray[Any]:
                 return np.asarray(im)
         import tifffile
 
-        return tifffile.imread(path)
+        logging.getLogger("tifffile").setLevel(logging.ERROR)  # its lines about broken tags
+        image = tifffile.imread(path)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is "not an image"
         kind = "PNG" if path.suffix.lower() == ".png" else "TIFF"
-        raise DataError(f"{path}: not a readable {kind} image "
+        raise DataError(f"{path}: truncated or not a readable {kind} image "
                         f"({type(exc).__name__}: {str(exc)[:80]})") from None
+    if image.size == 0:
+        raise DataError(f"{path}: truncated or unreadable image (no pixel data); expected a "
+                        "whole TIFF/PNG file")
+    return np.asarray(image)
 
 
 def _check_image(img: NDArray[Any], path: Path) -> NDArray[Any]:
@@ -142,14 +183,17 @@ def _check_image(img: NDArray[Any], path: Path) -> NDArray[Any]:
 def load_case(files: SliceFiles) -> SliceCase:
     """Decode every slice of one patient (checks: decodable, shapes, mask size and values)."""
     images, masks = [], []
-    channels = None
+    channels, dtype = None, None
     for k, path in enumerate(files.images):
         img = _check_image(read_image(path), path)
         if channels is None:
-            channels = img.shape[-1]
+            channels, dtype = img.shape[-1], img.dtype
         elif img.shape[-1] != channels:
             raise DataError(f"{path}: {img.shape[-1]} channels; the patient's first slice has "
                             f"{channels}")
+        elif img.dtype != dtype:
+            raise DataError(f"{path}: {img.dtype} pixels; the patient's first slice "
+                            f"{files.images[0].name} has {dtype} (one bit depth per patient)")
         images.append(img)
         if files.masks is not None:
             masks.append(check_mask(read_image(files.masks[k]), img.shape, files.masks[k]))

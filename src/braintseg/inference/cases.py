@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.config import DataConfig, output_name
+from braintseg.data.ids import unsafe
 from braintseg.data.nifti import find_cases, header_from_hex, read_header
 from braintseg.data.store import open_store
 from braintseg.errors import ConfigError, DataError
@@ -68,8 +69,7 @@ def check_case_id(case_id: str, pattern: str, out_dir: Path) -> Path:
         DataError: the id is empty, ``.``/``..``, contains a path separator or ``..``, or the
             resulting name is not directly inside ``out_dir``.
     """
-    bad = (not case_id or case_id.strip(".") == "" or "/" in case_id or "\\" in case_id
-           or ".." in case_id or "\x00" in case_id)
+    bad = unsafe(case_id)
     name = output_name(pattern, case_id)
     target = out_dir / name
     if bad or target.parent != out_dir or target.name.startswith("."):
