@@ -3,10 +3,10 @@
 Usage:
     python scripts/demo_api.py [OUT_DIR] [--epochs N] [--set section.key=value ...]
 
-Each step is one function of ``braintseg`` taking the same ``Config`` object as the CLI: hold
-the BraTS 2023 case out of everything (training and model choice), prepare the other three
-bundled real BraTS cases into a store, train on two of them while choosing the model on the
-third (the validation case), predict the held-out case from its NIfTI files, evaluate it alone
+Each step is one function of ``braintseg`` taking the same ``Config`` object as the CLI: prepare
+the four bundled real BraTS cases into a store (one fold each), train on the three BraTS 2018
+cases (the BraTS 2023 case's fold is the validation fold, only as a learning curve:
+``train.monitor: last``), predict the held-out case from its NIfTI files, evaluate it alone
 against its ground truth, print its Dice and draw the pictures.  Paste the body of ``main`` into
 a notebook cell to run it there.
 """
@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from braintseg import evaluate, load_config, predict, prepare, sample_data_dir, train
-from braintseg.demo import HOLDOUT, VALIDATION, cases_except, draw_pictures, validation_fold
+from braintseg.demo import HOLDOUT, draw_pictures, validation_fold
 from braintseg.evaluate import format_summary
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -29,10 +29,9 @@ def main(out: Path, epochs: int | None, overrides: list[str]) -> None:
     cases = sample_data_dir()  # <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz, 4 real cases
     out.mkdir(parents=True, exist_ok=True)
 
-    train_cases = cases_except(cases, HOLDOUT, out / "cases")  # links to the other three
-    store = prepare(cfg, train_cases, out / "store.h5", workers=None, overwrite=True,
+    store = prepare(cfg, cases, out / "store.h5", workers=None, overwrite=True,
                     skip_invalid=False, require_labels=True)
-    fold = validation_fold(store, VALIDATION)  # validate on one case, train on the other two
+    fold = validation_fold(store, HOLDOUT)  # train on the other three cases
     train(cfg, store, fold, out / "run", resume=False, overwrite=True)
     predictions = predict([out / "run"], cases / HOLDOUT, out / "predictions", overrides=(),
                           probabilities=False, tta=False, cases=None, fold=None)

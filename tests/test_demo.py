@@ -20,12 +20,13 @@ from braintseg.config import REGIONS, load_config, to_dict
 from braintseg.data.store import open_store
 from braintseg.demo import (
     CPU_CONFIG,
+    EXPECTED_DICE,
     GPU_CONFIG,
     HOLDOUT,
-    VALIDATION,
     _clear_output,
-    cases_except,
     demo_config,
+    dice_text,
+    outside_text,
     run_demo,
     sample_data_dir,
 )
@@ -51,9 +52,10 @@ def test_built_in_cpu_config_equals_configs_demo_yaml():
 def test_gpu_config_is_the_default_with_the_demo_data_section():
     default = to_dict(load_config(None))
     gpu = to_dict(demo_config(gpu=True))
-    assert gpu["model"] == default["model"] and gpu["train"] == default["train"]
-    assert gpu["data"]["crop"] == "auto" and gpu["data"]["n_folds"] == len(BUNDLED) - 1
-    assert GPU_CONFIG["data"] == CPU_CONFIG["data"]
+    assert gpu["model"] == default["model"]
+    assert gpu["train"] == {**default["train"], "monitor": "last"}  # nothing chosen on the case
+    assert gpu["data"]["crop"] == "auto" and gpu["data"]["n_folds"] == len(BUNDLED)
+    assert GPU_CONFIG["data"] == CPU_CONFIG["data"] and CPU_CONFIG["train"]["monitor"] == "last"
 
 
 def test_epochs_flag_wins_over_set():
@@ -136,24 +138,24 @@ def tiny_demo(tmp_path_factory):
     return out, result.output
 
 
-def test_tiny_demo_store_holds_the_three_other_cases_one_fold_each(tiny_demo):
+def test_tiny_demo_store_holds_the_four_cases_one_fold_each(tiny_demo):
     out, _ = tiny_demo
     with open_store(out / "store.h5") as store:
-        assert sorted(store.case_ids) == sorted(c for c in BUNDLED if c != HOLDOUT)
+        assert sorted(store.case_ids) == sorted(BUNDLED)
         assert sorted(store.folds) == sorted([c] for c in store.case_ids)
         assert store.conventions["Brats18_2013_3_1"] == "brats2018"
         x0, x1, y0, y1, z0, z1 = store.crop_box
         assert (x1 - x0) % 4 == 0 and (y1 - y0) % 4 == 0  # auto crop, 2**levels with levels=2
 
 
-def test_tiny_demo_holdout_is_neither_trained_nor_validated_on(tiny_demo):
+def test_tiny_demo_holdout_is_not_trained_on_and_nothing_is_chosen_on_it(tiny_demo):
     out, _ = tiny_demo
     run_info = json.loads((out / "run" / "run.json").read_text())
-    assert HOLDOUT not in json.dumps(run_info)
-    assert run_info["val_cases"] == [VALIDATION]
-    assert sorted(run_info["train_cases"]) == sorted(set(BUNDLED) - {HOLDOUT, VALIDATION})
-    assert sorted(p.name for p in (out / "cases").iterdir()) == sorted(
-        set(BUNDLED) - {HOLDOUT})
+    assert run_info["val_cases"] == [HOLDOUT]  # a learning curve on it, nothing more
+    assert sorted(run_info["train_cases"]) == sorted(set(BUNDLED) - {HOLDOUT})
+    assert load_config(out / "run" / "config.yaml").train.monitor == "last"
+    state = json.loads((out / "run" / "checkpoint" / "state.json").read_text())
+    assert state["best_epoch"] == state["epochs_done"] == 1  # model.keras = the last epoch
 
 
 def test_tiny_demo_run_folder_holds_the_model_history_and_resolved_config(tiny_demo):
@@ -186,30 +188,29 @@ def test_tiny_demo_metrics_and_summary_agree_with_what_is_printed(tiny_demo):
     dice = {r: float(rows[0][f"{r}_dice"]) for r in REGIONS}
     assert summary["dice"] == pytest.approx(dice, nan_ok=True)
     assert summary["holdout"] == HOLDOUT and summary["device"] in ("cpu", "gpu")
-    assert summary["validation"] == VALIDATION
-    val_rows = list(csv.DictReader((out / "validation" / "metrics.csv").open()))
-    assert [r["case"] for r in val_rows] == [VALIDATION] and val_rows[0]["status"] == "ok"
-    val_dice = {r: float(val_rows[0][f"{r}_dice"]) for r in REGIONS}
-    assert summary["validation_dice"] == pytest.approx(val_dice, nan_ok=True)
     assert summary["config"]["train"]["epochs"] == 1
+    assert summary["expected"] == {}  # --epochs/--set: not the demo as shipped, no range
     assert set(summary["seconds"]) == {"prepare", "train", "predict", "evaluate", "pictures",
                                        "total"}
-    *_, val_line, last = printed.strip().splitlines()
-    assert val_line.startswith(f"validation case {VALIDATION} (the model was chosen on it")
-    assert f"WT {val_dice['wt']:.3f}" in val_line and f"ET {val_dice['et']:.3f}" in val_line
-    assert last.startswith(f"held-out case {HOLDOUT} (never trained on nor used to choose")
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith(f"held-out case {HOLDOUT} (never trained on, nothing chosen on it)")
     assert f"WT {dice['wt']:.3f}" in last and f"ET {dice['et']:.3f}" in last
+    assert "expected" not in last and "warning" not in printed
     for path in (out / "store.h5", out / "run", out / "predictions" / "metrics.csv"):
         assert str(path) in printed
 
 
-def test_cases_except_links_every_other_case_and_is_rerunnable(tmp_path):
-    dest = cases_except(sample_data_dir(), HOLDOUT, tmp_path / "c")
-    assert sorted(p.name for p in dest.iterdir()) == sorted(set(BUNDLED) - {HOLDOUT})
-    assert (dest / VALIDATION / f"{VALIDATION}_seg.nii.gz").is_file()
-    assert cases_except(sample_data_dir(), VALIDATION, dest) == dest  # replaces the old links
-    assert sorted(p.name for p in dest.iterdir()) == sorted(set(BUNDLED) - {VALIDATION})
-    assert len(list(sample_data_dir().iterdir())) >= 4  # the links' targets untouched
+def test_dice_is_printed_beside_its_range_and_a_figure_outside_is_flagged():
+    inside = {"wt": 0.8, "tc": 0.8, "et": 0.8}
+    text = dice_text(inside, EXPECTED_DICE)
+    lo, hi = EXPECTED_DICE["tc"]
+    assert f"TC 0.800 (expected {lo:.2f}-{hi:.2f})" in text and text.count("expected") == 3
+    assert outside_text(inside, EXPECTED_DICE) == ""
+    collapsed = {**inside, "tc": 0.011, "et": float("nan")}
+    warning = outside_text(collapsed, EXPECTED_DICE)
+    assert warning.startswith("warning: held-out Dice of TC, ET outside the range")
+    assert "constraints.txt" in warning and "WT" not in warning
+    assert dice_text(inside, {}) == "WT 0.800  TC 0.800  ET 0.800"
 
 
 def test_tiny_demo_pictures_decode(tiny_demo):
@@ -231,8 +232,9 @@ def test_full_cpu_demo_segments_the_held_out_tumour(tmp_path):
     """The demo as a user runs it (CPU configuration): several minutes on 2 cores."""
     result = run_demo(tmp_path / "demo", gpu=False)
     assert result.seconds["total"] > 0 and len(result.pictures) == 2
-    assert result.dice["wt"] > 0.5 and result.dice["tc"] > 0.3, result.dice
-    assert result.validation == VALIDATION and set(result.validation_dice) == set(REGIONS)
+    assert result.expected == EXPECTED_DICE
+    for region, (lo, hi) in EXPECTED_DICE.items():  # the figures the README states
+        assert lo <= result.dice[region] <= hi, result.dice
 
 
 @pytest.mark.slow
@@ -248,4 +250,5 @@ def test_demo_api_script_runs_the_steps_through_the_api(tmp_path):
         f"{HOLDOUT}_overlay.png", "training_curves.png"]
     assert "1 scored against a prediction, 0 missing predictions" in done.stdout
     assert f"held-out case {HOLDOUT} Dice {{'wt': " in done.stdout
-    assert HOLDOUT not in (out / "run" / "run.json").read_text()
+    run_json = json.loads((out / "run" / "run.json").read_text())
+    assert run_json["val_cases"] == [HOLDOUT] and HOLDOUT not in run_json["train_cases"]

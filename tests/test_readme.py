@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from braintseg.demo import HOLDOUT, VALIDATION, sample_data_dir
+from braintseg.demo import HOLDOUT, sample_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, SHORT = '"train.epochs=6"', '"train.epochs=1"'
@@ -36,8 +37,8 @@ def readme_snippet() -> str:
 def test_snippet_holds_out_its_case_and_evaluates_only_it():
     code = readme_snippet()
     assert code.count(EPOCHS) == 1 and "if __name__" not in code
-    assert "cases_except(cases, HOLDOUT" in code and "cases=[HOLDOUT]" in code
-    assert "cases / HOLDOUT" in code and "validation_fold(store, VALIDATION)" in code
+    assert "validation_fold(store, HOLDOUT)" in code and "cases=[HOLDOUT]" in code
+    assert "cases / HOLDOUT" in code and "prepare(cfg, cases," in code
     compile(code, "README.md", "exec")
 
 
@@ -57,8 +58,9 @@ def test_readme_snippet_runs_verbatim_as_a_script(tmp_path):
     out = tmp_path / "braintseg-demo-api"
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["case"] for r in rows] == [HOLDOUT] and rows[0]["status"] == "ok"
-    run_json = (out / "run" / "run.json").read_text()
-    assert HOLDOUT not in run_json and VALIDATION in run_json
+    run_json = json.loads((out / "run" / "run.json").read_text())
+    assert run_json["val_cases"] == [HOLDOUT] and HOLDOUT not in run_json["train_cases"]
+    assert len(run_json["train_cases"]) == 3
     assert sorted(p.name for p in (out / "predictions").glob("*.nii.gz")) == [f"{HOLDOUT}.nii.gz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["braintseg-demo-api", "configs",
                                                           "example.py"]

@@ -6,20 +6,21 @@ functions the ``braintseg`` commands call (``run_prepare``, ``run_train``, ``run
 Importing ``braintseg`` stays cheap: a step's module (and Keras with it) is imported on the
 step's first call.
 
-Example (the demo's steps, holding one case out of training and validation; see
-``scripts/demo_api.py`` and the README, whose copy of this example a test runs as a script)::
+Example (the demo's steps, holding one case out of training; see ``scripts/demo_api.py`` and
+the README, whose copy of this example a test runs as a script)::
 
+    from pathlib import Path
     from braintseg import demo, evaluate, load_config, predict, prepare, sample_data_dir, train
-    from braintseg.demo import HOLDOUT, VALIDATION, cases_except, validation_fold
+    from braintseg.demo import HOLDOUT, validation_fold
 
+    out = Path("braintseg-demo-api")                             # ignored by git
     cfg = load_config("configs/demo.yaml", ["train.epochs=2"])  # YAML + --set style overrides
     cases = sample_data_dir()                                    # 4 bundled real BraTS cases
-    others = cases_except(cases, HOLDOUT, "demo/cases")          # links to the 3 other cases
-    store = prepare(cfg, others, "demo/store.h5")                # NIfTI -> HDF5 store + folds
-    train(cfg, store, validation_fold(store, VALIDATION), "demo/run")  # 2 train, 1 validation
-    predict(["demo/run"], cases / HOLDOUT, "demo/predictions")   # the held-out case only
-    summary = evaluate("demo/predictions", cases, "demo/metrics.csv", cases=[HOLDOUT])
-    result = demo("demo-all-in-one")                             # or all of the above at once
+    store = prepare(cfg, cases, out / "store.h5")                # NIfTI -> HDF5 store, 4 folds
+    train(cfg, store, validation_fold(store, HOLDOUT), out / "run")  # on the 3 other cases
+    predict([out / "run"], cases / HOLDOUT, out / "predictions") # the held-out case only
+    summary = evaluate(out / "predictions", cases, out / "metrics.csv", cases=[HOLDOUT])
+    result = demo(out / "all-in-one")                            # or all of the above at once
 
 Why the machinery below: ``braintseg.prepare`` is both the name of a submodule and of the API
 function.  Python's import system sets the package attribute to the *module* whenever the
