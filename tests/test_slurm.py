@@ -16,6 +16,7 @@ import csv
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -456,3 +457,66 @@ def test_two_task_job_stops_both_tasks_at_one_step_and_the_requeue_resumes(
     assert f"requeueing {job}_1" in first and "finished" in second
     assert sorted(p.name for p in cv.iterdir()) == ["runs"]  # nothing beside the run
     assert sorted(p.name for p in (cv / "runs").iterdir()) == ["axial_f1"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_stream_mode_usr1_to_every_process_of_the_job_requeues_and_resumes(
+    slurm, synthetic_store, tmp_path
+):
+    """``scancel --signal=USR1 --full``: the batch script, braintseg, its block reader
+    processes and multiprocessing's resource tracker all get the signal, shortly after the
+    start (start-up or the first steps); the task still requeues itself, resumes and
+    finishes, with no traceback in its log and no shared-memory segment left."""
+    cv = tmp_path / "cv"
+    env = slurm | {"BRAINTSEG": BRAINTSEG, "STORE": str(synthetic_store), "CV_DIR": str(cv),
+                   "N_FOLDS": "2", "VIEWS": "axial", "CONFIG": str(SMOKE),
+                   "SET": "train.epochs=2 train.cache=stream train.read_processes=2"}
+    job = sbatch(env, *CPU_OPTS, "--array=1", "-o", str(tmp_path / "s-%A_%a.out"),
+                 str(SLURM_DIR / "train.sbatch"))
+    out = tmp_path / f"s-{job}_1.out"
+    wait_for(lambda: out.exists() and " train -i " in out.read_text(), 120, "the start")
+    time.sleep(2)
+    subprocess.run(["scancel", "--signal=USR1", "--full", f"{job}_1"], env=env, check=True)
+    wait(env, [job], timeout=600)
+
+    (task,) = jobs(env, job)
+    log = out.read_text()
+    run = cv / "runs" / "axial_f1"
+    assert (task["JobState"], task["Restarts"]) == ("COMPLETED", "1"), log[-4000:]
+    assert epochs(run / "history.csv") == [1, 2], log[-4000:]
+    assert (run / "DONE").exists()
+    first, _ = log.split("restart 1", 1)
+    assert "got SIGUSR1" in first and f"requeueing {job}_1" in first, first[-4000:]
+    assert "Traceback" not in log and "KeyError" not in log, log[-4000:]
+    assert not [p for p in Path("/dev/shm").glob("braintseg_*")
+                if not Path(f"/proc/{p.name.split('_')[1]}").exists()]
+
+
+def test_train_killed_by_the_forwarded_usr1_while_starting_counts_as_a_stop(tmp_path):
+    """A USR1 during Python's own start-up (before braintseg's first line can catch it) kills
+    the trainer (exit 138): nothing was saved, so the script treats it as a stop (75, requeue
+    under Slurm), not as a failure.  The stand-in keeps USR1's default action."""
+    fake = tmp_path / "starting.py"
+    fake.write_text("import time\ntime.sleep(60)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    env |= {"BRAINTSEG": f"{sys.executable} {fake}", "STORE": "/s.h5",
+            "CV_DIR": str(tmp_path / "cv")}
+    proc = subprocess.Popen(["bash", str(SLURM_DIR / "train.sbatch")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not any(str(fake) in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+                  for p in _children(proc.pid)):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, err
+    assert "got SIGUSR1" in err and "killed by SIGUSR1 while starting; nothing to save" in err
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []

@@ -230,3 +230,143 @@ def test_stream_mode_sigkill_leaves_no_reader_and_resume_equals_uninterrupted(
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(run, ref)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigCgt"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+def _signal_early(args: list[str], sig: int, after: float) -> subprocess.CompletedProcess:
+    """Start ``args`` and send ``sig`` ``after`` seconds after the first instant the process
+    has a handler for it: braintseg's first code (the package's import).  Before that only
+    Python itself runs and no handler can exist; a signal then kills the process (0.05 s on
+    an idle machine, seconds on a busy one: a fixed instant after the start is no test)."""
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _catches(proc.pid, sig):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no handler after 120 s"
+            time.sleep(0.001)
+        time.sleep(after)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
+def test_a_stop_signal_in_the_first_instants_ends_with_75_before_training(
+    synthetic_store: Path, tmp_path: Path, sig: int
+) -> None:
+    """From the first instant braintseg code runs (the package's import, long before click,
+    the config and the store: 0.2-0.4 s on a busy machine, during which a signal used to kill
+    the process with 138/143, so train.sbatch did not requeue) to the Keras import: exit 75,
+    one line, no traceback, nothing trained."""
+    name = signal.Signals(sig).name
+    for when in (0.0, 0.05, 0.2, 0.5):
+        run = tmp_path / f"run-{when}"
+        done = _signal_early(_args(synthetic_store, run), sig, when)
+        assert done.returncode == 75, (when, done.returncode, done.stderr[-3000:])
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        lines = [ln for ln in done.stderr.splitlines() if ln.startswith("braintseg:")]
+        assert len(lines) == 1 and lines[0] == done.stderr.strip().splitlines()[-1], done.stderr
+        assert lines[0].startswith(f"braintseg: {name} during start-up: stopped before "
+                                   "training began, no checkpoint yet"), lines[0]
+        assert not (run / "last.keras").exists()
+
+
+def test_a_stop_signal_while_the_command_reads_its_config_ends_with_75(
+    synthetic_store: Path, tmp_path: Path
+) -> None:
+    """The config is a FIFO: ``train`` waits in the config's read (before run_train and its
+    handlers) until the test writes it; a USR1 meanwhile used to kill the process (-10)."""
+    fifo = tmp_path / "slow.yaml"
+    os.mkfifo(fifo)
+    run = tmp_path / "run"
+    args = [*_args(synthetic_store, run)[:-4], "-c", str(fifo)]
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        with fifo.open("w") as f:  # returns once train opened the config for reading
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.2)
+            f.write(SMOKE.read_text())
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        "braintseg: SIGUSR1 during start-up: stopped before training began"), err[-3000:]
+
+
+def test_a_stop_signal_at_the_start_of_a_resume_names_the_unchanged_checkpoint(
+    synthetic_store: Path, two_epoch_run: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(two_epoch_run, tmp_path / "run"))
+    before = (run / "last.keras").read_bytes()
+    done = _signal_early(_args(synthetic_store, run, "--resume", epochs=3), signal.SIGUSR1,
+                         0.0)
+    assert done.returncode == 75, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
+    assert last.startswith(f"braintseg: SIGUSR1 during start-up: stopped before training "
+                           f"began, its checkpoint {run / 'last.keras'} is unchanged"), last
+    assert (run / "last.keras").read_bytes() == before
+
+
+def _shm_segments(pid: int) -> list[Path]:
+    return list(Path("/dev/shm").glob(f"braintseg_{pid}_*"))
+
+
+@pytest.mark.slow  # two trainings (~2 min on a busy 2-core machine)
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_stream_mode_usr1_to_the_whole_process_group_ends_with_75_then_resumes(
+    synthetic_store: Path, tmp_path: Path
+) -> None:
+    """``kill -USR1 -- -PGID`` (what ``scancel --signal=USR1`` / srun's forwarding does: every
+    process of the step) while stream mode trains with 2 reader processes: the readers and
+    multiprocessing's resource tracker survive it, the trainer saves and exits 75 with one
+    line and no traceback, no reader or shared-memory segment is left, and --resume ends."""
+    stream = ("--set", "train.cache=stream", "--set", "train.read_processes=2")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_args(synthetic_store, run, *stream, epochs=1), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while len(_block_readers(synthetic_store)) < 2 or not _shm_segments(proc.pid):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the block readers never started"
+            time.sleep(0.05)
+        readers = _block_readers(synthetic_store)
+        os.killpg(proc.pid, signal.SIGUSR1)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, err[-3000:]
+    for bad in ("Traceback", "KeyError", "resource_tracker", "died"):
+        assert bad not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("braintseg:")]
+    assert len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err[-3000:]
+    assert lines[0].startswith("braintseg: SIGUSR1: checkpoint saved in "), lines[0]
+    assert (run / "last.keras").is_file()
+    assert not any(Path(f"/proc/{r}").exists() and " Z " not in Path(f"/proc/{r}/stat")
+                   .read_text() for r in readers)
+    assert _block_readers(synthetic_store) == [] and _shm_segments(proc.pid) == []
+    done = subprocess.run(_args(synthetic_store, run, *stream, "--resume", epochs=1),
+                          env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run / "DONE").is_file() and "Traceback" not in done.stderr

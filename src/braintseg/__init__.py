@@ -10,7 +10,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from braintseg import api as _api
+from braintseg import stop as _stop
+
+if _stop.is_train_command(getattr(sys, "orig_argv", [])):  # before anything slow: see stop
+    _stop.record_early()
+
+from braintseg import api as _api  # noqa: E402 - after the signal handlers
 
 __version__ = "0.1.0"
 

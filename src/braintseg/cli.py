@@ -215,14 +215,21 @@ def train(
     global batch: it must divide by the number of devices, and the learning rate is not
     rescaled.  A signal to any process stops all of them at the same step (exit 75 each).
     """
-    with user_errors(_train_resume(store, fold, run_dir, config_path, overrides)):
-        cfg = _load(config_path, overrides)
-        from braintseg.distribute import Launch
-        from braintseg.train import run_train
+    from braintseg.stop import record_early, stop_recording
 
-        launch = Launch.from_options(coordinator, num_processes, process_id)
-        run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite, launch=launch)
-        click.echo(f"finished {run_dir}")
+    early = record_early()  # a stop signal from now on ends the run with exit 75
+    try:
+        with user_errors(_train_resume(store, fold, run_dir, config_path, overrides)):
+            cfg = _load(config_path, overrides)
+            from braintseg.distribute import Launch
+            from braintseg.train import run_train
+
+            launch = Launch.from_options(coordinator, num_processes, process_id)
+            run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite,
+                      launch=launch)
+            click.echo(f"finished {run_dir}")
+    finally:
+        stop_recording(early)
 
 
 @cli.command()

@@ -176,7 +176,7 @@ def _run_locked(cfg: Config, store: Path, fold: int, paths: RunPaths, resume: bo
         paths.clear()
         _write_run_files(paths, cfg, run)
     kill_point("startup")
-    stop.check("start-up", state is not None)
+    stop.check("start-up", paths.last if state is not None else None)
     _fit(cfg, store, run, paths, state, stop, dist)
     paths.done.write_text("finished\n")
     return paths.root
@@ -199,8 +199,8 @@ def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
     from braintseg.data.augment import install_device_affine
     from braintseg.data.generator import release_store
 
-    resuming = state is not None
-    stop.check("start-up (importing Keras)", resuming)
+    checkpoint = paths.last if state is not None else None
+    stop.check("start-up (importing Keras)", checkpoint)
     keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(
@@ -214,7 +214,7 @@ def _fit(cfg: Config, store: Path, run: dict[str, Any], paths: RunPaths,
         if state is not None:
             repair_run(paths, state)
             _write_run_files(paths, cfg, run)
-        stop.check("start-up (building the model)", resuming)
+        stop.check("start-up (building the model)", checkpoint)
         fit.fit(model, cfg, paths, train, val, stop, state, dist)
     finally:
         for ds in datasets:

@@ -4,6 +4,7 @@ signals, and nothing left behind (real processes, real shared memory, real signa
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,3 +193,106 @@ def test_segments_of_dead_processes_are_removed_by_the_next_reader(
     finally:
         for p in (stale, live):
             p.unlink(missing_ok=True)
+
+
+def test_a_worker_dead_of_sigbus_says_dev_shm_ran_out(synthetic_store: Path) -> None:
+    """A full /dev/shm kills the worker that writes a new page of a segment with SIGBUS."""
+    ds = _dataset(synthetic_store, 2)
+    ds[0]
+    for pid in _pids(ds):
+        os.kill(pid, signal.SIGBUS)
+    with pytest.raises(DataError) as info:
+        for e in range(1, 4):
+            ds.set_epoch(e)
+            for i in range(len(ds)):
+                ds[i]
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"store {synthetic_store}: a block reader "
+                                              "process died of SIGBUS: /dev/shm ran out of "
+                                              "space"), msg
+    assert msg.endswith("set train.read_processes=0 to read on threads instead"), msg
+    ds.close()
+    assert not _segments(os.getpid())
+
+
+def _private_tmpfs_works() -> bool:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c",
+                            "mount -t tmpfs -o size=1m tmpfs /dev/shm"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _private_tmpfs_works(),
+                    reason="needs root and unshare -m (a private 4 MB /dev/shm)")
+def test_a_really_full_dev_shm_is_one_line_naming_it(synthetic_store: Path,
+                                                     tmp_path: Path) -> None:
+    """In a private mount namespace /dev/shm is a 4 MB tmpfs: the readers start (room for
+    the read-ahead), then another file takes the rest; the first block a worker writes into a
+    fresh slot is a SIGBUS, which the trainer reports in one line."""
+    script = tmp_path / "reader.py"
+    script.write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        from braintseg.data.generator import SliceDataset
+        from braintseg.data.store import open_store
+        from braintseg.errors import DataError
+        store = {str(synthetic_store)!r}
+        ds = SliceDataset(store, open_store(store).case_ids, "axial", 5, cache="stream",
+                          block_slices=4, buffer_blocks=2, read_processes=2)
+        assert ds._block_processes() is not None
+        with open("/dev/shm/filler", "wb") as f:  # another job fills /dev/shm
+            try:
+                while True:
+                    f.write(bytes(65536))
+                    f.flush()
+            except OSError:
+                pass
+        try:
+            ds[0]
+        except DataError as exc:
+            print(exc)
+        ds.close()
+    """))
+    done = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=4m tmpfs "
+                           f"/dev/shm && exec {sys.executable} {script}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith(f"store {synthetic_store}: a block reader process died of "
+                                  "SIGBUS: /dev/shm ran out of space (0 MB free now"), (
+        done.stdout, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+def test_a_signal_to_the_whole_group_leaves_the_resource_tracker_quiet(
+        synthetic_store: Path, tmp_path: Path) -> None:
+    """``kill -USR1 -- -PGID`` reaches multiprocessing's resource tracker too: it used to die
+    of it, and the tracker started in its place printed a KeyError traceback for each segment
+    unregistered at close (it had never seen them)."""
+    script = tmp_path / "reader.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, time
+        from braintseg.data.generator import SliceDataset
+        from braintseg.data.store import open_store
+        got = []
+        signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))  # the trainer's handler
+        store = {str(synthetic_store)!r}
+        ds = SliceDataset(store, open_store(store).case_ids, "axial", 5, cache="stream",
+                          block_slices=4, buffer_blocks=2, read_processes=2)
+        ds[0]
+        os.killpg(0, signal.SIGUSR1)
+        time.sleep(0.5)
+        for e in range(1, 3):
+            ds.set_epoch(e)
+            for i in range(len(ds)):
+                ds[i]
+        ds.close()
+        print(len(got), os.getpid())
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, pid = done.stdout.split()
+    assert got == "1"  # the reading process had the signal, and went on
+    for bad in ("Traceback", "KeyError", "resource_tracker"):
+        assert bad not in done.stderr, done.stderr[-3000:]
+    assert not _segments(int(pid))

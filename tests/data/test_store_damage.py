@@ -8,6 +8,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +275,82 @@ def test_damaged_slice_chunk_is_refused_by_the_direct_reader(tmp_path: Path) -> 
         s.read_case(1)
     assert s.read_case(0)[0].shape[1:] == (256, 256, 3)  # the others read
     s.close()
+
+
+def _flip_case(store: Path, case: int) -> None:
+    offset, size = _chunk(store, "images", case)
+    _patch(store, offset + size // 2, b"\xff\x00\xff")
+
+
+def test_a_damaged_read_on_a_thread_prints_no_hdf5_stack(store: Path, tmp_path: Path) -> None:
+    """HDF5 keeps an error stack a thread and PyTables silences the importing thread's only:
+    a read on another thread (predict's and the trainers' reader threads) printed HDF5-DIAG
+    lines (C code, straight to stderr) before the one line.  A real process: CliRunner and
+    capsys do not see what C writes to file descriptor 2."""
+    _flip_case(store, 1)
+    script = tmp_path / "read.py"
+    script.write_text(textwrap.dedent(f"""
+        import threading
+        from braintseg.data.store import open_store
+        from braintseg.errors import DataError
+        s = open_store({str(store)!r})
+        def read():
+            try:
+                s.read_case(1)
+            except DataError as exc:
+                print(exc)
+        t = threading.Thread(target=read)
+        t.start()
+        t.join()
+        s.close()
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.fullmatch(_message(CASES[1])[1:-1] + "\n", done.stdout), done.stdout
+    assert "HDF5-DIAG" not in done.stderr and "H5D" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.slow  # TensorFlow import and a model: ~40 s on a busy 2-core machine
+def test_predict_process_on_damaged_store_prints_one_line_and_no_hdf5_stack(
+        store: Path, tmp_path: Path) -> None:
+    s = open_store(store)
+    box, victim = s.crop_box, s.fold_cases(0)[1][0]
+    index = s.index_of(victim)
+    s.close()
+    run = _run_folder(tmp_path / "run", box)
+    _flip_case(store, index)
+    done = subprocess.run([sys.executable, "-m", "braintseg", "predict", "-m", str(run), "-i",
+                           str(store), "--fold", "0", "-o", str(tmp_path / "pred")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "HDF5-DIAG" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \({why()}\); "
+                     "damaged: re-run prepare$", last), done.stderr[-3000:]
+
+
+@pytest.mark.slow  # TensorFlow import and a few training steps
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_train_process_in_stream_mode_on_damaged_store_is_one_line(
+        store: Path, tmp_path: Path) -> None:
+    """Stream mode: the damaged chunk is read by a block reader process."""
+    s = open_store(store)
+    victim = s.fold_cases(0)[0][0]  # a training case of fold 0
+    index = s.index_of(victim)
+    s.close()
+    _flip_case(store, index)
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "braintseg", "train", "-c",
+                           str(REPO / "configs" / "smoke.yaml"), "-i", str(store), "--fold",
+                           "0", "-o", str(run), "--set", "train.epochs=1", "--set",
+                           "train.cache=stream", "--set", "train.read_processes=2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    for bad in ("HDF5-DIAG", "Traceback", "tensorflow"):
+        assert bad not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.search(rf"store .*s\.h5: case {victim} cannot be read \(.+\); "
+                     "damaged: re-run prepare$", last), done.stderr[-3000:]
+    assert "stream mode reads on" not in done.stderr  # the reader processes read it
+    assert not (run / "model.keras").exists()

@@ -25,8 +25,11 @@ Memory: *slots*, each a :class:`~multiprocessing.shared_memory.SharedMemory` seg
 (``/dev/shm/braintseg_<pid>_<n>``) holding one block, created when first needed and reused once
 the consumer drops the block, so the total is what the thread reader holds (about two shuffle
 windows).  Segments are unlinked by :meth:`BlockProcesses.close`; after a ``kill -9`` of the
-parent, multiprocessing's resource tracker unlinks them, and if the tracker was killed too
-(Slurm ends every process of a job), the next reader removes segments of dead processes.
+parent, multiprocessing's resource tracker unlinks them (it is started with the stop signals
+blocked, so a signal to the whole job does not kill it), and if the tracker was killed too
+(Slurm's SIGKILL of every process of a job), the next reader removes segments of dead
+processes.  A worker that dies of SIGBUS (a page of a segment that a full ``/dev/shm`` could
+not provide) is one line naming ``/dev/shm`` and ``train.read_processes=0``.
 :func:`processes_unavailable` says when processes cannot be used (no ``/dev/shm``, or too
 little room there: a full tmpfs would kill a process with SIGBUS instead of failing cleanly);
 the caller then reads on threads.
@@ -45,6 +48,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -76,6 +80,14 @@ class SharedBlock:
 
     def __iter__(self) -> Any:  # ``bx, by = block``, as for a block read on a thread
         return iter((self.x, self.y))
+
+
+def _free_mb() -> str:
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return "?"
+    return f"{st.f_bavail * st.f_frsize / 1e6:.0f}"
 
 
 def processes_unavailable(slot_bytes: int, max_slots: int) -> str | None:
@@ -111,6 +123,36 @@ def remove_stale_segments() -> list[str]:
     return removed
 
 
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """This thread with SIGINT, SIGTERM and SIGUSR1 blocked: a process started meanwhile
+    inherits the mask, so a signal to the whole process group (``kill -USR1 -- -PGID``,
+    ``scancel --signal=USR1 --full``) cannot kill it before it ignores the signal itself;
+    here a signal that arrives meanwhile is delivered when the block ends (nothing is lost)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (if not running) with the stop signals blocked.
+
+    The tracker ignores SIGINT and SIGTERM but not SIGUSR1: a signal to the whole job killed
+    it, the next unregistration started another one, and that printed a ``KeyError`` traceback
+    for each segment it had never seen.  It unblocks only SIGINT and SIGTERM, so a SIGUSR1
+    stays pending there, never delivered.
+    """
+    from multiprocessing import resource_tracker
+
+    with _stop_signals_blocked():
+        resource_tracker.ensure_running()
+
+
 def _new_segment(size: int) -> SharedMemory:
     """A new segment ``braintseg_<pid>_<n>``, known to the resource tracker *before* it exists:
     a ``kill -9`` between its creation and SharedMemory's own registration would leak it."""
@@ -128,9 +170,10 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p]
                                             + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(store_path), verified, *map(str, counts)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+        with _stop_signals_blocked():  # until the worker ignores them (see main)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(store_path), verified, *map(str, counts)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
         self.stdin: IO[str] = self.proc.stdin  # type: ignore[assignment]
         self.stdout: IO[str] = self.proc.stdout  # type: ignore[assignment]
 
@@ -144,9 +187,16 @@ class _Worker:
             return None
         return json.loads(line) if line else None
 
-    def died(self) -> str:
+    def died(self, store_path: Path) -> str:
+        """The one-line error for this worker's death (after it stopped answering)."""
         code = self.proc.wait()
-        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        if code == -signal.SIGBUS:  # a page of a segment the full tmpfs could not provide
+            return (f"store {store_path}: a block reader process died of SIGBUS: {SHM_DIR} "
+                    f"ran out of space ({_free_mb()} MB free now; another job may have filled "
+                    "it); set train.read_processes=0 to read on threads instead")
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return (f"store {store_path}: a block reader process died ({how}; out of memory? "
+                "train.read_processes: 0 reads on threads instead)")
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -179,6 +229,7 @@ class BlockProcesses:
                  chunk_counts: tuple[int, int]) -> None:
         self.store_path, self.processes, self.slot_bytes = Path(store_path), processes, slot_bytes
         remove_stale_segments()
+        start_resource_tracker()
         self._verified = _new_segment(max(1, sum(chunk_counts)))
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._workers = [_Worker(self.store_path, self._verified.name, chunk_counts)
@@ -216,9 +267,7 @@ class BlockProcesses:
         if answer is None or "error" in answer:
             self.release_slot(slot)
             if answer is None:
-                raise DataError(f"store {self.store_path}: a block reader process died "
-                                f"({worker.died()}; out of memory? train.read_processes: 0 "
-                                "reads on threads instead)")
+                raise DataError(worker.died(self.store_path))
             raise DataError(answer["error"])
         x = np.ndarray(answer["x"][1], np.dtype(answer["x"][0]), slot.buf, 0)
         y = np.ndarray(answer["y"][1], np.dtype(answer["y"][0]), slot.buf, x.nbytes)
@@ -305,8 +354,11 @@ def main(argv: list[str]) -> None:
     # the parent stops a worker by closing its stdin, and its death closes it too (only the
     # parent holds the pipe's other end); PR_SET_PDEATHSIG would fire when the *thread* that
     # started the worker ends, so it is not used
-    for sig in (*STOP_SIGNALS, signal.SIGINT):  # the trainer's stop signals and Ctrl-C
+    ignored = (*STOP_SIGNALS, signal.SIGINT)  # the trainer's stop signals and Ctrl-C
+    for sig in ignored:
         signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # started with them blocked (_Worker): pending
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, ignored)  # ones are discarded now
     from braintseg.malloc import keep_freed_memory
 
     keep_freed_memory()

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -74,6 +75,23 @@ READ_ERRORS = (tables.HDF5ExtError, OSError, ValueError, KeyError, tables.NoSuch
 DIRECT_ENV = "BRAINTSEG_DIRECT_READS"
 #: the first 8 bytes of every HDF5 file (superblock at offset 0, as PyTables writes it)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+_QUIET = threading.local()
+
+
+def quiet_hdf5() -> None:
+    """Turn HDF5's error printing off in this thread (once a thread).  The library keeps one
+    error stack a thread, and PyTables silences only the importing thread's: a failed read on a
+    reader thread printed HDF5's whole ``HDF5-DIAG`` stack to stderr before the one-line
+    error (h5py's own HDF5, used by the direct reader, likewise)."""
+    if getattr(_QUIET, "done", False):
+        return
+    tables.silence_hdf5_messages()
+    if "h5py" in sys.modules:
+        with contextlib.suppress(ImportError, AttributeError):
+            sys.modules["h5py"]._errors.silence_errors()
+    _QUIET.done = True
 
 
 def damaged(store: Path, what: str, exc: BaseException) -> DataError:
@@ -131,6 +149,7 @@ class SliceStore:
         self.__init__(Path(state["path"]))  # type: ignore[misc]
 
     def _handle(self) -> tables.File:
+        quiet_hdf5()
         if self._h is None or self._pid != os.getpid():
             self._h = tables.open_file(str(self.path), "r", chunk_cache_size=CHUNK_CACHE_BYTES,
                                        chunk_cache_nelmts=100_003)
@@ -154,6 +173,7 @@ class SliceStore:
         ``BRAINTSEG_DIRECT_READS=0``.  Reads then need no HDF5 call, so threads read at once."""
         if self._chunked_pid == os.getpid():
             return self._chunked
+        quiet_hdf5()
         with HDF5_LOCK:
             if self._chunked_pid != os.getpid():
                 self._chunked = self._open_readers()
@@ -469,6 +489,7 @@ def _read_header(
     if signature != HDF5_SIGNATURE:
         raise DataError(f"{path} is not an HDF5 file; expected a store written by "
                         "`braintseg prepare`")
+    quiet_hdf5()
     try:
         h = tables.open_file(str(path), "r")
     except READ_ERRORS as exc:
