@@ -42,7 +42,7 @@ LGG_CONFIG: dict[str, dict[str, Any]] = {
     "data": {"n_folds": 2},
     "model": {"name": "unet", "levels": 4, "start_channels": 8, "norm": "group",
               "output": "binary"},
-    "train": {"batch_size": 8, "epochs": 4, "steps_per_epoch": 10, "optimizer": "adam",
+    "train": {"batch_size": 4, "epochs": 20, "steps_per_epoch": 10, "optimizer": "adam",
               "learning_rate": 0.003, "schedule": "cosine", "ce_weight": 1.0,
               "tumour_oversampling": 0.5, "monitor": "last"},
     "predict": {"batch_size": 16},
