@@ -187,8 +187,9 @@ def prepare(
               help="Cross-validation fold used for validation.")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder (config, logs, checkpoints, model.keras).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint (an unfinished epoch is run "
-                   "again from its first batch).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its checkpoint (an unfinished epoch is "
+                   "run again from its first batch).")
 @click.option("--overwrite", is_flag=True, help="Start afresh in a folder that holds a run.")
 @click.option("--coordinator", metavar="HOST:PORT", default=None,
               help="Several processes, one model (JAX, train.distribution=data_parallel): "

@@ -204,7 +204,6 @@ def run_report(folder: Path, truth: Path | None = None, out_dir: Path | None = N
         The PNG files written.
     """
     from braintseg.evaluate import find_predictions
-
     from braintseg.runs import run_folder
 
     folder = run_folder(Path(folder))
