@@ -8,7 +8,6 @@ modules are imported inside the commands.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -121,10 +120,9 @@ def cli(verbose: int, quiet: bool, debug: bool) -> None:
       braintseg predict  -m runs/axial_f0 -m runs/sagittal_f0 -i CASES_DIR -o preds/
       braintseg evaluate -p preds/ -t CASES_DIR -o metrics.csv
     """
-    from braintseg.log import setup_logging
+    from braintseg.log import quiet_native_logs, setup_logging
 
-    if verbose < 2:  # TensorFlow's C++ start-up lines (CPU features, absl) only with -vv
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_native_logs(verbose)  # TensorFlow's C++ start-up lines (absl, oneDNN) only with -vv
     _State.debug = debug
     setup_logging(-1 if quiet else verbose)
 

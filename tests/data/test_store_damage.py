@@ -322,8 +322,9 @@ def test_bytes_overwritten_anywhere_read_as_one_line(store: Path, pristine: Path
 
 def _braintseg(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """``python -m braintseg ARGS`` as the user runs it (its own process, real stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, "-m", "braintseg", *args], capture_output=True,
-                          text=True, timeout=timeout, env=os.environ | {"COLUMNS": "200"})
+                          text=True, timeout=timeout, env=env)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], store: Path) -> None:

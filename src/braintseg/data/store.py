@@ -180,6 +180,7 @@ class SliceStore:
             logger.debug("%s: direct chunk reads off (%s)", self.path, exc)
             return None
         except READ_ERRORS as exc:  # e.g. "wrong B-tree signature": the index is damaged
+            self.close()  # no open handle left for PyTables to warn about at exit
             raise damaged(self.path, "the chunk index", exc) from None
         if images is None or labels is None:
             return None
