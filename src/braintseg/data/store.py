@@ -79,6 +79,18 @@ DIRECT_ENV = "BRAINTSEG_DIRECT_READS"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
+_THREAD = threading.local()
+
+
+def _silence_hdf5() -> None:
+    """No HDF5-DIAG error stack on stderr from this thread (HDF5 keeps the setting per
+    thread; PyTables silences only the thread that imported it): a damaged store's reads in
+    read-ahead threads say one line, the DataError, like the main thread's."""
+    if not getattr(_THREAD, "silenced", False):
+        tables.silence_hdf5_messages(True)
+        _THREAD.silenced = True
+
+
 def damaged(store: Path, what: str, exc: BaseException) -> DataError:
     """The one-line error for a store that fails a read: ``store X: <what> cannot be read
     (<why>); damaged: re-run prepare``; <why> is the direct reader's own words (which chunk,
@@ -173,6 +185,7 @@ class SliceStore:
         if os.environ.get(DIRECT_ENV, "1") == "0":
             return None
         try:
+            _silence_hdf5()
             h = self._handle()
             images = ChunkReader.open(self.path, "images", h.root.images.shape)
             labels = ChunkReader.open(self.path, "labels", h.root.labels.shape)
@@ -309,6 +322,7 @@ class SliceStore:
         ``i`` (or what ``i`` says)."""
         try:
             with HDF5_LOCK:
+                _silence_hdf5()
                 yield self._handle()
         except READ_ERRORS as exc:
             what = f"case {self.case_ids[i]}" if isinstance(i, int) else i
@@ -483,6 +497,7 @@ def _read_header(
         raise DataError(f"{path} is not an HDF5 file; expected a store written by "
                         "`braintseg prepare`")
     try:
+        _silence_hdf5()
         h = tables.open_file(str(path), "r")
     except READ_ERRORS as exc:
         what = "truncated" if "truncated" in str(exc) else "damaged"
