@@ -326,6 +326,7 @@ class SliceStore:
                 yield self._handle()
         except READ_ERRORS as exc:
             what = f"case {self.case_ids[i]}" if isinstance(i, int) else i
+            self.close()  # reopened on next use; none left for PyTables to warn about at exit
             raise damaged(self.path, what, exc) from None
 
     def _labels_or_none(self, i: int, arr: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
