@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from braintseg import __version__
 from braintseg.cli import cli
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
 def test_version():
@@ -40,11 +47,55 @@ def test_help_for_all_commands_does_not_import_keras_or_tensorflow():
     assert "LOADED []" in out.stdout, out.stdout + out.stderr
 
 
-def test_info_lists_backend_and_library_versions():
-    result = CliRunner().invoke(cli, ["info"])
-    assert result.exit_code == 0, result.output
+#: TensorFlow's C++ start-up lines (absl, oneDNN, CPU features, CUDA probing)
+NATIVE_NOISE = re.compile(r"oneDNN|absl|E0000|I0000|W0000|cuda|TF_ENABLE_ONEDNN_OPTS|"
+                          r"cpu_feature_guard|rebuild TensorFlow", re.IGNORECASE)
+
+
+def _braintseg(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m braintseg ARGS`` in its own process, TF_CPP_MIN_LOG_LEVEL not set."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", "braintseg", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_info_names_the_installed_tensorflow_and_prints_no_native_noise():
+    """``info`` (which imports TensorFlow for the GPU list) prints no C++ start-up lines, and
+    names the distribution that installed TensorFlow (tensorflow-cpu here, not "not
+    installed")."""
+    proc = _braintseg("info")
+    assert proc.returncode == 0, proc.stderr
+    assert not [ln for ln in proc.stderr.splitlines() if NATIVE_NOISE.search(ln)], proc.stderr
     for key in ("keras backend", "tables", "hdf5", "blosc", "gpus"):
-        assert key in result.output
+        assert key in proc.stdout
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("tensorflow "))
+    if importlib.util.find_spec("tensorflow") is None:
+        assert line.split()[-1] == "not installed"
+        return
+    match = re.fullmatch(r"tensorflow\s+(\S+) \(([\w.-]+)\)", line)
+    assert match, line
+    version, dist = match.groups()
+    assert importlib.metadata.version(dist) == version
+    files = importlib.metadata.files(dist) or []
+    assert any(str(f).replace("\\", "/") == "tensorflow/__init__.py" for f in files), dist
+
+
+@pytest.mark.slow  # two more TensorFlow imports and a tiny training
+def test_native_lines_only_with_vv(synthetic_store, tmp_path):
+    """A tiny ``train`` prints no C++ start-up lines; ``-vv`` lets them through (where
+    TensorFlow prints any on this machine)."""
+    train = ["train", "-c", str(SMOKE), "-i", str(synthetic_store), "--fold", "0"]
+    proc = _braintseg(*train, "-o", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    assert not [ln for ln in proc.stderr.splitlines() if NATIVE_NOISE.search(ln)], proc.stderr
+    loud = _braintseg("-vv", *train, "-o", str(tmp_path / "loud"))
+    assert loud.returncode == 0, loud.stderr
+    quiet = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
+                           text=True, timeout=300,
+                           env={k: v for k, v in os.environ.items()
+                                if k != "TF_CPP_MIN_LOG_LEVEL"})
+    if NATIVE_NOISE.search(quiet.stderr):  # TensorFlow is noisy here: -vv must show it
+        assert NATIVE_NOISE.search(loud.stderr), loud.stderr
 
 
 def test_config_error_is_one_line_without_traceback(tmp_path):

@@ -69,7 +69,7 @@ def test_bad_train_and_predict_arguments_fail_before_keras_is_imported(
     report = json.loads(proc.stdout)
     for (args, expected), (message, tf_level) in zip(cases, report["results"], strict=True):
         assert expected in message and "\n" not in message, (args, message)
-        assert tf_level == (None if args[0] == "-vv" else "2"), args
+        assert tf_level == (None if args[0] == "-vv" else "3"), args
     assert not report["keras"] and not report["tensorflow"]
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
 

@@ -289,6 +289,26 @@ def test_bad_runs(runs, cases, tmp_path) -> None:
          overrides=["train.epochs=3"])
 
 
+def test_model_keras_path_means_its_run_folder(runs, cases, tmp_path) -> None:
+    args = ["-i", str(cases / CASE18), "--probabilities"]
+    res = CliRunner().invoke(cli, ["predict", "-m", str(runs["axial"] / "model.keras"),
+                                   "-o", str(tmp_path / "file"), *args])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["predict", "-m", str(runs["axial"]),
+                                   "-o", str(tmp_path / "folder"), *args])
+    assert res.exit_code == 0, res.output
+    got, want = (_read(tmp_path / d / f"{CASE18}_prob.nii.gz")[0] for d in ("file", "folder"))
+    np.testing.assert_array_equal(got, want)
+    saved = yaml.safe_load((tmp_path / "file" / "predict_config.yaml").read_text())
+    assert saved["runs"][0]["path"] == str(runs["axial"].resolve())
+    res = CliRunner().invoke(cli, ["predict", "-m", str(runs["axial"] / "config.yaml"),
+                                   "-o", str(tmp_path / "bad"), *args])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "config.yaml is a file; expected a run folder written by `braintseg train` or its " \
+        "model.keras" in res.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bad_cases_and_outputs(runs, cases, tmp_path) -> None:
     run, out = [runs["axial"]], tmp_path / "out"
     missing = tmp_path / "missing"

@@ -152,7 +152,7 @@ SCRIPT = """\
 import logging, sys, threading, time
 from braintseg import load_config, prepare
 
-logging.basicConfig(level=logging.INFO)
+logging.basicConfig(level=logging.DEBUG)
 if sys.argv[3] == "thread":  # a thread running: fork is unsafe, prepare must cope anyway
     threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
 if sys.argv[3] == "runtime":  # as after `train` in the same script (stands for TensorFlow)
@@ -173,5 +173,6 @@ def test_api_from_a_script_without_main_guard(cases: Path, tmp_path: Path, threa
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("prepared") == 1  # the script ran once: no worker re-imported it
     assert "bootstrapping phase" not in res.stderr
-    assert ("loading cases in one thread" in res.stderr) == (threads != "none")
+    assert ("loading cases in this process (worker processes are not used" in res.stderr) == (
+        threads != "none")
     assert open_store(tmp_path / "s.h5").n_cases == N_CASES

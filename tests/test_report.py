@@ -256,6 +256,20 @@ def test_letters_match_where_the_patients_left_and_front_are_drawn() -> None:
         assert rows.mean() < panel.shape[0] / 2 and top_letter in ("A", "S"), view
 
 
+def test_report_takes_a_runs_model_keras_as_its_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text("epoch,loss,val_loss\n1,1.0,1.1\n2,0.9,1.0\n")
+    (run / "model.keras").write_bytes(b"PK")
+    result = _invoke("report", str(run / "model.keras"))
+    assert result.exit_code == 0, result.output
+    assert (run / "training_curves.png").is_file()
+    (run / "last.keras").write_bytes(b"PK")
+    result = _invoke("report", str(run / "last.keras"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"run {run / 'last.keras'} is a file; expected a run folder" in result.output
+
+
 def test_training_curves_title_names_the_run_folders_path(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     figures = _spy_figures(monkeypatch)

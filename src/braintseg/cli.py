@@ -8,7 +8,6 @@ modules are imported inside the commands.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -121,10 +120,9 @@ def cli(verbose: int, quiet: bool, debug: bool) -> None:
       braintseg predict  -m runs/axial_f0 -m runs/sagittal_f0 -i CASES_DIR -o preds/
       braintseg evaluate -p preds/ -t CASES_DIR -o metrics.csv
     """
-    from braintseg.log import setup_logging
+    from braintseg.log import quiet_native_logs, setup_logging
 
-    if verbose < 2:  # TensorFlow's C++ start-up lines (CPU features, absl) only with -vv
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_native_logs(verbose)  # TensorFlow's C++ start-up lines (absl, oneDNN) only with -vv
     _State.debug = debug
     setup_logging(-1 if quiet else verbose)
 
@@ -187,7 +185,9 @@ def prepare(
               help="Cross-validation fold used for validation.")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder (config, logs, checkpoints, model.keras).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its checkpoint (an unfinished epoch is "
+                   "run again from its first batch).")
 @click.option("--overwrite", is_flag=True, help="Start afresh in a folder that holds a run.")
 @click.option("--coordinator", metavar="HOST:PORT", default=None,
               help="Several processes, one model (JAX, train.distribution=data_parallel): "
@@ -206,7 +206,8 @@ def train(
     """Train one cross-validation fold.
 
     On SIGTERM or SIGUSR1 (Slurm's warning before walltime) training finishes the current step,
-    saves a checkpoint and exits with code 75; `--resume` then continues at the next epoch.
+    saves a checkpoint and exits with code 75; `--resume` then continues from it: the
+    unfinished epoch is run again from its first batch, with the weights reached so far.
     A folder whose run stopped before its first checkpoint is simply started again.
 
     \b
@@ -235,7 +236,7 @@ def train(
 @cli.command()
 @click.option("-m", "--model", "run_dirs", required=True, multiple=True,
               type=click.Path(path_type=Path),
-              help="Run folder (repeat to ensemble folds and views).")
+              help="Run folder, or its model.keras (repeat to ensemble folds and views).")
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
               help="Folder of case folders, one case folder, or a store (runs trained on 2D "
                    "slices: an LGG/figshare folder or a slice store).")

@@ -2,16 +2,18 @@
 
 Predictions: ``<slice id>_mask.tif`` files anywhere below ``PRED_DIR`` (as written by
 ``predict``; nonzero = tumour) and, when present, ``PRED_DIR/predictions.csv`` (slice scores).
-Truth: a slice-format folder (masks decoded by the format's reader) or a slice store.  Only
-patients with at least one predicted slice are scored; a scored patient must have every slice
-predicted.
+Truth: a slice-format folder (masks decoded by the format's reader) or a slice store.  A
+patient with at least one predicted slice must have every slice predicted; a truth patient with
+no predicted slice is a failure (status ``missing``, Dice 0, as BraTS ``evaluate`` counts a
+missing case), never dropped; but predictions and truth that share no patient are an error.
 
 Figures (stated conventions):
 
 * **per-patient Dice** (Buda et al.'s metric): the Dice of the patient's whole stack of slices,
   ``2|T∩P| / (|T| + |P|)``; **1 when truth and prediction are both empty**, 0 when only one is;
-  its mean and median over patients;
-* **pooled Dice**: one Dice over every pixel of every scored slice (the fastai metric);
+  its mean and median over patients (missing patients included with Dice 0);
+* **pooled Dice**: one Dice over every pixel of every predicted slice (the fastai metric);
+  the slice figures below are over the predicted slices too (a missing patient has no score);
 * **slice-level detection**: truth positive = the slice's mask has any tumour pixel; predicted
   positive = the predicted mask has any; accuracy, sensitivity (NaN without positive slices),
   specificity (NaN without negative slices), confusion matrix ``tp, fp, fn, tn``, and the ROC
@@ -35,6 +37,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +48,10 @@ from numpy.typing import NDArray
 
 from braintseg.atomic import atomic_write_text
 from braintseg.errors import DataError
+from braintseg.evaluate import _check_writable
 from braintseg.scoring_types import type_figures
+
+logger = logging.getLogger(__name__)
 
 MASK_SUFFIX = "_mask.tif"
 
@@ -241,20 +247,25 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
     preds = find_slice_predictions(pred_dir)
     if not preds:
         raise DataError(f"{pred_dir} holds no *{MASK_SUFFIX} predictions")
+    _check_writable(output)
     scores_csv = read_scores(pred_dir)
     head_csv = read_head(pred_dir)
     patients, slices = [], []
     for cid, slice_ids, masks, classes in truth_patients(truth):
         if cases is not None and cid not in cases:
             continue
-        if not any(s in preds for s in slice_ids):
+        if not isinstance(masks, list):
+            masks, classes = _load_masks(masks)
+        if not any(s in preds for s in slice_ids):  # a failure, as BraTS evaluate counts it
+            logger.warning("patient %s: no prediction in %s; counted as a failure", cid, pred_dir)
+            patients.append({"case": cid, "status": "missing", "n_slices": len(slice_ids),
+                             "dice": 0.0, "truth_pixels": sum(int((m > 0).sum()) for m in masks),
+                             "predicted_pixels": "", "intersection": ""})
             continue
         missing = [s for s in slice_ids if s not in preds]
         if missing:
             raise DataError(f"patient {cid}: no prediction {missing[0]}{MASK_SUFFIX} in "
                             f"{pred_dir} ({len(missing)} of {len(slice_ids)} slices missing)")
-        if not isinstance(masks, list):
-            masks, classes = _load_masks(masks)
         inter = t_sum = p_sum = 0
         for sid, mask, cls in zip(slice_ids, masks, classes, strict=True):
             t = mask > 0
@@ -265,10 +276,16 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
                            "intersection": i,
                            "score": scores_csv.get(sid, float(npred)),
                            "truth_class": int(cls), **head_csv.get(sid, {})})
-        patients.append({"case": cid, "n_slices": len(slice_ids), "dice": dice(inter, t_sum, p_sum),
-                         "truth_pixels": t_sum, "predicted_pixels": p_sum, "intersection": inter})
-    if not patients:
+        patients.append({"case": cid, "status": "ok", "n_slices": len(slice_ids),
+                         "dice": dice(inter, t_sum, p_sum), "truth_pixels": t_sum,
+                         "predicted_pixels": p_sum, "intersection": inter})
+    missing = [p["case"] for p in patients if p["status"] == "missing"]
+    if not slices:
         raise DataError(f"no patient of {truth} has predictions in {pred_dir}")
+    if missing:
+        logger.warning("scored %d of %d truth patients against a prediction; %d have none in %s "
+                       "and count as failures", len(patients) - len(missing), len(patients),
+                       len(missing), pred_dir)
     dices = np.array([p["dice"] for p in patients])
     tpos = np.array([s["truth_area"] > 0 for s in slices])
     ppos = np.array([s["predicted_area"] > 0 for s in slices])
@@ -276,7 +293,8 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
     pooled = dice(sum(s["intersection"] for s in slices), sum(s["truth_area"] for s in slices),
                   sum(s["predicted_area"] for s in slices))
     summary = {
-        "n_patients": len(patients), "n_slices": len(slices),
+        "n_patients": len(patients), "n_scored": len(patients) - len(missing),
+        "n_missing": len(missing), "missing": missing, "n_slices": len(slices),
         "dice_per_patient_mean": float(dices.mean()),
         "dice_per_patient_median": float(np.median(dices)),
         "dice_pooled": pooled,
@@ -320,8 +338,11 @@ def format_slice_summary(result: dict[str, Any]) -> str:
                 f"specificity {pct(d['specificity'])}, AUC {pct(d['auc'])} "
                 f"(tp {c['tp']}, fp {c['fp']}, fn {c['fn']}, tn {c['tn']})")
 
+    missing = s.get("missing", [])
     lines = [
-        f"{s['n_patients']} patients, {s['n_slices']} slices",
+        f"{s['n_patients']} patients, {s['n_slices']} slices"
+        + (f"; {len(missing)} without predictions, scored as failures (Dice 0): "
+           f"{', '.join(missing)}" if missing else ""),
         f"Dice per patient: mean {pct(s['dice_per_patient_mean'])}, "
         f"median {pct(s['dice_per_patient_median'])}; pooled Dice {pct(s['dice_pooled'])}",
         line("slice detection" if "detection_head" not in s

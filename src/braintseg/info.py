@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
+from collections.abc import Mapping
 
 from braintseg import __version__
 
@@ -14,6 +16,15 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def _provider(package: str, providers: Mapping[str, list[str]]) -> str:
+    """``<version> (<distribution>)`` of whatever installed the importable ``package``: e.g.
+    ``tensorflow`` comes as tensorflow, tensorflow-cpu, tf-nightly, tensorflow-macos, ...;
+    ``providers`` is :func:`importlib.metadata.packages_distributions` (the distributions'
+    file lists).  Names in pip's normal form (``tensorflow-cpu``)."""
+    names = dict.fromkeys(re.sub(r"[-_.]+", "-", n).lower() for n in providers.get(package, []))
+    return ", ".join(f"{_version(n)} ({n})" for n in names) or "not installed"
 
 
 def _gpus(backend: str) -> str:
@@ -46,8 +57,11 @@ def collect_info() -> dict[str, str]:
         "platform": platform.platform(),
         "keras backend": backend,
     }
-    for dist in ("keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy", "tables",
-                 "h5py", "nibabel", "scipy"):
+    info["keras"] = _version("keras")
+    providers = importlib.metadata.packages_distributions()
+    for package in ("tensorflow", "jax", "torch"):  # several distributions provide each
+        info[package] = _provider(package, providers)
+    for dist in ("numpy", "tables", "h5py", "nibabel", "scipy"):
         info[dist] = _version(dist)
     info["hdf5"] = tables.hdf5_version
     blosc = tables.which_lib_version("blosc")

@@ -7,6 +7,7 @@ Only :mod:`braintseg.cli` calls :func:`setup_logging`; library modules use
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -14,6 +15,18 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _QUIET = False
+#: TensorFlow's (and JAX/XLA's) C++ log threshold: 3 hides the start-up lines printed on
+#: stderr at import (absl's "All log messages before absl::InitializeLog()", oneDNN, CPU
+#: features, "E0000 ... AVX-512", CUDA probing); ERROR-level lines need 3, not 2
+NATIVE_LOG_ENV = "TF_CPP_MIN_LOG_LEVEL"
+
+
+def quiet_native_logs(verbosity: int) -> None:
+    """Below ``-vv``, hide the C++ start-up lines of TensorFlow/JAX unless the user set
+    :data:`NATIVE_LOG_ENV`.  Call before anything imports TensorFlow; worker processes (block
+    readers, case loaders) inherit the environment."""
+    if verbosity < 2:
+        os.environ.setdefault(NATIVE_LOG_ENV, "3")
 
 
 def setup_logging(verbosity: int = 0) -> None:

@@ -206,8 +206,8 @@ def run_report(folder: Path, truth: Path | None = None, out_dir: Path | None = N
     """``braintseg report``: curves for a run folder, overlays for a prediction folder.
 
     Args:
-        folder: a training run (has ``history.csv``/``config.yaml``) or a prediction folder
-            (``<case>.nii.gz`` label files).
+        folder: a training run (has ``history.csv``/``config.yaml``; or its ``model.keras``)
+            or a prediction folder (``<case>.nii.gz`` label files).
         truth: for a prediction folder, the BraTS case folders with the images (and segs).
         out_dir: where the PNGs go (default: ``folder``).
 
@@ -215,8 +215,9 @@ def run_report(folder: Path, truth: Path | None = None, out_dir: Path | None = N
         The PNG files written.
     """
     from braintseg.evaluate import find_predictions
+    from braintseg.runs import run_folder
 
-    folder = Path(folder)
+    folder = run_folder(Path(folder))
     if not folder.is_dir():
         raise DataError(f"report: {folder} does not exist or is not a folder")
     out = Path(out_dir) if out_dir is not None else folder

@@ -155,6 +155,23 @@ def lock_run(root: Path) -> Iterator[None]:
                     folder.rmdir()
 
 
+def run_folder(path: Path) -> Path:
+    """The run folder meant by ``path``: the folder itself, or the folder of a ``model.keras``
+    given instead (``-m run/model.keras``).
+
+    Raises:
+        DataError: ``path`` is another file (e.g. ``last.keras``: predict always uses the run's
+            best model, ``model.keras``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return path
+    if path.name == "model.keras":
+        return path.parent
+    raise DataError(f"run {path} is a file; expected a run folder written by `braintseg train` "
+                    "or its model.keras")
+
+
 def check_writable(folder: Path) -> None:
     """Check that files can be created in ``folder`` (and its ``checkpoint/``), or in the
     nearest existing folder above it when it does not exist yet.

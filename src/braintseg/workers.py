@@ -99,9 +99,9 @@ def loader_pool(workers: int) -> Iterator[tuple[Executor, int]]:
               else None if _main_is_reimported()
               else "forkserver" if "forkserver" in methods else "spawn")
     if workers > 1 and method is None:
-        logger.info("loading cases in one thread: fork is unsafe here (threads or a deep-learning "
-                    "runtime loaded) and worker processes would re-run the script %s",
-                    getattr(sys.modules["__main__"], "__file__", "__main__"))
+        logger.debug("loading cases in this process (worker processes are not used once "
+                     "TensorFlow/JAX is loaded or other threads run, when they would re-run the "
+                     "script %s)", getattr(sys.modules["__main__"], "__file__", "__main__"))
     if workers <= 1 or method is None:
         with ThreadPoolExecutor(1, thread_name_prefix="braintseg-load") as ex:
             yield ex, 1

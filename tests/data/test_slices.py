@@ -3,6 +3,8 @@ patient-level folds, bad input (each a one-line DataError naming the file)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 import tables
 import tifffile
+from click.testing import CliRunner
 
+from braintseg.cli import cli
 from braintseg.config import Config, load_config
 from braintseg.data.formats import detect_format
 from braintseg.data.preprocess import apply_normalization
@@ -301,7 +305,29 @@ def test_evaluate_figshare_truth_folder_and_store(tmp_path: Path, cfg: Config) -
         assert by_case["B"]["dice"] == 1.0 and 0 < by_case["A"]["dice"] < 1
         d = result["summary"]["detection"]
         assert d["confusion"] == {"tp": 2, "fp": 0, "fn": 1, "tn": 0}
-    (pred / "B" / "3_mask.tif").unlink()
+    shutil.rmtree(pred / "B")  # a patient without predictions: a failure, never dropped
+    for truth in (root, store):
+        out = tmp_path / f"m_{truth.name}" / "metrics.csv"
+        res = CliRunner().invoke(cli, ["evaluate", "-p", str(pred), "-t", str(truth),
+                                       "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        assert "2 patients" in res.output and "scored as failures (Dice 0): B" in res.output
+        result = json.loads(out.with_suffix(".json").read_text())
+        by_case = {r["case"]: r for r in result["cases"]}
+        assert by_case["B"]["status"] == "missing" and by_case["B"]["dice"] == 0.0
+        assert by_case["B"]["truth_pixels"] > 0 and by_case["A"]["status"] == "ok"
+        s = result["summary"]
+        assert (s["n_patients"], s["n_scored"], s["n_missing"], s["missing"]) == (2, 1, 1, ["B"])
+        assert s["dice_per_patient_mean"] == pytest.approx(by_case["A"]["dice"] / 2)
+        assert s["n_slices"] == 2 and sum(s["detection"]["confusion"].values()) == 2
+        with out.open() as fh:
+            rows = {r["case"]: r for r in csv.DictReader(fh)}
+        assert rows["B"]["status"] == "missing" and float(rows["B"]["dice"]) == 0.0
     (pred / "A" / "2_mask.tif").unlink()
     with pytest.raises(DataError, match=r"patient A: no prediction 2_mask.tif"):
+        run_evaluate_slices(pred, root)
+    shutil.rmtree(pred / "A")
+    (pred / "Z").mkdir()
+    tifffile.imwrite(pred / "Z" / "99_mask.tif", np.zeros((32, 32), np.uint8))
+    with pytest.raises(DataError, match=r"no patient of .* has predictions"):
         run_evaluate_slices(pred, root)

@@ -118,13 +118,23 @@ class ChunkReader:
         self._fd = os.open(path, os.O_RDONLY)
 
     @classmethod
-    def open(cls, path: Path, name: str) -> ChunkReader | None:
+    def open(cls, path: Path, name: str, shape: Sequence[int] | None = None
+             ) -> ChunkReader | None:
         """The reader of dataset ``/name`` in ``path``, or None if its filter pipeline (or this
-        h5py/HDF5) is not supported.  Reads the chunk index (call under the HDF5 lock)."""
+        h5py/HDF5) is not supported.  Reads the chunk index (call under the HDF5 lock).
+
+        Raises:
+            ChunkError: the dataset's shape is not ``shape`` (what PyTables read: damaged
+                metadata).  HDF5's RuntimeError for a damaged index, OSError, ...: the caller
+                turns them into the store's "damaged" error.
+        """
         import h5py
 
         with h5py.File(path, "r") as f:
             d = f[name]
+            if shape is not None and tuple(d.shape) != tuple(shape):
+                raise ChunkError(f"/{name} has shape {d.shape} in its index, {tuple(shape)} "
+                                 "in its metadata")
             if d.chunks is None or not hasattr(d.id, "chunk_iter"):
                 return None
             plist = d.id.get_create_plist()

@@ -68,9 +68,12 @@ CHUNK_CACHE_BYTES = 64 * 2**20
 DECODER_CACHE_CASES = 32
 #: HDF5/PyTables is not thread-safe: every read of an open store happens under this lock
 HDF5_LOCK = threading.RLock()
-#: what a damaged or truncated store raises on read (each becomes one "damaged" DataError)
-READ_ERRORS = (tables.HDF5ExtError, OSError, ValueError, KeyError, tables.NoSuchNodeError,
-               ChunkError)
+#: what a damaged or truncated store raises on read (each becomes one "damaged" DataError):
+#: HDF5's errors (PyTables' HDF5ExtError and h5py's are RuntimeErrors, e.g. "wrong B-tree
+#: signature" from the chunk index), short or failed reads, checksums and Blosc (ChunkError is
+#: a ValueError), metadata that no longer parses or has the wrong type or size
+READ_ERRORS = (RuntimeError, OSError, ValueError, LookupError, TypeError, MemoryError,
+               tables.NoSuchNodeError, ChunkError)
 #: ``0`` turns direct chunk reads off (every read through HDF5, as before): for benchmarks
 DIRECT_ENV = "BRAINTSEG_DIRECT_READS"
 #: the first 8 bytes of every HDF5 file (superblock at offset 0, as PyTables writes it)
@@ -118,6 +121,16 @@ class SliceStore:
         self._header, self._metas, self._tumour = header, metas, tumour
         #: the whole header (prepare's ``input_fingerprint`` and ``sidecars`` texts included)
         self.header: dict[str, Any] = header
+        try:
+            self._attributes(header, tumour)
+        except READ_ERRORS as exc:  # parsed, but not the header prepare writes
+            raise damaged(self.path, "the header", exc) from None
+        self._decoders: OrderedDict[int, Int16Decoder] = OrderedDict()
+        self._decoders_lock = threading.Lock()
+        self._chunked: tuple[ChunkReader, ChunkReader] | None = None
+        self._chunked_pid = -1
+
+    def _attributes(self, header: dict[str, Any], tumour: dict[str, NDArray[Any]]) -> None:
         self.case_ids: list[str] = list(header["case_ids"])
         self.n_cases = len(self.case_ids)
         self.volume_shape: tuple[int, int, int] = tuple(header["volume_shape"])  # type: ignore
@@ -136,10 +149,6 @@ class SliceStore:
         self.layout: str = str(header.get("layout", "volumes"))
         if self.layout == "slices":
             self._case_index = tumour["case_index"]
-        self._decoders: OrderedDict[int, Int16Decoder] = OrderedDict()
-        self._decoders_lock = threading.Lock()
-        self._chunked: tuple[ChunkReader, ChunkReader] | None = None
-        self._chunked_pid = -1
 
     # -- pickling / process safety
     def __getstate__(self) -> dict[str, Any]:
@@ -184,15 +193,18 @@ class SliceStore:
         if os.environ.get(DIRECT_ENV, "1") == "0":
             return None
         try:
-            images = ChunkReader.open(self.path, "images")
-            labels = ChunkReader.open(self.path, "labels")
-        except (OSError, ValueError, KeyError, ImportError) as exc:
+            h = self._handle()
+            images = ChunkReader.open(self.path, "images", h.root.images.shape)
+            labels = ChunkReader.open(self.path, "labels", h.root.labels.shape)
+        except ImportError as exc:
             logger.debug("%s: direct chunk reads off (%s)", self.path, exc)
             return None
+        except READ_ERRORS as exc:  # e.g. "wrong B-tree signature": the index is damaged
+            self.close()  # no open handle left for PyTables to warn about at exit
+            raise damaged(self.path, "the chunk index", exc) from None
         if images is None or labels is None:
             return None
         # a check that costs one chunk: the first one read both ways must agree
-        h = self._handle()
         for reader, node in ((images, h.root.images), (labels, h.root.labels)):
             box = tuple(slice(0, min(c, s)) for c, s in zip(reader.chunks, reader.shape,
                                                               strict=True))
@@ -202,7 +214,7 @@ class SliceStore:
                 continue
             try:
                 same = np.array_equal(reader.read(box), expected)
-            except (ChunkError, OSError):
+            except READ_ERRORS:
                 same = False
             if not same:
                 logger.warning("%s: direct chunk reads disagree with HDF5 on /%s; reading "
@@ -217,8 +229,7 @@ class SliceStore:
 
     def chunk_counts(self) -> tuple[int, int]:
         """Chunks in the grids of ``/images`` and ``/labels``."""
-        with HDF5_LOCK:
-            h = self._handle()
+        with self._reading("the chunk grid") as h:
             return tuple(  # type: ignore[return-value]
                 int(np.prod([-(-s // c) for s, c in zip(node.shape, node.chunkshape,
                                                            strict=True)]))
@@ -245,7 +256,7 @@ class SliceStore:
         reader = self._chunked[which]  # type: ignore[index]
         try:
             return reader.read(box, order, only_verified=not reader.self_verifies, out=out)
-        except (ChunkError, OSError) as exc:
+        except READ_ERRORS as exc:
             raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
 
     def _hdf5(self, i: int, which: int, box: tuple[slice, ...]) -> NDArray[Any]:
@@ -313,13 +324,17 @@ class SliceStore:
             raise DataError(f"case {case_id!r} is not in {self.path}") from None
 
     @contextlib.contextmanager
-    def _reading(self, i: int) -> Iterator[tables.File]:
-        """The open handle, under :data:`HDF5_LOCK`; a read error names the store and case."""
+    def _reading(self, i: int | str) -> Iterator[tables.File]:
+        """The open handle, under :data:`HDF5_LOCK`; a read error names the store and case
+        ``i`` (or what ``i`` says)."""
         try:
             with HDF5_LOCK:
+                quiet_hdf5()
                 yield self._handle()
         except READ_ERRORS as exc:
-            raise damaged(self.path, f"case {self.case_ids[i]}", exc) from None
+            what = f"case {self.case_ids[i]}" if isinstance(i, int) else i
+            self.close()  # reopened on next use; none left for PyTables to warn about at exit
+            raise damaged(self.path, what, exc) from None
 
     def _labels_or_none(self, i: int, arr: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
         return arr if self._metas[i]["has_labels"] else None
@@ -515,13 +530,39 @@ def _read_attrs(
         raise DataError(f"{path} has store schema version {version}; this braintseg reads "
                         f"versions {list(READABLE_VERSIONS)} (run `braintseg prepare` again)")
     header = dict(json.loads(str(attrs["braintseg_json"])), schema_version=version)
-    metas = [json.loads(bytes(row).decode()) for row in h.root.case_meta.read()]
+    n_cases = len(header["case_ids"])
+    # sizes checked before any read: damaged metadata may claim billions of rows (reading them
+    # would take hours or all memory)
     if header.get("layout") == "slices":  # per-slice tables, small: read once
-        tumour = {k: h.get_node("/", k).read() for k in
-                  ("case_index", "slice_tumour", "slice_class", "slice_shape")}
+        hw = tuple(header["slice_shape"])
+        n = _checked(path, h.root.images, (None, *hw, header["n_channels"]))
+        _checked(path, h.root.labels, (n, *hw))
+        shapes = {"/case_index": (n_cases, 2), "/slice_tumour": (n,), "/slice_class": (n,),
+                  "/slice_shape": (n, 2)}
     else:
-        tumour = {v: h.get_node("/tumour", v).read() for v in VIEW_AXIS}
+        shape = tuple(header["volume_shape"])
+        _checked(path, h.root.images, (n_cases, *shape, header["n_channels"]))
+        _checked(path, h.root.labels, (n_cases, *shape))
+        shapes = {f"/tumour/{v}": (n_cases, shape[a]) for v, a in VIEW_AXIS.items()}
+    tumour = {}
+    for name, want in shapes.items():
+        node = h.get_node(name)
+        _checked(path, node, want)
+        tumour[name.rsplit("/", 1)[1]] = node.read()
+    _checked(path, h.root.case_meta, (n_cases,))
+    metas = [json.loads(bytes(row).decode()) for row in h.root.case_meta.read(0, n_cases)]
     return header, metas, tumour
+
+
+def _checked(path: Path, node: tables.Leaf, shape: tuple[Any, ...]) -> int:
+    """Rows of ``node`` once its shape is ``shape`` (None: any number); DataError if not."""
+    got = tuple(int(v) for v in node.shape)
+    want = tuple(None if w is None else int(w) for w in shape)
+    if len(got) != len(want) or any(w not in (None, g) for g, w in zip(got, want, strict=False)):
+        raise DataError(f"store {path}: {node._v_pathname} has shape {got}, the header says "
+                        f"{tuple('N' if w is None else w for w in want)}; damaged: re-run "
+                        "prepare")
+    return got[0]
 
 
 def open_store(path: Path) -> SliceStore:

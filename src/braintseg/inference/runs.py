@@ -15,6 +15,7 @@ from typing import Any
 
 from braintseg.config import SEG_OUTPUT, VIEWS, Config, load_config
 from braintseg.errors import ConfigError, DataError
+from braintseg.runs import run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +80,14 @@ def _crop_box(meta: dict[str, Any], cfg: Config, path: Path) -> tuple[int, ...]:
 
 
 def read_run(path: Path) -> RunInfo:
-    """Read and check one run folder.
+    """Read and check one run folder (or the folder of the ``model.keras`` given).
 
     Raises:
         DataError: the folder is missing, lacks ``model.keras`` / ``run.json`` /
             ``config.yaml``, or ``run.json`` is malformed (message names the folder and key).
         ConfigError: ``config.yaml`` is invalid.
     """
-    path = Path(path)
+    path = run_folder(Path(path))
     if not path.is_dir():
         raise DataError(f"run folder {path} does not exist or is not a folder")
     missing = [name for name in RUN_FILES if not (path / name).is_file()]
