@@ -91,6 +91,7 @@ class TrainConfig:
     zoom: float = 0.0
     tumour_oversampling: float = 0.0
     monitor: Literal["val_dice_mean", "val_loss", "last"] = "val_dice_mean"
+    bn_recalibration: int = 0
     cache: Literal["auto", "ram", "stream"] = "auto"
     cache_max_gb: float | None = None
     prefetch: int = 4
@@ -260,6 +261,12 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= t.tumour_oversampling <= 1.0:
         raise ConfigError("train.tumour_oversampling must be in [0, 1]; "
                           f"received {t.tumour_oversampling}")
+    if t.bn_recalibration < 0:
+        raise ConfigError(f"train.bn_recalibration must be >= 0; received {t.bn_recalibration}")
+    if t.bn_recalibration and t.distribution != "none":
+        raise ConfigError("train.bn_recalibration is for one-device runs; received "
+                          f"{t.bn_recalibration} with train.distribution: {t.distribution} "
+                          "(set it to 0)")
     if t.schedule == "plateau" and t.monitor == "last":
         raise ConfigError("train.schedule: plateau needs a validation figure to watch; "
                           "received train.monitor: last (use val_loss or val_dice_mean)")

@@ -56,6 +56,7 @@ CPU_CONFIG: dict[str, dict[str, Any]] = {
         "schedule": "cosine",
         "tumour_oversampling": 0.5,
         "monitor": "last",
+        "bn_recalibration": 16,
     },
     "predict": {"batch_size": 16},
 }

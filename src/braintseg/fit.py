@@ -231,6 +231,10 @@ def build(cfg: Config, run: dict[str, Any], steps: int, state: dict[str, Any] | 
 def callbacks(cfg: Config, paths: RunPaths, train: SliceDataset, guard: _Guard,
               state: dict[str, Any] | None) -> list[keras.callbacks.Callback]:
     cbs = [guard, *logging_callbacks(cfg, paths, train, state)]
+    if cfg.train.bn_recalibration:  # before EpochLogs times the validation
+        from braintseg.precise_bn import RecalibrateBatchNorm
+
+        cbs.insert(1, RecalibrateBatchNorm(train, cfg.train.bn_recalibration))
     if cfg.model.classification_head != "none":
         cbs.insert(0, UnprefixSegmentationLogs())
     plateau = next((c for c in cbs if isinstance(c, keras.callbacks.ReduceLROnPlateau)), None)
