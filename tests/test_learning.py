@@ -30,9 +30,10 @@ TRAIN = ("Brats18_2013_3_1", "Brats18_TCIA03_265_1")
 VALIDATE = "Brats18_TCIA01_425_1"
 #: x0, x1, y0, y1, z0, z1 around the training cases' tumours (divisible by 2**3 in-plane)
 CROP = "[48,192,80,208,40,104]"
-#: Dice floors on the training slices after the budget below (measured figures, and what the
-#: demo's earlier training pair reaches with it: docs/benchmarks.md)
-FLOOR = {"wt": 0.5, "tc": 0.3, "et": 0.2}
+#: Dice floors on the training slices after the budget below.  Measured (docs/demo.md): 0.855,
+#: 0.584, 0.465; the same run without train.bn_recalibration (the moving averages): 0.308, 0.172,
+#: 0.069, which fails every floor
+FLOOR = {"wt": 0.6, "tc": 0.35, "et": 0.25}
 BUDGET = ("train.epochs=3", "train.steps_per_epoch=20", "train.validation_steps=1")
 
 
@@ -59,8 +60,8 @@ def _region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def test_demo_recipe_learns_tc_and_et_on_real_cases(tmp_path: Path) -> None:
     """The demo's configuration on two real cases with tumour core, cropped around the tumours,
-    60 steps, seed 100: Dice on the training slices with batch statistics (BatchNorm's moving
-    averages need more steps than this budget to be representative)."""
+    60 steps, seed 100: Dice of ``model.keras`` in inference mode on the training slices (its
+    BatchNorm statistics re-estimated: ``train.bn_recalibration`` of the demo's config)."""
     import keras
 
     import braintseg.losses  # noqa: F401 - registers the custom objects
@@ -88,7 +89,7 @@ def test_demo_recipe_learns_tc_and_et_on_real_cases(tmp_path: Path) -> None:
     preds, truths = [], []
     for i in range(len(data)):
         x, y = data[i]
-        probs = np.asarray(model(np.asarray(x, "float32"), training=True))
+        probs = np.asarray(model(np.asarray(x, "float32"), training=False))
         preds.append(_region_masks(probs))
         truths.append(np.asarray(y))
     dice = _region_dice(np.concatenate(preds), np.concatenate(truths))
