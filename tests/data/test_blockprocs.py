@@ -84,20 +84,25 @@ def test_stop_signals_to_the_workers_are_ignored(synthetic_store: Path, sig: int
     assert not _segments(os.getpid())
 
 
-def test_a_killed_worker_ends_in_one_line(synthetic_store: Path) -> None:
-    ds = _dataset(synthetic_store, 2)
+def _read_after_killing(store: Path, sig: int, victims: int) -> str:
+    """Start 2 workers, kill ``victims`` of them with ``sig``, read on: the DataError's text."""
+    ds = _dataset(store, 2)
     ds[0]
-    victim = _pids(ds)[0]
-    os.kill(victim, signal.SIGKILL)
+    for pid in _pids(ds)[:victims]:
+        os.kill(pid, sig)
     with pytest.raises(DataError) as info:
         for e in range(1, 4):
             ds.set_epoch(e)
             for i in range(len(ds)):
                 ds[i]
-    msg = str(info.value)
+    ds.close()
+    return str(info.value)
+
+
+def test_a_killed_worker_ends_in_one_line(synthetic_store: Path) -> None:
+    msg = _read_after_killing(synthetic_store, signal.SIGKILL, 1)
     assert "\n" not in msg and str(synthetic_store) in msg
     assert "a block reader process died (killed by signal 9" in msg
-    ds.close()
     assert not _segments(os.getpid())
 
 
@@ -197,21 +202,11 @@ def test_segments_of_dead_processes_are_removed_by_the_next_reader(
 
 def test_a_worker_dead_of_sigbus_says_dev_shm_ran_out(synthetic_store: Path) -> None:
     """A full /dev/shm kills the worker that writes a new page of a segment with SIGBUS."""
-    ds = _dataset(synthetic_store, 2)
-    ds[0]
-    for pid in _pids(ds):
-        os.kill(pid, signal.SIGBUS)
-    with pytest.raises(DataError) as info:
-        for e in range(1, 4):
-            ds.set_epoch(e)
-            for i in range(len(ds)):
-                ds[i]
-    msg = str(info.value)
+    msg = _read_after_killing(synthetic_store, signal.SIGBUS, 2)
     assert "\n" not in msg and msg.startswith(f"store {synthetic_store}: a block reader "
                                               "process died of SIGBUS: /dev/shm ran out of "
                                               "space"), msg
     assert msg.endswith("set train.read_processes=0 to read on threads instead"), msg
-    ds.close()
     assert not _segments(os.getpid())
 
 
