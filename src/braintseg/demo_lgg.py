@@ -47,8 +47,9 @@ LGG_CONFIG: dict[str, dict[str, Any]] = {
               "tumour_oversampling": 0.5, "monitor": "last"},
     "predict": {"batch_size": 16},
 }
-#: the held-out patient's Dice of the demo as shipped (docs/benchmarks.md), as a range
-EXPECTED_LGG_DICE: dict[str, tuple[float, float]] = {"tumour": (0.0, 1.0)}
+#: the held-out patient's Dice of the demo as shipped: seeds 100, 1, 2 gave 0.375 / 0.699 / 0.471
+#: (docs/demo.md: one training patient of 20 slices, so the seed moves it widely), widened
+EXPECTED_LGG_DICE: dict[str, tuple[float, float]] = {"tumour": (0.30, 0.78)}
 
 
 def lgg_sample_dir() -> Path:
