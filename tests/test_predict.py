@@ -320,7 +320,7 @@ def test_bad_cases_and_outputs(runs, cases, tmp_path) -> None:
     _bad(run, small, out, match="does not contain the training crop box")
     odd = tmp_path / "odd"
     write_case(odd, "bad..case", SHAPE, seed=1)
-    _bad(run, odd, out, match="would write outside")
+    _bad(run, odd, out, match=r"case id 'bad\.\.case' is refused; expected a plain name")
     _bad(run, cases, out, match="not found", cases=["nope"])
     _bad(run, cases, out, ConfigError, match="needs a store", fold=0)
     _bad(run, tmp_path / "absent", out, match="does not exist")
