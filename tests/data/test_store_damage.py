@@ -397,6 +397,9 @@ def test_bytes_overwritten_anywhere_read_as_one_line(store: Path, pristine: Path
         except DataError as exc:
             failed += 1
             assert "\n" not in str(exc) and str(store) in str(exc), (offset, str(exc))
+        # no handle left open by a failed open or read (PyTables' exit hook would print an
+        # UnclosedFileWarning after the command's one-line error)
+        assert str(store) not in tables.file._open_files.filenames, offset
     assert failed > len(data) // 2048 // 4  # the damage was seen (chunks and metadata)
 
 

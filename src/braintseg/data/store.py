@@ -160,8 +160,8 @@ class SliceStore:
     def _handle(self) -> tables.File:
         quiet_hdf5()
         if self._h is None or self._pid != os.getpid():
-            self._h = tables.open_file(str(self.path), "r", chunk_cache_size=CHUNK_CACHE_BYTES,
-                                       chunk_cache_nelmts=100_003)
+            self._h = _open_read(self.path, chunk_cache_size=CHUNK_CACHE_BYTES,
+                                 chunk_cache_nelmts=100_003)
             self._pid = os.getpid()
         return self._h
 
@@ -506,7 +506,7 @@ def _read_header(
                         "`braintseg prepare`")
     quiet_hdf5()
     try:
-        h = tables.open_file(str(path), "r")
+        h = _open_read(path)
     except READ_ERRORS as exc:
         what = "truncated" if "truncated" in str(exc) else "damaged"
         raise DataError(f"store {path} is {what} ({type(exc).__name__} on open): "
@@ -517,6 +517,20 @@ def _read_header(
         raise damaged(path, "the header", exc) from None
     finally:
         h.close()
+
+
+def _open_read(path: Path, **kwargs: Any) -> tables.File:
+    """``tables.open_file(path, "r")``; where it fails after HDF5 opened the file (a damaged
+    root group: UnicodeDecodeError of its title), PyTables keeps the half-made handle open,
+    and its exit hook printed an UnclosedFileWarning after the one-line error: closed here."""
+    before = set(tables.file._open_files.handlers)
+    try:
+        return tables.open_file(str(path), "r", **kwargs)
+    except BaseException:
+        for h in set(tables.file._open_files.handlers) - before:
+            with contextlib.suppress(Exception):
+                h.close()
+        raise
 
 
 def _read_attrs(
