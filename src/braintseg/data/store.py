@@ -182,8 +182,7 @@ class SliceStore:
         ``BRAINTSEG_DIRECT_READS=0``.  Reads then need no HDF5 call, so threads read at once."""
         if self._chunked_pid == os.getpid():
             return self._chunked
-        quiet_hdf5()
-        with HDF5_LOCK:
+        with HDF5_LOCK:  # (_open_readers opens the handle: HDF5 quieted for this thread)
             if self._chunked_pid != os.getpid():
                 self._chunked = self._open_readers()
                 self._chunked_pid = os.getpid()
@@ -329,8 +328,7 @@ class SliceStore:
         ``i`` (or what ``i`` says)."""
         try:
             with HDF5_LOCK:
-                quiet_hdf5()
-                yield self._handle()
+                yield self._handle()  # quiets HDF5 in this thread
         except READ_ERRORS as exc:
             what = f"case {self.case_ids[i]}" if isinstance(i, int) else i
             self.close()  # reopened on next use; none left for PyTables to warn about at exit
@@ -523,11 +521,12 @@ def _open_read(path: Path, **kwargs: Any) -> tables.File:
     """``tables.open_file(path, "r")``; where it fails after HDF5 opened the file (a damaged
     root group: UnicodeDecodeError of its title), PyTables keeps the half-made handle open,
     and its exit hook printed an UnclosedFileWarning after the one-line error: closed here."""
-    before = set(tables.file._open_files.handlers)
+    registry = getattr(getattr(tables.file, "_open_files", None), "handlers", None)
+    before = set(registry) if registry is not None else set()
     try:
         return tables.open_file(str(path), "r", **kwargs)
     except BaseException:
-        for h in set(tables.file._open_files.handlers) - before:
+        for h in (set(registry) - before if registry is not None else ()):
             with contextlib.suppress(Exception):
                 h.close()
         raise
