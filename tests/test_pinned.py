@@ -20,7 +20,7 @@ from braintseg.data.folds import Folds
 from braintseg.data.generator import SliceDataset
 from braintseg.data.store_write_slices import PreparedSlices, SliceStoreWriter
 
-#: (cache mode, epoch) -> SHA-256 prefix of every batch's x and y bytes in order, recorded at 1e56c6f
+#: (cache mode, epoch) -> SHA-256 prefix of all its batches (x, y bytes), recorded at 1e56c6f
 PINNED = {
     ("ram", 0): "c76fda2d0e374cf7", ("ram", 1): "c108e9d754cc898a",
     ("ram", 5): "303103ad7f267f3b",
