@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from braintseg.demo import run_demo
+from braintseg.demos.demo import run_demo
 
 BUDGET_S = 600.0
 

@@ -71,7 +71,7 @@ class ConstantModel:
 
 def use_constant_model() -> None:
     """Patch predict so that every run's network is :class:`ConstantModel` (TTA: no flips)."""
-    import braintseg.predict as predict
+    import braintseg.inference.predict as predict
     from braintseg.inference.ensemble import SlicePredictor
 
     def predictors(runs: list[Any], batch_size: int, tta: bool) -> list[Any]:
@@ -108,8 +108,8 @@ def make_runs(root: Path, views: tuple[str, ...], sets: list[str]) -> dict[str, 
 
 def input_cases(args: argparse.Namespace, tmp: Path) -> tuple[Path, list[str], str]:
     """(root, case ids, description): shared real cases, ``-i``, or synthetic 240x240x155."""
-    from braintseg.data.nifti import find_cases
-    from braintseg.synthetic import write_case
+    from braintseg.sources.brats import find_cases
+    from braintseg.sources.synthetic import write_case
 
     root = args.input or (SHARED if SHARED.is_dir() and not args.synthetic else None)
     if root is not None:
@@ -130,7 +130,7 @@ def time_scenario(runs: list[Path], root: Path, ids: list[str], tta: bool, out: 
     """Time run_predict on 1 case, then on all ``ids``; steady-state s/case."""
     import csv
 
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
 
     sets = [f"predict.batch_size={batch_size}"]
     t = time.perf_counter()
@@ -156,8 +156,8 @@ def time_stages(runs: list[Path], root: Path, case: str, tta: bool, out: Path,
     """One case stage by stage (after a warm-up of the same case)."""
     from braintseg.inference.cases import plan_cases
     from braintseg.inference.ensemble import ensemble_volume, probabilities_to_labels
+    from braintseg.inference.predict import _predictors, _write_case
     from braintseg.inference.runs import read_run
-    from braintseg.predict import _predictors, _write_case
 
     infos = [read_run(r) for r in runs]
     predictors = _predictors(infos, batch_size, tta)

@@ -32,8 +32,8 @@ import tables
 
 from braintseg.config import load_config
 from braintseg.data import find_cases, open_store
-from braintseg.data.store import PreparedCase, StoreWriter
-from braintseg.prepare import run_prepare
+from braintseg.preparation.prepare import run_prepare
+from braintseg.store.read import PreparedCase, StoreWriter
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats"
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "braintseg" / "sample_data" / "brats"

@@ -37,8 +37,8 @@ def main() -> None:
     if keras.backend.backend() != "jax":
         sys.exit("bench_scaling: needs KERAS_BACKEND=jax")
     from braintseg.config import ModelConfig
-    from braintseg.losses import GeneralizedDiceCE
     from braintseg.model import build_model
+    from braintseg.training.losses import GeneralizedDiceCE
 
     gpus = [d for d in jax.devices() if d.platform != "cpu"]
     devices = gpus or jax.devices()

@@ -34,9 +34,9 @@ import tables
 import tifffile
 
 from braintseg.config import load_config
-from braintseg.data.slices_lgg import find_cases
-from braintseg.data.store import open_store
-from braintseg.prepare import run_prepare
+from braintseg.preparation.prepare import run_prepare
+from braintseg.sources.lgg import find_cases
+from braintseg.store.read import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = next((p / "data" / "lgg_kaggle_3m" for p in (REPO.parent / "shared",
@@ -68,7 +68,7 @@ def decode_all(root: Path) -> tuple[int, float, float]:
 def block_rate(path: Path, block: int = 16) -> tuple[float, float, float, float]:
     """Slices/s (wall, per CPU s) of two passes over every patient in ``block``-slice blocks
     through one fresh store handle: the first reads each chunk through HDF5 (its checksum
-    verified), the second directly (braintseg.data.chunks), as epochs 2, 3, ... do."""
+    verified), the second directly (braintseg.store.chunks), as epochs 2, 3, ... do."""
     store = open_store(path)
     rates = []
     for _ in range(2):
@@ -97,7 +97,7 @@ def single_rate(path: Path, n: int = 400) -> float:
 
 def dataset_rate(path: Path, cache: str) -> float:
     """Slices/s of one shuffled epoch through ``SliceDataset[i]`` (its reader thread)."""
-    from braintseg.data.generator import SliceDataset, release_store
+    from braintseg.training.generator import SliceDataset, release_store
 
     store = open_store(path)
     ids = store.case_ids
@@ -128,7 +128,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         root = args.input
         if root is None:
-            from braintseg.synthetic_slices import write_lgg
+            from braintseg.sources.synthetic import write_lgg
 
             root = write_lgg(tmp / "lgg", n_patients=12, n_slices=34, size=256)
             print(f"no shared data: synthetic LGG set at {root}")

@@ -51,7 +51,7 @@ def make_store(path: Path, n_cases: int, shape: tuple[int, int, int] = SHAPE) ->
     outside the brain compress to almost nothing and those inside hardly at all.
     """
     from braintseg.data.folds import Folds
-    from braintseg.data.store import PreparedCase, StoreWriter
+    from braintseg.store.read import PreparedCase, StoreWriter
 
     if path.is_file():
         return path
@@ -110,9 +110,9 @@ def child_generator(store: Path, mode: str, batch: int, steps: int | None,
     """(a) and the RSS measurement: read batches in order, as Keras does, on ``cores`` cores
     (the training cases of fold 0 when the store has folds, as ``braintseg train`` reads)."""
     used = _pin(cores)
-    from braintseg.data.augment import Augmenter
-    from braintseg.data.generator import SliceDataset
-    from braintseg.data.store import open_store
+    from braintseg.store.read import open_store
+    from braintseg.training.augment import Augmenter
+    from braintseg.training.generator import SliceDataset
 
     st = open_store(store)
     ids = st.fold_cases(0)[0] if st.folds else st.case_ids
@@ -175,8 +175,8 @@ def child_host_only(store: Path, mode: str, batch: int, steps: int, cores: int,
     import csv
 
     used = _pin(cores)
-    import braintseg.fit as fit_module
-    import braintseg.train as train_module
+    import braintseg.training.fit as fit_module
+    import braintseg.training.train as train_module
     from braintseg.config import Config
 
     build = fit_module.build
@@ -237,12 +237,12 @@ def bench_model(store: Path, batch: int, steps: int, policy: str) -> dict[str, A
     import keras
 
     from braintseg.config import Config
-    from braintseg.data.augment import Augmenter
-    from braintseg.data.generator import SliceDataset
-    from braintseg.data.store import open_store
-    from braintseg.losses import build_loss
-    from braintseg.metrics import build_metrics
     from braintseg.model import build_model
+    from braintseg.store.read import open_store
+    from braintseg.training.augment import Augmenter
+    from braintseg.training.generator import SliceDataset
+    from braintseg.training.losses import build_loss
+    from braintseg.training.metrics import build_metrics
 
     class Premade(keras.utils.PyDataset):
         def __init__(self, batches: list[Any], n: int) -> None:

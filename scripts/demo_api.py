@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 
 from braintseg import evaluate, load_config, predict, prepare, sample_data_dir, train
-from braintseg.demo import HOLDOUT, draw_pictures, validation_fold
-from braintseg.evaluate import format_summary
+from braintseg.demos.demo import HOLDOUT, draw_pictures, validation_fold
+from braintseg.scoring.evaluate import format_summary
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

@@ -59,11 +59,11 @@ def batch_digest(store: Path, view: str) -> dict[str, str]:
     try:
         from braintseg.training.generator import SliceDataset
     except ImportError:
-        from braintseg.data.generator import SliceDataset
+        from braintseg.training.generator import SliceDataset
     try:
         from braintseg.store import open_store
     except ImportError:
-        from braintseg.data.store import open_store
+        from braintseg.store.read import open_store
     ids = open_store(store).case_ids
     out = {}
     for mode in ("ram", "stream"):
@@ -140,7 +140,7 @@ def main() -> None:
     try:
         from braintseg.sources.synthetic import write_figshare
     except ImportError:
-        from braintseg.synthetic_slices import write_figshare
+        from braintseg.sources.synthetic import write_figshare
     fig = work / "figshare"
     write_figshare(fig, {"p1": [(1, 64, 1), (2, 64, 1), (3, 32, 2)],
                          "p2": [(4, 64, 2), (5, 64, 3)], "p3": [(6, 64, 3), (7, 32, 1)],

@@ -29,7 +29,7 @@ SHARED_BRATS = REPO.parent / "shared" / "data" / "brats"
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from braintseg.synthetic import write_dataset
+    from braintseg.sources.synthetic import write_dataset
 
     root = tmp_path_factory.mktemp("synthetic_brats")
     write_dataset(root, n_cases=4, shape=(48, 48, 32))
@@ -45,7 +45,7 @@ def smoke_cfg() -> Config:
 def synthetic_store(
     synthetic_root: Path, smoke_cfg: Config, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    from braintseg.prepare import run_prepare
+    from braintseg.preparation.prepare import run_prepare
 
     out = tmp_path_factory.mktemp("synthetic_store") / "store.h5"
     return run_prepare(smoke_cfg, synthetic_root, out, workers=1)
@@ -59,7 +59,7 @@ TINY_TRAIN = {"epochs": 2, "steps_per_epoch": 2, "validation_steps": 1, "batch_s
 @pytest.fixture(scope="session")
 def two_epoch_run(synthetic_store: Path, smoke_cfg: Config,
                   tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from braintseg.train import run_train
+    from braintseg.training.train import run_train
 
     run = tmp_path_factory.mktemp("runs") / "two"
     return run_train(smoke_cfg.replace(train=TINY_TRAIN), synthetic_store, 0, run)
@@ -76,6 +76,6 @@ def shared_brats() -> Path:
 def real_brats() -> Path:
     if SHARED_BRATS.is_dir():
         return SHARED_BRATS
-    from braintseg.demo import sample_data_dir
+    from braintseg.demos.demo import sample_data_dir
 
     return sample_data_dir()

@@ -64,11 +64,11 @@ def test_lazy_step_imports_its_module_on_first_call_and_exposes_its_attributes()
     out = _run(
         "import sys\n"
         "from braintseg import demo\n"
-        "print('before', 'braintseg.demo' in sys.modules)\n"
-        "print(demo.HOLDOUT, 'after', 'braintseg.demo' in sys.modules)\n"
+        "print('before', 'braintseg.demos.demo' in sys.modules)\n"
+        "print(demo.HOLDOUT, 'after', 'braintseg.demos.demo' in sys.modules)\n"
         "import braintseg\n"
         "from braintseg import demo as again\n"
-        "print(type(again).__name__, again is braintseg.demo, callable(again))\n"
+        "print(type(again).__name__, again is braintseg.demos.demo, callable(again))\n"
     )
     assert "before False" in out
     assert "BraTS-GLI-00000-000 after True" in out

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from braintseg.data.generator import SliceDataset
-from braintseg.data.store import open_store
+from braintseg.store.read import open_store
+from braintseg.training.generator import SliceDataset
 
 
 def test_slices_per_s_exclude_the_first_step_and_compile_s_is_written(
@@ -20,7 +20,7 @@ def test_slices_per_s_exclude_the_first_step_and_compile_s_is_written(
     not in the epoch's slices/s; TensorBoard gets train/ and validation/ scalars."""
     import keras
 
-    from braintseg.callbacks import EpochLogs, EpochTensorBoard
+    from braintseg.training.callbacks import EpochLogs, EpochTensorBoard
 
     class Stall(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch: int, logs: object = None) -> None:
@@ -57,7 +57,7 @@ def test_tensorboard_scalars_read_back(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from braintseg.callbacks import EpochTensorBoard
+    from braintseg.training.callbacks import EpochTensorBoard
 
     tb = EpochTensorBoard(tmp_path)
     for epoch in range(3):

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from braintseg.checkpoint import trim_history
 from braintseg.cli import cli
 from braintseg.errors import DataError
-from braintseg.runs import check_writable
+from braintseg.training.checkpoint import trim_history
+from braintseg.training.runs import check_writable
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"

@@ -17,8 +17,7 @@ from matplotlib.image import imread
 
 from braintseg.cli import cli
 from braintseg.config import REGIONS, load_config, to_dict
-from braintseg.data.store import open_store
-from braintseg.demo import (
+from braintseg.demos.demo import (
     CPU_CONFIG,
     EXPECTED_DICE,
     GPU_CONFIG,
@@ -30,6 +29,7 @@ from braintseg.demo import (
     run_demo,
     sample_data_dir,
 )
+from braintseg.store.read import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path("/work/shared/data/brats")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from braintseg.cli import cli
-from braintseg.demo_lgg import HOLDOUT, LGG_CONFIG, lgg_config
+from braintseg.demos.lgg import HOLDOUT, LGG_CONFIG, lgg_config
 
 TINY = ("model.levels=2", "model.start_channels=2", "train.batch_size=4",
         "train.steps_per_epoch=1", "train.validation_steps=1", "predict.batch_size=32")

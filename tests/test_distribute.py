@@ -1,4 +1,5 @@
-"""One training over several devices and processes (``train.distribution``, braintseg.distribute).
+"""One training over several devices and processes (``train.distribution``,
+braintseg.training.distribute).
 
 Fast tests: the batch sharding of :class:`SliceDataset` (the union of the processes' rows is the
 one-process batch), the launch and batch checks.  Slow tests run real trainings in subprocesses
@@ -23,10 +24,10 @@ import numpy as np
 import pytest
 
 from braintseg.config import Config
-from braintseg.data.augment import Augmenter
-from braintseg.data.generator import SliceDataset, release_store
-from braintseg.distribute import Launch, Session
 from braintseg.errors import ConfigError
+from braintseg.training.augment import Augmenter
+from braintseg.training.distribute import Launch, Session
+from braintseg.training.generator import SliceDataset, release_store
 
 REPO = Path(__file__).resolve().parents[1]
 #: the run of the equality tests: one step per epoch, so history.csv holds every step's loss.
@@ -55,7 +56,7 @@ TF_CLI = (
 @pytest.mark.parametrize("cache", ["ram", "stream"])
 def test_union_of_process_shards_is_the_one_process_batch(synthetic_store: Path,
                                                           smoke_cfg: Config, cache: str) -> None:
-    from braintseg.data.store import open_store
+    from braintseg.store.read import open_store
 
     train_ids = open_store(synthetic_store).fold_cases(0)[0]
     common = dict(view="axial", batch_size=6, shuffle=True, seed=7, cache=cache,
@@ -143,9 +144,9 @@ def _history(run: Path) -> list[float]:
 def _weights(path: Path) -> list[np.ndarray]:
     import keras
 
-    import braintseg.losses  # noqa: F401 - registers custom objects
-    import braintseg.metrics  # noqa: F401
     import braintseg.model  # noqa: F401
+    import braintseg.training.losses  # noqa: F401 - registers custom objects
+    import braintseg.training.metrics  # noqa: F401
 
     model = keras.saving.load_model(path, safe_mode=True)
     return [np.asarray(w) for w in model.weights]
@@ -276,7 +277,7 @@ def test_usr1_to_one_process_stops_both_at_the_same_step_and_resumes_on_one_devi
     codes = _wait(procs, 300)
     logs = [(out.parent / f"p{i}.log").read_text() for i in range(2)]
     assert codes == [75, 75], logs[0][-2000:] + logs[1][-2000:]
-    from braintseg.runs import read_json
+    from braintseg.training.runs import read_json
 
     state = read_json(out / "checkpoint" / "state.json")
     done = state["epochs_done"]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from braintseg.cli import cli
 from braintseg.errors import DataError
-from braintseg.evaluate import (
+from braintseg.scoring.evaluate import (
     HD95_EMPTY,
     find_predictions,
     format_summary,
@@ -23,8 +23,8 @@ from braintseg.evaluate import (
     run_evaluate,
     to_internal_auto,
 )
-from braintseg.scoring import dice, region_metrics
-from braintseg.synthetic import write_case
+from braintseg.scoring.regions import dice, region_metrics
+from braintseg.sources.synthetic import write_case
 
 
 def _cube(shape: tuple[int, int, int], lo: tuple[int, int, int], size: int) -> np.ndarray:
@@ -96,8 +96,8 @@ def test_sensitivity_specificity_volumes_by_hand() -> None:
 
 def test_case_metrics_on_the_tumour_box_equal_whole_volume_metrics() -> None:
     # evaluate_case scores a crop around the tumour; every number must equal the whole-volume one
-    from braintseg.evaluate import Labels, evaluate_case
-    from braintseg.scoring import region_mask
+    from braintseg.scoring.evaluate import Labels, evaluate_case
+    from braintseg.scoring.regions import region_mask
 
     rng = np.random.default_rng(7)
     truth = np.zeros((30, 26, 22), np.uint8)
@@ -226,7 +226,7 @@ def test_missing_prediction_counts_as_failure_and_files_are_written(flat) -> Non
 
 def test_partial_overlap_says_how_many_were_scored(flat, caplog) -> None:
     truth, pred, _ = flat
-    with caplog.at_level("WARNING", logger="braintseg.evaluate"):
+    with caplog.at_level("WARNING", logger="braintseg.scoring.evaluate"):
         run_evaluate(pred, truth)
     assert "scored 2 of 3 truth cases against a prediction; 1 have none" in caplog.text
 
@@ -333,7 +333,7 @@ def test_evaluate_never_imports_keras(tmp_path: Path) -> None:
     (tmp_path / "t").mkdir()
     _save(tmp_path / "t" / "c.nii.gz", np.ones((5, 5, 5)))
     code = (
-        "import sys; from pathlib import Path; import braintseg.evaluate as e;"
+        "import sys; from pathlib import Path; import braintseg.scoring.evaluate as e;"
         f"s = e.run_evaluate(Path({str(tmp_path / 't')!r}), Path({str(tmp_path / 't')!r}));"
         "assert s['cases'][0]['wt_dice'] == 1.0;"
         "print('keras' in sys.modules, 'tensorflow' in sys.modules)"

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from braintseg.cli import cli
 from braintseg.config import ModelConfig, load_config
 from braintseg.errors import ConfigError
-from braintseg.synthetic_slices import write_figshare, write_lgg
+from braintseg.sources.synthetic import write_figshare, write_lgg
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -23,7 +23,7 @@ HEAD = ["--set", "model.output=binary", "--set", "model.classification_head=tumo
 
 @pytest.fixture(scope="module")
 def lgg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from braintseg.prepare import run_prepare
+    from braintseg.preparation.prepare import run_prepare
 
     tmp = tmp_path_factory.mktemp("head")
     root = write_lgg(tmp / "lgg", n_patients=4, n_slices=9, size=32)
@@ -69,9 +69,9 @@ def test_head_outputs_and_safe_mode_round_trip(name: str, head: str, k: int,
 @pytest.mark.parametrize("cache", ["ram", "stream"])
 def test_tumour_type_targets_are_the_classes_of_the_batch_slices(tmp_path: Path,
                                                                  cache: str) -> None:
-    from braintseg.data.head_targets import HeadSliceDataset
-    from braintseg.data.store import SliceStore
-    from braintseg.prepare import run_prepare
+    from braintseg.preparation.prepare import run_prepare
+    from braintseg.store.read import SliceStore
+    from braintseg.training.head_targets import HeadSliceDataset
 
     root = write_figshare(tmp_path / "fig", {
         "A1": [(1, 32, 1), (2, 32, 1), (3, 32, 1)], "B2": [(4, 32, 2), (5, 32, 2)],
@@ -98,9 +98,9 @@ def test_tumour_type_targets_are_the_classes_of_the_batch_slices(tmp_path: Path,
 
 
 def test_head_on_a_store_without_types_is_one_line(lgg: tuple[Path, Path]) -> None:
-    from braintseg.data.head_targets import HeadSliceDataset
-    from braintseg.data.store import SliceStore
     from braintseg.errors import DataError
+    from braintseg.store.read import SliceStore
+    from braintseg.training.head_targets import HeadSliceDataset
 
     first = SliceStore(lgg[1]).case_ids[0]
     with pytest.raises(DataError, match=f"^case {first} of .*tumour_type needs a tumour_type"):
@@ -110,10 +110,10 @@ def test_head_on_a_store_without_types_is_one_line(lgg: tuple[Path, Path]) -> No
 def test_joint_training_reduces_the_head_loss(lgg: tuple[Path, Path]) -> None:
     import keras
 
-    from braintseg import fit
-    from braintseg.data.head_targets import HeadSliceDataset
-    from braintseg.data.store import SliceStore
     from braintseg.model import build_model
+    from braintseg.store.read import SliceStore
+    from braintseg.training import fit
+    from braintseg.training.head_targets import HeadSliceDataset
 
     cfg = load_config(SMOKE, ["model.output=binary", "model.classification_head=tumour",
                               "train.learning_rate=0.01", "train.classification_weight=1.0"])
@@ -144,7 +144,7 @@ def test_train_predict_evaluate_with_head(lgg: tuple[Path, Path], tmp_path: Path
     res = runner.invoke(cli, ["train", "-c", str(SMOKE), *HEAD, "-i", str(store), "--fold", "0",
                               "-o", str(run)])
     assert res.exit_code == 0, res.output
-    from braintseg.data.store import SliceStore
+    from braintseg.store.read import SliceStore
 
     meta = json.loads((run / "run.json").read_text())
     with SliceStore(store) as st:
@@ -176,7 +176,7 @@ def test_train_predict_evaluate_with_head(lgg: tuple[Path, Path], tmp_path: Path
 
 
 def test_better_score() -> None:
-    from braintseg.evaluate_slices import better_score
+    from braintseg.scoring.slices import better_score
 
     assert better_score({"auc": 0.8, "accuracy": 0.9}, {"auc": 0.9, "accuracy": 0.5}) == "head"
     assert better_score({"auc": 0.8, "accuracy": 0.9}, {"auc": 0.8, "accuracy": 0.5}) == "derived"
@@ -206,7 +206,7 @@ def test_head_needs_binary_output_cli(lgg: tuple[Path, Path], tmp_path: Path) ->
 
 
 def test_type_figures_by_hand() -> None:
-    from braintseg.scoring_types import type_figures
+    from braintseg.scoring.classes import type_figures
 
     truth = np.array([1, 1, 1, 2, 2, 3, 0])
     pred = np.array([1, 1, 2, 2, 3, 3, 1])  # the class-0 slice is left out
@@ -224,8 +224,8 @@ def test_type_figures_by_hand() -> None:
 def test_evaluate_tumour_type_head_columns(tmp_path: Path) -> None:
     import tifffile
 
-    from braintseg.evaluate_slices import format_slice_summary, run_evaluate_slices
-    from braintseg.predict_slices import HEAD_COLUMNS
+    from braintseg.inference.slices import HEAD_COLUMNS
+    from braintseg.scoring.slices import format_slice_summary, run_evaluate_slices
 
     root = write_figshare(tmp_path / "fig", {"A1": [(1, 16, 1), (2, 16, 1)],
                                              "B2": [(3, 16, 2)], "C3": [(4, 16, 3)]})
@@ -253,7 +253,7 @@ def test_evaluate_tumour_type_head_columns(tmp_path: Path) -> None:
 def test_head_probability_prior_correction() -> None:
     from types import SimpleNamespace
 
-    from braintseg.predict_slices import prior_corrected
+    from braintseg.inference.slices import prior_corrected
 
     cfg = load_config(None, ["train.tumour_oversampling=0.5"])
     run = SimpleNamespace(cfg=cfg, tumour_fraction=0.25)  # batches: q = 0.5 + 0.5 * 0.25

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from braintseg.config import load_config
-from braintseg.runs import read_json
+from braintseg.training.runs import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 #: the two bundled real cases with much tumour core and ET (trained on), and the one with almost
@@ -64,13 +64,13 @@ def test_demo_recipe_learns_tc_and_et_on_real_cases(tmp_path: Path) -> None:
     BatchNorm statistics re-estimated: ``train.bn_recalibration`` of the demo's config)."""
     import keras
 
-    import braintseg.losses  # noqa: F401 - registers the custom objects
-    import braintseg.metrics  # noqa: F401
     import braintseg.model  # noqa: F401
-    from braintseg.data.generator import SliceDataset
-    from braintseg.demo import sample_data_dir, validation_fold
-    from braintseg.prepare import run_prepare
-    from braintseg.train import run_train
+    import braintseg.training.losses  # noqa: F401 - registers the custom objects
+    import braintseg.training.metrics  # noqa: F401
+    from braintseg.demos.demo import sample_data_dir, validation_fold
+    from braintseg.preparation.prepare import run_prepare
+    from braintseg.training.generator import SliceDataset
+    from braintseg.training.train import run_train
 
     cfg = load_config(REPO / "configs" / "demo.yaml",
                       [f"data.crop={CROP}", "data.n_folds=3", "train.seed=100", *BUDGET])

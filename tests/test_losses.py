@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from braintseg.config import ModelConfig, TrainConfig
-from braintseg.losses import (
+from braintseg.training.losses import (
     GeneralizedDiceCE,
     RegionDiceLoss,
     build_loss,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from braintseg.config import ModelConfig
-from braintseg.metrics import MeanRegionDice, RegionDice, build_metrics
+from braintseg.training.metrics import MeanRegionDice, RegionDice, build_metrics
 
 LABELS_4 = np.array([[[0, 1], [2, 3]]], np.uint8)  # background, NCR/NET, edema, ET
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from braintseg.data.folds import Folds
-from braintseg.data.generator import SliceDataset
-from braintseg.data.store_write_slices import PreparedSlices, SliceStoreWriter
+from braintseg.store.slice_writer import PreparedSlices, SliceStoreWriter
+from braintseg.training.generator import SliceDataset
 
 #: (cache mode, epoch) -> SHA-256 prefix of all its batches (x, y bytes), recorded at 1e56c6f
 PINNED = {

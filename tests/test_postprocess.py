@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from braintseg.postprocess import (
+from braintseg.inference.postprocess import (
     describe,
     et_to_ncr,
     keep_large_components,

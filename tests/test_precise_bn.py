@@ -15,7 +15,7 @@ from conftest import TINY_TRAIN as TINY
 def test_recalibrate_sets_the_average_of_the_batch_statistics_and_keeps_momentum() -> None:
     import keras
 
-    from braintseg.precise_bn import batchnorm_layers, recalibrate
+    from braintseg.training.precise_bn import batchnorm_layers, recalibrate
 
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))
@@ -33,7 +33,7 @@ def test_recalibrate_sets_the_average_of_the_batch_statistics_and_keeps_momentum
 def test_nested_batchnorm_layers_are_found() -> None:
     from braintseg.config import ModelConfig
     from braintseg.model import build_model
-    from braintseg.precise_bn import batchnorm_layers
+    from braintseg.training.precise_bn import batchnorm_layers
 
     model = build_model(ModelConfig(levels=2, start_channels=4), (16, 16, 4))
     # 2 per residual unit: 2 encoder levels, the bottleneck, 2 decoder levels; + the head's
@@ -44,13 +44,13 @@ def test_training_is_unchanged_and_the_saved_statistics_are_the_recalibrated_one
         synthetic_store: Path, smoke_cfg: Config, tmp_path: Path) -> None:
     import keras
 
-    import braintseg.losses  # noqa: F401 - registers the custom objects
-    import braintseg.metrics  # noqa: F401
-    from braintseg.data.augment import Augmenter
-    from braintseg.data.generator import SliceDataset
-    from braintseg.precise_bn import batchnorm_layers, recalibrate
-    from braintseg.runs import read_json
-    from braintseg.train import run_train
+    import braintseg.training.losses  # noqa: F401 - registers the custom objects
+    import braintseg.training.metrics  # noqa: F401
+    from braintseg.training.augment import Augmenter
+    from braintseg.training.generator import SliceDataset
+    from braintseg.training.precise_bn import batchnorm_layers, recalibrate
+    from braintseg.training.runs import read_json
+    from braintseg.training.train import run_train
 
     def cfg(n: int) -> Config:
         return smoke_cfg.replace(train={**TINY, "bn_recalibration": n},

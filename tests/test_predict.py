@@ -22,7 +22,7 @@ from braintseg.cli import cli
 from braintseg.config import dump_config, load_config
 from braintseg.errors import ConfigError, DataError
 from braintseg.inference.cases import check_case_id
-from braintseg.synthetic import write_case
+from braintseg.sources.synthetic import write_case
 
 SHAPE = (48, 48, 32)
 BOX = (8, 40, 8, 40, 0, 32)  # 32 x 32 x 32: every view's slice is 32 x 32 (divisible by 4)
@@ -80,14 +80,14 @@ def _read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 
 def _probs(run_dirs: list[Path], cases: Path, out: Path, **kw) -> dict[str, np.ndarray]:
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
 
     run_predict(run_dirs, cases, out, probabilities=True, **kw)
     return {c: _read(out / f"{c}_prob.nii.gz")[0] for c in (CASE23, CASE18)}
 
 
 def test_geometry_and_convention_of_2023_case(runs, cases, tmp_path) -> None:
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
 
     written = run_predict([runs["axial"]], cases / CASE23, tmp_path / "out", probabilities=True)
     assert [p.name for p in written] == [f"{CASE23}.nii.gz"]
@@ -115,10 +115,11 @@ def test_geometry_and_convention_of_2023_case(runs, cases, tmp_path) -> None:
 
 def test_label_conventions_with_an_et_model(runs, cases, tmp_path, monkeypatch) -> None:
     """A model biased to ET everywhere: ET is 3 in the 2023 case and 4 in the 2018 case."""
-    import braintseg.predict
-    from braintseg.predict import run_predict
+    import braintseg.inference.predict
+    from braintseg.inference.predict import run_predict
 
-    monkeypatch.setattr(braintseg.predict.os, "cpu_count", lambda: 16)  # 2 cases read at once
+    monkeypatch.setattr(braintseg.inference.predict.os, "cpu_count",
+                        lambda: 16)  # 2 cases read at once
     run_predict([runs["et"]], cases, tmp_path)
     x0, x1, y0, y1, z0, z1 = BOX
     for case, et in ((CASE23, 3), (CASE18, 4)):
@@ -148,7 +149,7 @@ def test_multi_view_ensemble_is_the_mean_of_single_runs(runs, cases, tmp_path) -
 
 def test_tta_is_flip_equivariant(runs, tmp_path) -> None:
     """Flipping the input along H (x for axial) flips the TTA prediction exactly."""
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
 
     root = tmp_path / "in"
     folder = write_case(root, "Brats18_A_1", SHAPE, seed=5)
@@ -172,8 +173,8 @@ def test_tta_is_flip_equivariant(runs, tmp_path) -> None:
 
 def test_store_input_with_fold_matches_nifti_input(synthetic_store, synthetic_root,
                                                    tmp_path) -> None:
-    from braintseg.data.store import open_store
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
+    from braintseg.store.read import open_store
 
     store = open_store(synthetic_store)
     run = make_run(tmp_path / "run", "coronal", box=tuple(store.crop_box))
@@ -237,7 +238,7 @@ def test_regions_head_to_labels_by_hand() -> None:
 
 def test_regions_model_end_to_end(cases, tmp_path) -> None:
     from braintseg.inference.ensemble import probabilities_to_labels
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
 
     run = make_run(tmp_path / "regions", "coronal", extra=("model.output=regions",))
     run_predict([run], cases, tmp_path / "out", probabilities=True, cases=[CASE18], tta=True)
@@ -264,7 +265,7 @@ def _copy_run(src: Path, dst: Path, **run_json) -> Path:
 
 
 def _bad(run_dirs, input_path, out: Path, error=DataError, match: str = "", **kw) -> None:
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
 
     existed = out.exists()
     with pytest.raises(error, match=match) as info:
@@ -356,7 +357,7 @@ def test_model_that_cannot_be_loaded_leaves_no_output_folder(runs, cases, tmp_pa
     existing.mkdir()
     (existing / "notes.txt").write_text("mine")
     _bad([bad], cases, tmp_path / "existing_empty", match="cannot load model")
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
 
     with pytest.raises(DataError, match="cannot load model"):
         run_predict([bad], cases, existing)
@@ -398,7 +399,7 @@ def test_cli_bad_input_is_one_line(tmp_path) -> None:
 def test_real_case_keeps_its_geometry_and_convention(runs, real_brats, tmp_path) -> None:
     """A real BraTS 2023 case (bundled with the package, or the shared copy) through predict
     with a tiny untrained run: the source grid, affine, sform code and label convention."""
-    from braintseg.predict import run_predict
+    from braintseg.inference.predict import run_predict
 
     case = "BraTS-GLI-00000-000"
     (written,) = run_predict([runs["axial"]], real_brats, tmp_path / "p", cases=[case])
@@ -416,10 +417,10 @@ def test_real_cases_prepare_train_predict_evaluate(real_brats, tmp_path) -> None
     """Real BraTS 2018 + 2023 cases end to end with the smoke config (1 epoch, 2 steps)."""
     import os
 
-    from braintseg.evaluate import run_evaluate
-    from braintseg.predict import run_predict
-    from braintseg.prepare import run_prepare
-    from braintseg.train import run_train
+    from braintseg.inference.predict import run_predict
+    from braintseg.preparation.prepare import run_prepare
+    from braintseg.scoring.evaluate import run_evaluate
+    from braintseg.training.train import run_train
 
     root = tmp_path / "cases"
     root.mkdir()
@@ -441,7 +442,7 @@ def test_real_cases_prepare_train_predict_evaluate(real_brats, tmp_path) -> None
         np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
         assert int(img.header["sform_code"]) == int(src.header["sform_code"])
     # the store's validation case predicted from the store equals its NIfTI prediction
-    from braintseg.data.store import open_store
+    from braintseg.store.read import open_store
 
     val = open_store(store).fold_cases(0)[1]
     run_predict([run], store, tmp_path / "from_store", fold=0, probabilities=True)

@@ -21,8 +21,8 @@ from braintseg.config import load_config
 from braintseg.data import find_cases, load_case, open_store
 from braintseg.data.folds import folds_path
 from braintseg.data.preprocess import crop
-from braintseg.prepare import run_prepare
-from braintseg.synthetic import write_case
+from braintseg.preparation.prepare import run_prepare
+from braintseg.sources.synthetic import write_case
 
 SHAPE = (24, 24, 16)
 SMALL = ["--set", "data.crop=auto", "--set", "model.levels=2", "--set", "data.n_folds=2",
@@ -188,7 +188,7 @@ def test_killed_writer_leaves_no_finished_store(tmp_path: Path) -> None:
     target = tmp_path / "s.h5"
     code = (
         "import os, numpy as np\n"
-        "from braintseg.data.store import StoreWriter, PreparedCase\n"
+        "from braintseg.store.read import StoreWriter, PreparedCase\n"
         f"w = StoreWriter(r'{target}', (8, 8, 8), 4).__enter__()\n"
         "w.append(PreparedCase('a', np.zeros((8, 8, 8, 4), np.float16), None))\n"
         "w._h.flush()\n"

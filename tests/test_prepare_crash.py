@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from braintseg.data.store import open_store
-from braintseg.prepare import KILL_POINTS
-from braintseg.synthetic import write_case
+from braintseg.preparation.prepare import KILL_POINTS
+from braintseg.sources.synthetic import write_case
+from braintseg.store.read import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--set", "data.crop=auto", "--set", "model.levels=2", "--set", "data.n_folds=2"]

@@ -16,10 +16,10 @@ import pytest
 
 from braintseg.config import load_config
 from braintseg.data import nifti
-from braintseg.data.nifti import find_cases
 from braintseg.errors import DataError
-from braintseg.prepare import prepare_case, run_prepare
-from braintseg.synthetic import write_case
+from braintseg.preparation.prepare import prepare_case, run_prepare
+from braintseg.sources.brats import find_cases
+from braintseg.sources.synthetic import write_case
 
 SHAPE = (24, 24, 16)
 SMALL = ["--set", "data.crop=auto", "--set", "model.levels=2", "--set", "data.n_folds=2"]
@@ -76,7 +76,7 @@ def test_unexpected_worker_error_is_one_line(tmp_path: Path, monkeypatch: pytest
     def boom(_: object) -> None:
         raise RuntimeError("something odd\nsecond line")
 
-    monkeypatch.setattr("braintseg.prepare.load_case", boom)
+    monkeypatch.setattr("braintseg.preparation.prepare.load_case", boom)
     cfg = load_config(None, ["model.levels=2"])
     with pytest.raises(DataError, match=r"^case Brats18_T_0_1: cannot prepare the files in "
                                         r".*Brats18_T_0_1 \(RuntimeError: something odd\)$"):
@@ -85,7 +85,7 @@ def test_unexpected_worker_error_is_one_line(tmp_path: Path, monkeypatch: pytest
 
 DYING_WORKER = """\
 import os, signal, sys
-import braintseg.prepare as prep
+import braintseg.preparation.prepare as prep
 from braintseg.config import load_config
 from braintseg.errors import DataError
 
@@ -209,7 +209,7 @@ def test_read_only_output_folder_said_before_any_work(tmp_path: Path, tmpfs: Pat
 
 def test_disk_full_during_a_slice_prepare_is_one_line(tmp_path: Path, tmpfs: Path) -> None:
     """The 2D slice store writer (LGG layout) says a full disk as the volume writer does."""
-    from braintseg.synthetic_slices import write_lgg
+    from braintseg.sources.synthetic import write_lgg
 
     root = tmp_path / "lgg"
     write_lgg(root, n_patients=4, n_slices=12, size=128)

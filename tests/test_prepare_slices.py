@@ -11,8 +11,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from braintseg.cli import cli
-from braintseg.data.store import SliceStore
-from braintseg.synthetic_slices import write_lgg
+from braintseg.sources.synthetic import write_lgg
+from braintseg.store.read import SliceStore
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from braintseg.demo import HOLDOUT, sample_data_dir
+from braintseg.demos.demo import HOLDOUT, sample_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, SHORT = '"train.epochs=6"', '"train.epochs=1"'

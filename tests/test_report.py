@@ -13,7 +13,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
 from braintseg.cli import cli
-from braintseg.figures import (
+from braintseg.reporting.figures import (
     EDGES,
     LABEL_COLOURS,
     VIEWS,
@@ -22,7 +22,7 @@ from braintseg.figures import (
     to_display,
     tumour_centre,
 )
-from braintseg.synthetic import write_case
+from braintseg.sources.synthetic import write_case
 
 SHAPE = (40, 44, 28)
 
@@ -171,7 +171,7 @@ def test_tumour_centre_is_the_slice_with_most_voxels() -> None:
 
 def _spy_figures(monkeypatch: pytest.MonkeyPatch) -> list:
     """The figures handed to save_png (which still writes them)."""
-    import braintseg.report as report
+    import braintseg.reporting.report as report
 
     figures: list = []
     real = report.save_png

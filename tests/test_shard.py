@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from braintseg.cli import cli
-from braintseg.distribute import parse_shard, shard_items
 from braintseg.errors import ConfigError
-from braintseg.synthetic import write_case
+from braintseg.sources.synthetic import write_case
+from braintseg.training.distribute import parse_shard, shard_items
 from test_predict import SHAPE, make_run
 
 CASES = ["Brats18_A_1", "Brats18_B_1", "Brats18_C_1"]

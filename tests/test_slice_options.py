@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_dice_ce_loss() -> None:
     from braintseg.config import TrainConfig
-    from braintseg.losses import DiceCE, build_loss
+    from braintseg.training.losses import DiceCE, build_loss
 
     loss = build_loss(TrainConfig(loss="dice_ce", ce_weight=1.0), ModelConfig(output="binary"))
     assert isinstance(loss, DiceCE)
@@ -31,7 +31,7 @@ def test_dice_ce_loss() -> None:
 
 
 def test_slice_normalisation_scales_each_slice_alone() -> None:
-    from braintseg.prepare_slices import slice_normalise
+    from braintseg.preparation.slices import slice_normalise
 
     rng = np.random.default_rng(0)
     stack = rng.integers(1, 200, (3, 16, 16, 2)).astype(np.float32)
@@ -47,9 +47,9 @@ def test_slice_normalisation_scales_each_slice_alone() -> None:
 
 
 def test_slice_normalisation_store_and_brats_refusal(tmp_path: Path) -> None:
-    from braintseg.data.store import SliceStore
-    from braintseg.prepare import run_prepare
-    from braintseg.synthetic_slices import write_lgg
+    from braintseg.preparation.prepare import run_prepare
+    from braintseg.sources.synthetic import write_lgg
+    from braintseg.store.read import SliceStore
 
     cfg = load_config(REPO / "configs" / "smoke.yaml", ["data.normalization=slice"])
     root = write_lgg(tmp_path / "lgg", n_patients=2, n_slices=4, size=16)
@@ -60,7 +60,7 @@ def test_slice_normalisation_store_and_brats_refusal(tmp_path: Path) -> None:
     assert abs(brain.mean()) < 0.05 and brain.std() == pytest.approx(1.0, rel=0.05)
     assert store.case_meta(0)["normalization"][0]["method"] == "slice"
     store.close()
-    from braintseg.synthetic import write_dataset
+    from braintseg.sources.synthetic import write_dataset
 
     write_dataset(tmp_path / "brats", n_cases=1, shape=(16, 16, 8))
     with pytest.raises(ConfigError, match="^data.normalization: slice applies to 2D slice"):

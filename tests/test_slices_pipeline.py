@@ -13,8 +13,8 @@ import tifffile
 from click.testing import CliRunner
 
 from braintseg.cli import cli
-from braintseg.evaluate_slices import detection, dice, roc_auc, roc_points
-from braintseg.synthetic_slices import write_lgg
+from braintseg.scoring.slices import detection, dice, roc_auc, roc_points
+from braintseg.sources.synthetic import write_lgg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def lgg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from braintseg.config import load_config
-    from braintseg.prepare import run_prepare
+    from braintseg.preparation.prepare import run_prepare
 
     tmp = tmp_path_factory.mktemp("lgg_pipeline")
     root = write_lgg(tmp / "lgg", n_patients=4, n_slices=9, size=32)
@@ -33,8 +33,8 @@ def lgg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("cache", ["ram", "stream"])
 def test_generator_reads_every_slice_of_variable_length_cases(lgg: tuple[Path, Path],
                                                               cache: str) -> None:
-    from braintseg.data.generator import SliceDataset
-    from braintseg.data.store import SliceStore
+    from braintseg.store.read import SliceStore
+    from braintseg.training.generator import SliceDataset
 
     _, store_path = lgg
     store = SliceStore(store_path)
@@ -104,8 +104,8 @@ def test_dice_detection_and_auc_by_hand() -> None:
 
 def test_binary_head_loss_and_metrics() -> None:
     from braintseg.config import ModelConfig, TrainConfig
-    from braintseg.losses import GeneralizedDiceCE, build_loss
-    from braintseg.metrics import build_metrics
+    from braintseg.training.losses import GeneralizedDiceCE, build_loss
+    from braintseg.training.metrics import build_metrics
 
     cfg = ModelConfig(output="binary")
     loss = build_loss(TrainConfig(ce_weight=1.0), cfg)

@@ -16,7 +16,7 @@ import tables
 
 from braintseg.config import Config
 from braintseg.errors import ConfigError, DataError
-from braintseg.runs import read_json
+from braintseg.training.runs import read_json
 from conftest import TINY_TRAIN as TINY
 
 
@@ -32,9 +32,9 @@ def _epochs(run: Path) -> list[int]:
 def _weights(path: Path) -> tuple[list[np.ndarray], int]:
     import keras
 
-    import braintseg.losses  # noqa: F401 - registers custom objects
-    import braintseg.metrics  # noqa: F401
     import braintseg.model  # noqa: F401
+    import braintseg.training.losses  # noqa: F401 - registers custom objects
+    import braintseg.training.metrics  # noqa: F401
 
     model = keras.saving.load_model(path, safe_mode=True)
     opt = [np.asarray(v) for v in model.optimizer.variables]
@@ -43,7 +43,7 @@ def _weights(path: Path) -> tuple[list[np.ndarray], int]:
 
 def test_resume_equals_uninterrupted(synthetic_store: Path, smoke_cfg: Config,
                                      two_epoch_run: Path, tmp_path: Path) -> None:
-    from braintseg.train import run_train
+    from braintseg.training.train import run_train
 
     full = run_train(_cfg(smoke_cfg, epochs=3), synthetic_store, 0, tmp_path / "full")
     part = Path(shutil.copytree(two_epoch_run, tmp_path / "part"))
@@ -66,7 +66,7 @@ def test_resume_equals_uninterrupted(synthetic_store: Path, smoke_cfg: Config,
 def test_learns_synthetic_task(synthetic_store: Path, smoke_cfg: Config, tmp_path: Path) -> None:
     import keras
 
-    from braintseg.train import run_train
+    from braintseg.training.train import run_train
 
     # On JAX (CPU XLA) this tiny network collapses to background at lr 0.01 (already so before
     # the JAX CI pass existed); lr 0.001 learns there, while TensorFlow needs 0.01 in 8 epochs.
@@ -131,7 +131,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_bad_inputs(synthetic_store: Path, smoke_cfg: Config, two_epoch_run: Path,
                     tmp_path: Path) -> None:
-    from braintseg.train import run_train
+    from braintseg.training.train import run_train
 
     cfg = _cfg(smoke_cfg)
     with pytest.raises(DataError, match="does not exist"):
@@ -182,8 +182,8 @@ def test_cli_unknown_view_is_one_line(synthetic_store: Path, tmp_path: Path) -> 
 def test_real_cases_train_end_to_end(shared_brats: Path, smoke_cfg: Config,
                                      tmp_path: Path) -> None:
     from braintseg.config import load_config
-    from braintseg.prepare import run_prepare
-    from braintseg.train import run_train
+    from braintseg.preparation.prepare import run_prepare
+    from braintseg.training.train import run_train
 
     cases = tmp_path / "cases"
     cases.mkdir()
@@ -267,9 +267,9 @@ def test_callbacks_keep_keras_async_dispatch(synthetic_store: Path, smoke_cfg: C
     import keras
     from keras.src.utils.python_utils import is_default
 
-    from braintseg.data.store import open_store
-    from braintseg.fit import _Guard, callbacks, datasets
-    from braintseg.runs import RunPaths
+    from braintseg.store.read import open_store
+    from braintseg.training.fit import _Guard, callbacks, datasets
+    from braintseg.training.runs import RunPaths
 
     cfg = _cfg(smoke_cfg)
     store = open_store(synthetic_store)
@@ -281,7 +281,8 @@ def test_callbacks_keep_keras_async_dispatch(synthetic_store: Path, smoke_cfg: C
     finally:
         train.close()
         val.close()
-    ours = [c for c in cbs if type(c).__module__ in ("braintseg.fit", "braintseg.callbacks")]
+    ours = [c for c in cbs if type(c).__module__ in ("braintseg.training.fit",
+                                                      "braintseg.training.callbacks")]
     assert len(ours) >= 3
     for cb in ours:
         if getattr(cb, "async_safe", False):
@@ -295,7 +296,7 @@ def test_callbacks_keep_keras_async_dispatch(synthetic_store: Path, smoke_cfg: C
 def test_epochs_are_numbered_from_1_everywhere(two_epoch_run: Path) -> None:
     """history.csv, the checkpoint's state (inside last.keras) and its state.json copy count
     epochs as the log prints them (Epoch 1/2, 2/2); model.keras is the best epoch's copy."""
-    from braintseg.checkpoint import read_state
+    from braintseg.training.checkpoint import read_state
 
     assert _epochs(two_epoch_run) == [1, 2]
     state = read_state(two_epoch_run / "last.keras")
@@ -313,7 +314,7 @@ def _rewrite_state(last: Path, state: dict | None) -> None:
     import json
     import zipfile
 
-    from braintseg.checkpoint import STATE_ENTRY
+    from braintseg.training.checkpoint import STATE_ENTRY
 
     with zipfile.ZipFile(last) as zf:
         entries = {n: zf.read(n) for n in zf.namelist() if n != STATE_ENTRY}
@@ -330,8 +331,8 @@ def test_resume_refuses_a_checkpoint_whose_step_count_disagrees(
     """The layout of older versions (state.json beside a last.keras one epoch ahead, as a kill
     between the two writes left it) and a state whose epochs x steps do not add up are both
     refused in one line before any training; nothing in the folder changes."""
-    from braintseg.checkpoint import read_state
-    from braintseg.train import run_train
+    from braintseg.training.checkpoint import read_state
+    from braintseg.training.train import run_train
 
     cfg = _cfg(smoke_cfg, epochs=3)
     old = Path(shutil.copytree(two_epoch_run, tmp_path / "old"))
@@ -357,9 +358,9 @@ ASYNC_CHECK = textwrap.dedent("""
     from pathlib import Path
     import keras
     from braintseg.config import load_config
-    from braintseg.data.store import open_store
-    from braintseg.runs import RunPaths
-    from braintseg.fit import _Guard, callbacks, datasets
+    from braintseg.store.read import open_store
+    from braintseg.training.runs import RunPaths
+    from braintseg.training.fit import _Guard, callbacks, datasets
 
     store_path, cfg_path, run_dir = (Path(a) for a in sys.argv[1:4])
     cfg = load_config(cfg_path, overrides=["train.batch_size=2", "train.steps_per_epoch=2"])
@@ -410,8 +411,8 @@ def test_a_ctrl_c_python_swallows_is_raised_again_before_the_next_batch() -> Non
     import gc
     import signal
 
-    from braintseg.fit import _Guard
     from braintseg.stop import StopSignals
+    from braintseg.training.fit import _Guard
 
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's, whatever
     stop = StopSignals().install()  # the test runner was started with (a background job: SIG_IGN)
@@ -445,7 +446,7 @@ def test_monitor_last_keeps_the_final_weights(synthetic_store: Path, smoke_cfg: 
                                               tmp_path: Path) -> None:
     """``train.monitor: last``: model.keras is the last epoch's model, whatever validation says
     (in a cross-validation the validation patients are the test patients)."""
-    from braintseg.train import run_train
+    from braintseg.training.train import run_train
 
     run = tmp_path / "last"
     run_train(_cfg(smoke_cfg, epochs=2, monitor="last"), synthetic_store, 0, run)

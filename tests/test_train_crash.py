@@ -1,6 +1,6 @@
 """Crash consistency of ``braintseg train`` with real processes and real signals.
 
-A run is SIGKILLed at chosen points (``BRAINTSEG_TEST_KILL_AT``, see braintseg.checkpoint),
+A run is SIGKILLed at chosen points (``BRAINTSEG_TEST_KILL_AT``, see braintseg.training.checkpoint),
 inside the checkpoint save too, and resumed until it finishes; the result must equal the
 uninterrupted ``two_epoch_run`` (conftest: same store, fold, and smoke.yaml with 2 epochs):
 history.csv, optimizer step count, the weights of last.keras and model.keras, and no temporary
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from braintseg.checkpoint import KILL_ENV, KILL_POINTS, read_state
 from braintseg.config import Config
-from braintseg.runs import RunPaths, read_json
+from braintseg.training.checkpoint import KILL_ENV, KILL_POINTS, read_state
+from braintseg.training.runs import RunPaths, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -52,9 +52,9 @@ def _history(run: Path) -> list[dict[str, float]]:
 def _weights(path: Path) -> tuple[list[np.ndarray], int]:
     import keras
 
-    import braintseg.losses  # noqa: F401 - registers custom objects
-    import braintseg.metrics  # noqa: F401
     import braintseg.model  # noqa: F401
+    import braintseg.training.losses  # noqa: F401 - registers custom objects
+    import braintseg.training.metrics  # noqa: F401
 
     model = keras.saving.load_model(path, safe_mode=True)
     opt = [np.asarray(v) for v in model.optimizer.variables]
@@ -155,7 +155,7 @@ def test_sigterm_at_startup_then_sigkill_inside_checkpoint_saves_then_resume_equ
     uncommitted temporary file; 3. a --resume just after the commit (model.keras and
     state.json not updated yet); 4. a last --resume finishes: the run equals the uninterrupted
     one.  (Three processes that train: the default run's share of crash tests.)"""
-    from braintseg.train import check_run_dir
+    from braintseg.training.train import check_run_dir
     from conftest import TINY_TRAIN
 
     run = tmp_path / "run"
@@ -199,7 +199,7 @@ def _block_readers(store: Path) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if b"braintseg.data.blockprocs" in cmd and str(store).encode() in cmd and state != "Z":
+        if b"braintseg.store.blockprocs" in cmd and str(store).encode() in cmd and state != "Z":
             found.append(int(proc.name))
     return found
 

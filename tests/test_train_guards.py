@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from braintseg.cli import cli
-from braintseg.data.store import SliceStore
 from braintseg.errors import DataError
-from braintseg.runs import check_same_split, read_json
+from braintseg.store.read import SliceStore
+from braintseg.training.runs import check_same_split, read_json
 from conftest import TINY_TRAIN as TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_folds_digest_ignores_order_within_a_fold() -> None:
 
 
 
-HOLD = ("import sys, time; from pathlib import Path; from braintseg.runs import lock_run\n"
+HOLD = ("import sys, time; from pathlib import Path; from braintseg.training.runs import lock_run\n"
         "with lock_run(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)\n")
 
 
@@ -87,7 +87,7 @@ def test_a_second_train_into_a_locked_folder_is_refused(synthetic_store: Path,
     import subprocess
     import sys
 
-    from braintseg.runs import lock_run
+    from braintseg.training.runs import lock_run
 
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -120,7 +120,7 @@ def test_a_checkpoint_without_its_saved_state_is_one_line(synthetic_store: Path,
     integers: refused in one line, nothing in the folder changed."""
     import zipfile
 
-    from braintseg.checkpoint import STATE_ENTRY
+    from braintseg.training.checkpoint import STATE_ENTRY
 
     run = Path(shutil.copytree(two_epoch_run, tmp_path / "run"))
     last = run / "last.keras"

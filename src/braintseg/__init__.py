@@ -29,5 +29,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-sys.modules[__name__].__class__ = _api.Package

@@ -11,7 +11,7 @@ the README, whose copy of this example a test runs as a script)::
 
     from pathlib import Path
     from braintseg import demo, evaluate, load_config, predict, prepare, sample_data_dir, train
-    from braintseg.demo import HOLDOUT, validation_fold
+    from braintseg.demos.demo import HOLDOUT, validation_fold
 
     out = Path("braintseg-demo-api")                             # ignored by git
     cfg = load_config("configs/demo.yaml", ["train.epochs=2"])  # YAML + --set style overrides
@@ -22,14 +22,11 @@ the README, whose copy of this example a test runs as a script)::
     summary = evaluate(out / "predictions", cases, out / "metrics.csv", cases=[HOLDOUT])
     result = demo(out / "all-in-one")                            # or all of the above at once
 
-Why the machinery below: ``braintseg.prepare`` is both the name of a submodule and of the API
-function.  Python's import system sets the package attribute to the *module* whenever the
-submodule is first imported (e.g. by the CLI), which would make ``from braintseg import prepare``
-return a module that cannot be called.  So the package's class intercepts that assignment and
-makes the step modules callable: calling the module calls its ``run_*`` function, looked up at
-call time (so monkeypatching ``braintseg.prepare.run_prepare`` affects every caller).  Before the
-submodule is imported, ``from braintseg import prepare`` returns a :class:`LazyStep` that imports
-it on first use.  Either way, ``prepare(...)`` is ``braintseg.prepare.run_prepare(...)``.
+Each step is a :class:`LazyStep`: the package has no submodule of a step's name (the stages live in
+:mod:`braintseg.preparation`, :mod:`braintseg.training`, :mod:`braintseg.inference`,
+:mod:`braintseg.scoring`, :mod:`braintseg.demos`), so ``braintseg.prepare`` is always the step and
+calling it imports its module on first use and calls its ``run_*`` function, looked up at call
+time (so monkeypatching ``braintseg.preparation.prepare.run_prepare`` affects every caller).
 """
 
 from __future__ import annotations
@@ -40,23 +37,20 @@ from typing import Any
 
 #: API name -> (submodule, function the CLI calls)
 STEPS: dict[str, tuple[str, str]] = {
-    "prepare": ("braintseg.prepare", "run_prepare"),
-    "train": ("braintseg.train", "run_train"),
-    "predict": ("braintseg.predict", "run_predict"),
-    "evaluate": ("braintseg.evaluate", "run_evaluate"),
-    "demo": ("braintseg.demo", "run_demo"),
+    "prepare": ("braintseg.preparation.prepare", "run_prepare"),
+    "train": ("braintseg.training.train", "run_train"),
+    "predict": ("braintseg.inference.predict", "run_predict"),
+    "evaluate": ("braintseg.scoring.evaluate", "run_evaluate"),
+    "demo": ("braintseg.demos.demo", "run_demo"),
 }
 
 #: other public names, resolved lazily: name -> (module, attribute)
 EXPORTS: dict[str, tuple[str, str]] = {
     "load_config": ("braintseg.config", "load_config"),
     "Config": ("braintseg.config", "Config"),
-    "sample_data_dir": ("braintseg.demo", "sample_data_dir"),
-    "format_summary": ("braintseg.evaluate", "format_summary"),
+    "sample_data_dir": ("braintseg.demos.demo", "sample_data_dir"),
+    "format_summary": ("braintseg.scoring.evaluate", "format_summary"),
 }
-
-_MODULE_TO_RUN = {module: run for module, run in STEPS.values()}
-
 
 def step_function(name: str) -> Any:
     """The function behind API step ``name`` (imports its module), e.g. ``run_prepare``."""
@@ -64,18 +58,11 @@ def step_function(name: str) -> Any:
     return getattr(importlib.import_module(module), run)
 
 
-class StepModule(types.ModuleType):
-    """Class given to the step submodules: calling the module calls its ``run_*`` function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self, _MODULE_TO_RUN[self.__name__])(*args, **kwargs)
-
-
 class LazyStep:
     """Stands for a step whose module is not imported yet; imports it on first use.
 
     Calls go to the module's ``run_*`` function; attribute access goes to the module itself
-    (``braintseg.evaluate.format_summary`` works either way).
+    (``braintseg.scoring.evaluate.format_summary`` works either way).
     """
 
     def __init__(self, name: str) -> None:
@@ -95,17 +82,7 @@ class LazyStep:
         return getattr(importlib.import_module(self._module), attr)
 
     def __repr__(self) -> str:
-        return f"<braintseg step {self.__name__!r} (lazy: {self._module} not imported yet)>"
-
-
-class Package(types.ModuleType):
-    """Class of the ``braintseg`` package module: makes step submodules callable on import."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in STEPS and isinstance(value, types.ModuleType):
-            if value.__name__ == STEPS[name][0] and type(value) is types.ModuleType:
-                value.__class__ = StepModule
-        super().__setattr__(name, value)
+        return f"<braintseg step {self.__name__!r} ({self._module}, imported on first call)>"
 
 
 def lazy_attribute(package: types.ModuleType, name: str) -> Any:

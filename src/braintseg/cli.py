@@ -75,8 +75,8 @@ def _train_resume(store: Path, fold: int, run_dir: Path, config_path: Path | Non
     """For a stopped ``train``: (what its checkpoint holds, the exact --resume command)."""
 
     def resume() -> tuple[str, str]:
-        from braintseg.checkpoint import describe
-        from braintseg.runs import RunPaths
+        from braintseg.training.checkpoint import describe
+        from braintseg.training.runs import RunPaths
 
         args = ["braintseg", "train", "-i", str(store), "--fold", str(fold), "-o", str(run_dir)]
         args += ["-c", str(config_path)] if config_path else []
@@ -169,7 +169,7 @@ def prepare(
     folds."""
     with user_errors():
         cfg = _load(config_path, overrides)
-        from braintseg.prepare import run_prepare
+        from braintseg.preparation.prepare import run_prepare
 
         path = run_prepare(cfg, input_dir, output, workers=workers, overwrite=overwrite,
                            skip_invalid=skip_invalid, require_labels=not no_labels,
@@ -222,8 +222,8 @@ def train(
     try:
         with user_errors(_train_resume(store, fold, run_dir, config_path, overrides)):
             cfg = _load(config_path, overrides)
-            from braintseg.distribute import Launch
-            from braintseg.train import run_train
+            from braintseg.training.distribute import Launch
+            from braintseg.training.train import run_train
 
             launch = Launch.from_options(coordinator, num_processes, process_id)
             run_train(cfg, store, fold, run_dir, resume=resume, overwrite=overwrite,
@@ -262,8 +262,8 @@ def predict(
 ) -> None:
     """Predict 3D label volumes in the original geometry (NIfTI, source affine and header)."""
     with user_errors():
-        from braintseg.distribute import parse_shard
-        from braintseg.predict import run_predict
+        from braintseg.inference.predict import run_predict
+        from braintseg.training.distribute import parse_shard
 
         written = run_predict(
             list(run_dirs), input_path, out_dir, overrides=overrides,
@@ -291,8 +291,8 @@ def evaluate(pred_dir: Path, truth: Path, output: Path | None, shard: str | None
              merge: bool) -> None:
     """Score predictions: Dice, HD95, sensitivity, specificity for WT, TC and ET."""
     with user_errors():
-        from braintseg.distribute import parse_shard
-        from braintseg.evaluate import format_summary, merge_shards, run_evaluate
+        from braintseg.scoring.evaluate import format_summary, merge_shards, run_evaluate
+        from braintseg.training.distribute import parse_shard
 
         if merge:
             if shard is not None:
@@ -326,10 +326,10 @@ def demo(out_dir: Path | None, overwrite: bool, epochs: int | None,
     and the held-out Dice per region beside the range a correct install reaches.
     """
     with user_errors():
-        from braintseg.demo import DEFAULT_OUTPUT, format_result, run_demo
+        from braintseg.demos.demo import DEFAULT_OUTPUT, format_result, run_demo
 
         if dataset == "lgg":
-            from braintseg.demo_lgg import DEFAULT_LGG_OUTPUT, format_lgg_result, run_demo_lgg
+            from braintseg.demos.lgg import DEFAULT_LGG_OUTPUT, format_lgg_result, run_demo_lgg
 
             click.echo(format_lgg_result(run_demo_lgg(
                 out_dir or DEFAULT_LGG_OUTPUT, overwrite=overwrite, epochs=epochs,
@@ -349,7 +349,7 @@ def demo(out_dir: Path | None, overwrite: bool, epochs: int | None,
 def report(folder: Path, truth: Path | None, out_dir: Path | None) -> None:
     """Draw training curves (RUN_DIR) or per-case overlay montages (PRED_DIR -t CASES_DIR)."""
     with user_errors():
-        from braintseg.report import run_report
+        from braintseg.reporting.report import run_report
 
         for path in run_report(folder, truth, out_dir):
             click.echo(f"wrote {path}")
@@ -362,7 +362,7 @@ def report(folder: Path, truth: Path | None, out_dir: Path | None) -> None:
 def show(case_dir: Path, output: Path | None) -> None:
     """Quick look at one raw case: FLAIR, T1, T1ce, T2 and the seg if present."""
     with user_errors():
-        from braintseg.report import show_case
+        from braintseg.reporting.report import show_case
 
         click.echo(f"wrote {show_case(case_dir, output)}")
 

@@ -70,7 +70,7 @@ def collect_info() -> dict[str, str]:
     info["blosc2"] = blosc2[1] if blosc2 else "none"
     info["cpus"] = str(os.cpu_count())
     info["gpus"] = _gpus(backend)
-    from braintseg.distribute import describe_devices
+    from braintseg.training.distribute import describe_devices
 
     info["data_parallel devices"] = describe_devices()
     return info

@@ -6,7 +6,7 @@ Start method (:func:`loader_pool`):
 * ``fork`` when this process runs no other Python thread and has not imported TensorFlow, JAX
   or PyTorch (:func:`fork_is_safe`; the CLI, or a script before its ``train``): workers do not
   re-import ``__main__``, so a plain script without an ``if __name__ == "__main__":`` guard may
-  call ``braintseg.prepare``; the pool is created before any HDF5 file is opened, and the
+  call ``prepare``; the pool is created before any HDF5 file is opened, and the
   children only read NIfTI files.
 * otherwise ``forkserver`` (fork is unsafe beside running threads), unless ``__main__`` is a
   script file that the workers would re-import: then one loader thread in this process instead.

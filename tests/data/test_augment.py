@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from braintseg.config import Config
-from braintseg.data.augment import Augmenter, apply_affine, device_transforms, gather_flipped
+from braintseg.training.augment import Augmenter, apply_affine, device_transforms, gather_flipped
 
 
 def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +113,7 @@ def test_device_affine_in_a_real_fit() -> None:
     plain ones and saves/loads unchanged."""
     import keras
 
-    from braintseg.data.augment import install_device_affine
+    from braintseg.training.augment import install_device_affine
 
     class Batches(keras.utils.PyDataset):
         def __len__(self) -> int:
@@ -142,7 +142,7 @@ def test_run_train_with_rotation_zoom_on_the_device(synthetic_store: Path, smoke
     applies them, validation and the saved model are plain."""
     import csv
 
-    from braintseg.train import run_train
+    from braintseg.training.train import run_train
 
     cfg = smoke_cfg.replace(train={"epochs": 1, "steps_per_epoch": 2, "validation_steps": 1,
                                    "batch_size": 2, "rotate_degrees": 20.0, "zoom": 0.1})

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tables
 
-from braintseg.data.augment import Augmenter
-from braintseg.data.blockprocs import SHM_DIR, SHM_PREFIX
-from braintseg.data.generator import SliceDataset
-from braintseg.data.store import open_store
 from braintseg.errors import DataError
+from braintseg.store.blockprocs import SHM_DIR, SHM_PREFIX
+from braintseg.store.read import open_store
+from braintseg.training.augment import Augmenter
+from braintseg.training.generator import SliceDataset
 
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm")
 
@@ -133,8 +133,8 @@ def test_killing_the_trainer_leaves_no_worker_and_no_segment(synthetic_store: Pa
     script = tmp_path / "reader.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys, time
-        from braintseg.data.generator import SliceDataset
-        from braintseg.data.store import open_store
+        from braintseg.training.generator import SliceDataset
+        from braintseg.store.read import open_store
         store = {str(synthetic_store)!r}
         ds = SliceDataset(store, open_store(store).case_ids, "axial", 5, cache="stream",
                           block_slices=4, buffer_blocks=2, read_processes=2)
@@ -163,7 +163,7 @@ def test_killing_the_trainer_leaves_no_worker_and_no_segment(synthetic_store: Pa
 def test_no_room_in_dev_shm_reads_on_threads(synthetic_store: Path,
                                              monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
-    import braintseg.data.blockprocs as bp
+    import braintseg.store.blockprocs as bp
 
     class Full:
         f_bavail, f_frsize = 1, 4096
@@ -171,7 +171,7 @@ def test_no_room_in_dev_shm_reads_on_threads(synthetic_store: Path,
     monkeypatch.setattr(bp.os, "statvfs", lambda _: Full())
     ref = _dataset(synthetic_store, 0)
     ds = _dataset(synthetic_store, 2)
-    with caplog.at_level("INFO", logger="braintseg.data.generator"):
+    with caplog.at_level("INFO", logger="braintseg.training.generator"):
         assert ds[0][0].tobytes() == ref[0][0].tobytes()
     assert ds._procs is None and ds.read_processes == 0
     assert any("reads on" in r.message and "/dev/shm has 0 MB free" in r.message
@@ -190,7 +190,7 @@ def test_segments_of_dead_processes_are_removed_by_the_next_reader(
     live.write_bytes(b"\0" * 4096)
     try:
         ds = _dataset(synthetic_store, 2)
-        with caplog.at_level("INFO", logger="braintseg.data.blockprocs"):
+        with caplog.at_level("INFO", logger="braintseg.store.blockprocs"):
             ds[0]
         assert not stale.exists() and live.exists()
         assert any(stale.name in r.message for r in caplog.records)
@@ -228,8 +228,8 @@ def test_a_really_full_dev_shm_is_one_line_naming_it(synthetic_store: Path,
     script = tmp_path / "reader.py"
     script.write_text(textwrap.dedent(f"""
         from pathlib import Path
-        from braintseg.data.generator import SliceDataset
-        from braintseg.data.store import open_store
+        from braintseg.training.generator import SliceDataset
+        from braintseg.store.read import open_store
         from braintseg.errors import DataError
         store = {str(synthetic_store)!r}
         ds = SliceDataset(store, open_store(store).case_ids, "axial", 5, cache="stream",
@@ -266,8 +266,8 @@ def test_a_signal_to_the_whole_group_leaves_the_resource_tracker_quiet(
     script = tmp_path / "reader.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys, time
-        from braintseg.data.generator import SliceDataset
-        from braintseg.data.store import open_store
+        from braintseg.training.generator import SliceDataset
+        from braintseg.store.read import open_store
         got = []
         signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))  # the trainer's handler
         store = {str(synthetic_store)!r}

@@ -1,4 +1,4 @@
-"""Direct chunk reads (braintseg.data.chunks) against HDF5's own reads of the same files."""
+"""Direct chunk reads (braintseg.store.chunks) against HDF5's own reads of the same files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import tables
 
 from braintseg.config import Config, load_config
-from braintseg.data.chunks import ChunkError, ChunkReader, fletcher32_matches
-from braintseg.data.store import PreparedCase, StoreWriter, open_store
-from braintseg.prepare import run_prepare
+from braintseg.preparation.prepare import run_prepare
+from braintseg.store.chunks import ChunkError, ChunkReader, fletcher32_matches
+from braintseg.store.read import PreparedCase, StoreWriter, open_store
 
 
 def _earray(path: Path, data: np.ndarray, chunks: tuple[int, ...], filters: tables.Filters,
@@ -195,7 +195,7 @@ def test_store_reads_equal_with_and_without_direct_reads(
 def test_slice_store_reads_equal_with_and_without_direct_reads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The 2D layout (one slice a chunk, LZ4 as prepare writes it): whole patients and rows."""
-    from braintseg.synthetic_slices import write_lgg
+    from braintseg.sources.synthetic import write_lgg
 
     write_lgg(tmp_path / "lgg", n_patients=3, n_slices=7, size=32)
     cfg = load_config(None, ["store.compression=blosc:lz4", "data.n_folds=3"])

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from braintseg.data.augment import Augmenter
-from braintseg.data.generator import SliceDataset
-from braintseg.data.store import open_store
 from braintseg.errors import DataError
+from braintseg.store.read import open_store
+from braintseg.training.augment import Augmenter
+from braintseg.training.generator import SliceDataset
 
 VIEWS = ("axial", "sagittal", "coronal")
 
@@ -195,7 +195,7 @@ def test_rotation_zoom_batches_carry_device_transforms(synthetic_store: Path) ->
 
 
 def test_block_read_ahead_order_bound_and_errors() -> None:
-    from braintseg.data.readahead import BlockReadAhead
+    from braintseg.store.readahead import BlockReadAhead
 
     started: list[int] = []
     lock = threading.Lock()
@@ -224,7 +224,7 @@ def test_block_read_ahead_order_bound_and_errors() -> None:
 
 def test_auto_cache_budget_from_available_memory(synthetic_store: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    from braintseg.data.generator import CACHE_FRACTION, available_memory, cache_budget
+    from braintseg.training.generator import CACHE_FRACTION, available_memory, cache_budget
 
     avail = available_memory()
     if avail is None:
@@ -233,7 +233,7 @@ def test_auto_cache_budget_from_available_memory(synthetic_store: Path,
     assert budget == pytest.approx(CACHE_FRACTION * avail, rel=0.05) and "available" in why
     assert cache_budget(1e-3)[0] == 1e6  # a cap below the share wins
     assert cache_budget(1e9)[0] < 1e18  # a cap above it does not
-    with caplog.at_level("INFO", logger="braintseg.data.generator"):
+    with caplog.at_level("INFO", logger="braintseg.training.generator"):
         ds = SliceDataset(synthetic_store, open_store(synthetic_store).case_ids[:1], "axial", 4)
     assert ds.mode == "ram" and "RAM budget" in caplog.text and "available" in caplog.text
 
@@ -241,7 +241,7 @@ def test_auto_cache_budget_from_available_memory(synthetic_store: Path,
 @pytest.mark.parametrize("cache", ["ram", "stream"])
 def test_batches_are_64_byte_aligned_so_jax_takes_them_without_a_copy(
         synthetic_store: Path, cache: str) -> None:
-    from braintseg.data.augment import BATCH_ALIGN, empty_batch
+    from braintseg.training.augment import BATCH_ALIGN, empty_batch
 
     store = open_store(synthetic_store)
     ds = SliceDataset(synthetic_store, store.case_ids, "axial", batch_size=3, cache=cache,

@@ -11,11 +11,10 @@ from click.testing import CliRunner
 
 from braintseg.cli import cli
 from braintseg.data.ids import check_id, child
-from braintseg.data.nifti import scan_cases
 from braintseg.errors import DataError
-from braintseg.predict_slices import _write_patient
-from braintseg.synthetic import write_case
-from braintseg.synthetic_slices import write_figshare, write_lgg
+from braintseg.inference.slices import _write_patient
+from braintseg.sources.brats import scan_cases
+from braintseg.sources.synthetic import write_case, write_figshare, write_lgg
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs" / "smoke.yaml")

@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from braintseg.data.nifti import find_cases, load_case, save_labels, scan_cases
 from braintseg.data.preprocess import to_source
 from braintseg.errors import DataError
-from braintseg.synthetic import make_case_arrays, write_case
+from braintseg.sources.brats import find_cases, load_case, save_labels, scan_cases
+from braintseg.sources.synthetic import make_case_arrays, write_case
 
 SHAPE = (24, 24, 16)
 
@@ -104,7 +104,7 @@ def test_save_labels_keeps_geometry(tmp_path: Path) -> None:
 def test_one_call_gunzip_equals_nibabel(tmp_path: Path, klass: type) -> None:
     """The fast reader (whole-file gunzip, ISA-L when installed) gives nibabel's own image:
     NIfTI-1 and NIfTI-2, scaled int16 data, a non-identity affine and the header fields."""
-    from braintseg.data.nifti import load_image
+    from braintseg.sources.brats import load_image
 
     rng = np.random.default_rng(0)
     affine = np.array([[-0.9, 0.1, 0, 90], [0, 1.1, 0, -120], [0, 0, 2.5, 5], [0, 0, 0, 1]])

@@ -16,16 +16,16 @@ from click.testing import CliRunner
 
 from braintseg.cli import cli
 from braintseg.config import Config, load_config
-from braintseg.data.formats import detect_format
 from braintseg.data.preprocess import apply_normalization
-from braintseg.data.slices import from_store_size, to_stack
-from braintseg.data.slices_figshare import find_cases as find_mat_cases
-from braintseg.data.slices_figshare import folds_from_cvind, read_cvind, read_slice
-from braintseg.data.slices_lgg import find_cases, load_case
-from braintseg.data.store import SliceStore
 from braintseg.errors import ConfigError, DataError
-from braintseg.prepare import run_prepare
-from braintseg.synthetic_slices import write_figshare, write_lgg, write_mat_slice
+from braintseg.preparation.prepare import run_prepare
+from braintseg.sources.base import from_store_size, to_stack
+from braintseg.sources.figshare import find_cases as find_mat_cases
+from braintseg.sources.figshare import folds_from_cvind, read_cvind, read_slice
+from braintseg.sources.lgg import find_cases, load_case
+from braintseg.sources.registry import detect_format
+from braintseg.sources.synthetic import write_figshare, write_lgg, write_mat_slice
+from braintseg.store.read import SliceStore
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = next((p for p in (REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data")
@@ -208,7 +208,7 @@ def test_figshare_prepare_groups_by_pid_mixed_sizes(tmp_path: Path, cfg: Config)
 
 
 def test_pixel_repeat_and_back() -> None:
-    from braintseg.data.slices import SliceCase, SliceFiles
+    from braintseg.sources.base import SliceCase, SliceFiles
 
     img = np.arange(16, dtype=np.int16).reshape(4, 4, 1)
     case = SliceCase(SliceFiles("p", "figshare", "tumour_type", ("1",), (Path("1.mat"),), None),
@@ -272,7 +272,7 @@ def test_schema_1_store_still_opens(synthetic_store: Path, tmp_path: Path) -> No
 
 
 def test_bundled_lgg_patients_decode_like_the_shared_copies() -> None:
-    from braintseg.demo_lgg import HOLDOUT, lgg_sample_dir
+    from braintseg.demos.lgg import HOLDOUT, lgg_sample_dir
 
     bundled = find_cases(lgg_sample_dir())
     assert [c.case_id for c in bundled] == ["TCGA_CS_6667_20011105", HOLDOUT]
@@ -288,7 +288,7 @@ def test_bundled_lgg_patients_decode_like_the_shared_copies() -> None:
 
 
 def test_evaluate_figshare_truth_folder_and_store(tmp_path: Path, cfg: Config) -> None:
-    from braintseg.evaluate_slices import run_evaluate_slices
+    from braintseg.scoring.slices import run_evaluate_slices
 
     root = write_figshare(tmp_path / "fig", {"A": [(1, 32, 1), (2, 32, 1)], "B": [(3, 16, 2)]})
     store = run_prepare(cfg.replace(data={"n_folds": 2}), root, tmp_path / "f.h5", workers=1)

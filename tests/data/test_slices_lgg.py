@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from braintseg.data.slices_lgg import find_cases, load_case, read_grades
 from braintseg.errors import DataError
-from braintseg.synthetic_slices import write_lgg
+from braintseg.sources.lgg import find_cases, load_case, read_grades
+from braintseg.sources.synthetic import write_lgg
 
 
 def _root(tmp_path: Path) -> tuple[Path, Path]:

@@ -20,10 +20,10 @@ from click.testing import CliRunner
 
 from braintseg.cli import cli
 from braintseg.config import dump_config, load_config
-from braintseg.data.store import PreparedCase, StoreWriter, open_store
 from braintseg.errors import DataError
-from braintseg.prepare import run_prepare
-from braintseg.synthetic import write_case
+from braintseg.preparation.prepare import run_prepare
+from braintseg.sources.synthetic import write_case
+from braintseg.store.read import PreparedCase, StoreWriter, open_store
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = ("Brats18_D_0_1", "Brats18_D_1_1", "Brats18_D_2_1", "Brats18_D_3_1")
@@ -251,7 +251,7 @@ def test_train_on_damaged_store_is_one_line(store: Path, tmp_path: Path) -> None
 def test_damaged_slice_chunk_is_refused_by_the_direct_reader(tmp_path: Path) -> None:
     """Slices of 256 x 256 x 3 (LGG): chunks large enough that the direct reader verifies
     the checksum itself on first read (numpy), where smaller chunks go through HDF5 first."""
-    from braintseg.synthetic_slices import write_lgg
+    from braintseg.sources.synthetic import write_lgg
 
     write_lgg(tmp_path / "lgg", n_patients=3, n_slices=3, size=256)
     cfg = load_config(None, ["store.compression=blosc:lz4", "data.n_folds=3"])
@@ -291,7 +291,7 @@ def test_a_damaged_read_on_a_thread_prints_no_hdf5_stack(store: Path, tmp_path: 
     script = tmp_path / "read.py"
     script.write_text(textwrap.dedent(f"""
         import threading
-        from braintseg.data.store import open_store
+        from braintseg.store.read import open_store
         from braintseg.errors import DataError
         s = open_store({str(store)!r})
         def read():

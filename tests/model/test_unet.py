@@ -10,9 +10,9 @@ import pytest
 
 from braintseg.config import ModelConfig, TrainConfig
 from braintseg.errors import ConfigError
-from braintseg.losses import build_loss
-from braintseg.metrics import build_metrics
 from braintseg.model import build_model
+from braintseg.training.losses import build_loss
+from braintseg.training.metrics import build_metrics
 
 TINY = ModelConfig(name="unet", start_channels=4, levels=2)
 

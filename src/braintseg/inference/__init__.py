@@ -1,4 +1,4 @@
-"""Inference building blocks used by :mod:`braintseg.predict`.
+"""Inference building blocks used by :mod:`braintseg.inference.predict`.
 
 * :mod:`~braintseg.inference.runs`: read and check run folders, load their models;
 * :mod:`~braintseg.inference.cases`: input cases from NIfTI folders or a store, normalised as

@@ -21,9 +21,9 @@ from numpy.typing import NDArray
 
 from braintseg.config import DataConfig, output_name
 from braintseg.data.ids import unsafe
-from braintseg.data.nifti import find_cases, header_from_hex, read_header
-from braintseg.data.store import open_store
 from braintseg.errors import ConfigError, DataError
+from braintseg.sources.brats import find_cases, header_from_hex, read_header
+from braintseg.store.read import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,9 @@ def _check_grid(case_id: str, shape: Sequence[int], box: Box, where: str) -> Non
 
 
 def _load_nifti(files: Any, root: Path, box: Box, data: DataConfig) -> CaseInput:
-    from braintseg.prepare import prepare_case  # the very function prepare uses per case
+    from braintseg.preparation.prepare import (
+        prepare_case,  # the very function prepare uses per case
+    )
 
     start = time.perf_counter()
     files = dataclasses.replace(files, seg=None)  # labels are not needed: do not read them

@@ -15,7 +15,7 @@ from typing import Any
 
 from braintseg.config import SEG_OUTPUT, VIEWS, Config, load_config
 from braintseg.errors import ConfigError, DataError
-from braintseg.runs import run_folder
+from braintseg.training.runs import run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class RunInfo:
         output: ``classes`` (4 softmax classes) or ``regions`` (3 sigmoids WT/TC/ET).
         fold: the cross-validation fold, or None.
         layout: the training store's layout: ``volumes`` (BraTS) or ``slices`` (2D data
-            sets: no crop box, ``output: binary``; predicted by :mod:`braintseg.predict_slices`).
+            sets: no crop box, ``output: binary``; predicted by :mod:`braintseg.inference.slices`).
         input_shape: ``(H, W, C)`` the network was trained on.
         tumour_fraction: slice stores: the share of the training slices with tumour
             (``run.json`` ``train_tumour_fraction``; None in older runs).
@@ -156,8 +156,6 @@ def load_model(run: RunInfo) -> Any:
     """
     import keras
 
-    import braintseg.losses
-    import braintseg.metrics
     import braintseg.model  # noqa: F401 - registers custom layers/losses/metrics
 
     path = run.path / "model.keras"

@@ -1,6 +1,6 @@
 """Predict's outputs, each written atomically (temporary name beside the target, then rename).
 
-* ``<case>.nii.gz``: uint8 labels via :func:`braintseg.data.nifti.save_labels`;
+* ``<case>.nii.gz``: uint8 labels via :func:`braintseg.sources.brats.save_labels`;
 * ``<case>_prob.nii.gz``: ``(X, Y, Z, K)`` float32 probabilities (NIfTI-1 has no float16);
 * ``predictions.csv`` and ``predict_config.yaml`` in the output folder.
 """
@@ -20,8 +20,8 @@ import yaml
 from numpy.typing import NDArray
 
 from braintseg.atomic import atomic_write, atomic_write_text
-from braintseg.data.nifti import image_like
 from braintseg.errors import DataError
+from braintseg.sources.brats import image_like
 
 #: predictions.csv columns; voxel counts use the internal labels (ET = 3 in both conventions)
 CSV_COLUMNS = ("case", "convention", "file", "seconds", "voxels_background", "voxels_ncr",

@@ -9,7 +9,7 @@ the figshare class of the slice (1 meningioma, 2 glioma, 3 pituitary).  Layout::
 The model then has two named outputs, a dict ``{"probabilities": (B, H, W, 2) float32 softmax,
 "classification": (B, K) float32}``; stock Keras layers only (loads with ``safe_mode``).  Trained
 jointly: ``loss = segmentation loss + train.classification_weight × head cross-entropy``.
-Targets (:func:`braintseg.data.head_targets.head_targets`): ``tumour`` float32 ``(B, 1)``
+Targets (:func:`braintseg.training.head_targets.head_targets`): ``tumour`` float32 ``(B, 1)``
 1.0 when the label map has a tumour pixel; ``tumour_type`` int32 ``(B,)`` = class − 1 (0..2).
 """
 

@@ -1,0 +1,2 @@
+"""``braintseg demo``: the whole pipeline on the bundled sample data (BraTS :mod:`.demo`,
+LGG :mod:`.lgg`)."""

@@ -1,0 +1,1 @@
+"""The ``report`` stage: learning curves, overlays and montages, ROC curves (PNG)."""
