@@ -31,9 +31,9 @@ import numpy as np
 import tables
 
 from braintseg.config import load_config
-from braintseg.data import find_cases, open_store
 from braintseg.preparation.prepare import run_prepare
-from braintseg.store.read import PreparedCase, StoreWriter
+from braintseg.sources.brats import find_cases
+from braintseg.store.read import PreparedCase, StoreWriter, open_store
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats"
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "braintseg" / "sample_data" / "brats"

@@ -188,7 +188,7 @@ def child_host_only(store: Path, mode: str, batch: int, steps: int, cores: int,
 
     fit_module.build = build_noop  # the bench's only change to braintseg train
     if cached:  # Keras' own loop cost: each dataset cycles through its first 4 batches
-        from braintseg.data import generator
+        from braintseg.training import generator
 
         read = generator.SliceDataset.__getitem__
         kept: dict[tuple[int, int], Any] = {}

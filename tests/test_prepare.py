@@ -18,11 +18,12 @@ from click.testing import CliRunner
 
 from braintseg.cli import cli
 from braintseg.config import load_config
-from braintseg.data import find_cases, load_case, open_store
 from braintseg.data.folds import folds_path
 from braintseg.data.preprocess import crop
 from braintseg.preparation.prepare import run_prepare
+from braintseg.sources.brats import find_cases, load_case
 from braintseg.sources.synthetic import write_case
+from braintseg.store.read import open_store
 
 SHAPE = (24, 24, 16)
 SMALL = ["--set", "data.crop=auto", "--set", "model.levels=2", "--set", "data.n_folds=2",

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from braintseg.config import load_config
-from braintseg.data import nifti
 from braintseg.errors import DataError
 from braintseg.preparation.prepare import prepare_case, run_prepare
+from braintseg.sources import brats as nifti
 from braintseg.sources.brats import find_cases
 from braintseg.sources.synthetic import write_case
 

@@ -86,7 +86,7 @@ def test_learns_synthetic_task(synthetic_store: Path, smoke_cfg: Config, tmp_pat
 
 SIGNAL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from braintseg.data import generator as g
+    from braintseg.training import generator as g
     orig = g.SliceDataset.__getitem__
     def hook(self, i):
         if self.shuffle and self.epoch == 1 and i == 1:

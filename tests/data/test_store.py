@@ -13,14 +13,13 @@ import pytest
 import tables
 
 from braintseg.config import Config
-from braintseg.data import open_store
 from braintseg.data.preprocess import apply_normalization, crop, normalization_stats, normalize
 from braintseg.errors import DataError
 from braintseg.preparation.prepare import run_prepare
 from braintseg.sources.brats import find_cases, header_from_hex, load_case
 from braintseg.sources.synthetic import write_case
 from braintseg.store.codec import Int16Decoder, encode_int16, int16_bounds, move_to_front
-from braintseg.store.read import SCHEMA_VERSION, SliceStore
+from braintseg.store.read import SCHEMA_VERSION, SliceStore, open_store
 
 
 def test_round_trip_matches_source(synthetic_root: Path, synthetic_store: Path) -> None:
