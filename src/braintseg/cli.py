@@ -18,6 +18,7 @@ import click
 
 from braintseg import __version__
 from braintseg.errors import BraintsegError, Interrupted
+from braintseg.sources.registry import FORMATS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -153,7 +154,7 @@ def info() -> None:
               help="Skip bad cases with a warning (listed in <store>.skipped.txt) "
                    "instead of failing.")
 @click.option("--no-labels", is_flag=True, help="Allow cases without a seg file (inference-only).")
-@click.option("--format", "fmt", type=click.Choice(["brats", "lgg", "figshare"]), default=None,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Force the input reader [default: detected from the folder's layout].")
 @click.option("--folds-from", type=click.Path(path_type=Path), default=None,
               help="figshare: the data set's official split cvind.mat (patient-level folds).")

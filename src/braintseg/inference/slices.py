@@ -95,12 +95,12 @@ def folder_patients(root: Path, run: RunInfo, cases: list[str] | None, fmt: str 
                     ) -> tuple[list[str], Iterator[Patient]]:
     """Patients of a slice-format folder, normalised as ``prepare`` does."""
     from braintseg.preparation.slices import normalise_case
-    from braintseg.sources.registry import detect_format, reader
+    from braintseg.sources.registry import detect_format, source
 
     name = detect_format(root, fmt)
     if name == "brats":
         raise DataError(f"{root} holds BraTS volumes; these runs were trained on 2D slices")
-    rd = reader(name)
+    rd = source(name)
     found = {c.case_id: c for c in rd.find_cases(root, require_labels=False)}
     ids = _select(sorted(found), cases, str(root))
     size = (run.input_shape[0], run.input_shape[1])

@@ -38,7 +38,7 @@ from braintseg.preparation.prepare import (
     write_sidecars,
 )
 from braintseg.sources.base import SliceCase, SliceFiles, to_stack
-from braintseg.sources.registry import reader
+from braintseg.sources.registry import source
 from braintseg.store.slice_writer import PreparedSlices, SliceStoreWriter
 from braintseg.workers import imap_bounded, loader_pool
 
@@ -99,7 +99,7 @@ def prepare_patient(files: SliceFiles, root: Path, size: tuple[int, int], data: 
                     dtype: str, skip: bool) -> PreparedSlices | Failure:
     """Worker: decode, check, resize and normalise one patient; a Failure when skipping."""
     try:
-        case = reader(files.format).load_case(files)
+        case = source(files.format).load_case(files)
         images, masks, shapes, stats = normalise_case(case, size, data, dtype)
     except DataError as exc:
         if not skip:
@@ -174,7 +174,7 @@ def _store_size(cases: list[SliceFiles]) -> tuple[int, int]:
     sizes = [tuple(s) for c in cases for s in c.extra.get("sizes", [])]
     if sizes and len(sizes) == sum(len(c.slice_ids) for c in cases):
         return max(sizes)  # type: ignore[return-value]
-    first = reader(cases[0].format).load_case(
+    first = source(cases[0].format).load_case(
         SliceFiles(**{**cases[0].__dict__, "slice_ids": cases[0].slice_ids[:1],
                       "images": cases[0].images[:1],
                       "masks": cases[0].masks[:1] if cases[0].masks else None}))
@@ -185,7 +185,7 @@ def scan(cfg: Config, root: Path, fmt: str, options: dict[str, Any]
          ) -> tuple[list[SliceFiles], list[Failure], str]:
     """``(patients, [(patient, problem)], input fingerprint)``; readers without
     ``scan_cases`` raise on the first bad patient instead of listing it."""
-    rd = reader(fmt)
+    rd = source(fmt)
     if hasattr(rd, "scan_cases"):
         cases, problems = rd.scan_cases(root, options["require_labels"])
     else:

@@ -80,7 +80,7 @@ def plot_roc(roc: dict[str, list], auc: float | None, out: Path,
 def run_report_slices(pred_dir: Path, truth: Path, out_dir: Path) -> list[Path]:
     """Montages per predicted patient and ``roc.png``; returns the PNGs written."""
     from braintseg.scoring.slices import find_slice_predictions, run_evaluate_slices
-    from braintseg.sources.registry import detect_format, reader
+    from braintseg.sources.registry import detect_format, source
 
     pred_dir, truth, out_dir = Path(pred_dir), Path(truth), Path(out_dir)
     if not truth.is_dir():
@@ -92,7 +92,7 @@ def run_report_slices(pred_dir: Path, truth: Path, out_dir: Path) -> list[Path]:
     result = (json.loads(metrics.read_text()) if metrics.is_file()
               else run_evaluate_slices(pred_dir, truth, out_dir / "metrics.csv"))
     dices = {r["case"]: r["dice"] for r in result.get("cases", [])}
-    rd = reader(detect_format(truth))
+    rd = source(detect_format(truth))
     written = []
     for files in rd.find_cases(truth, require_labels=False):
         if not any(s in preds for s in files.slice_ids):

@@ -144,17 +144,17 @@ def truth_patients(truth: Path) -> Iterator[tuple[str, list[str], Any, Any]]:
                          for lab, (h, w) in zip(labels, sizes, strict=True)]
                 yield cid, list(store.case_meta(i)["slice_ids"]), masks, store.slice_classes(i)
         return
-    from braintseg.sources.registry import detect_format, reader
+    from braintseg.sources.registry import detect_format, source
 
-    rd = reader(detect_format(truth))
+    rd = source(detect_format(truth))
     for files in rd.find_cases(truth, require_labels=True):
         yield files.case_id, list(files.slice_ids), files, None
 
 
 def _load_masks(files: Any) -> tuple[list[NDArray[np.uint8]], NDArray[np.uint8]]:
-    from braintseg.sources.registry import reader
+    from braintseg.sources.registry import source
 
-    case = reader(files.format).load_case(files)
+    case = source(files.format).load_case(files)
     assert case.masks is not None  # noqa: S101 - require_labels=True
     return case.masks, case.classes
 

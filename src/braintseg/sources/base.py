@@ -1,4 +1,9 @@
-"""The common form of 2D slice data sets (one reader module per source format beside this one).
+"""The source interface (:class:`Source`) and the common form of 2D slice data sets.
+
+Every source module (``brats``, ``lgg``, ``figshare``, …) implements :class:`Source` with
+module-level names.  Volume sources (``LAYOUT = "volumes"``) read cases into
+:class:`braintseg.sources.brats.LoadedCase` ``(X, Y, Z, C)`` volumes; slice sources
+(``LAYOUT = "slices"``) read patients into the common form below.
 
 A reader (:mod:`braintseg.sources.lgg`, :mod:`braintseg.sources.figshare`) finds
 *patients* below a root (:class:`SliceFiles`, no pixel data) and loads one patient at a time
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +43,37 @@ CONVENTIONS: tuple[str, ...] = ("binary", "tumour_type")
 TUMOUR_TYPES: dict[int, str] = {1: "meningioma", 2: "glioma", 3: "pituitary"}
 #: the view name of slice stores (the only axis); ``axial`` is accepted as its alias
 SLICE_VIEW = "slice"
+#: store layouts a source can feed: 3D volumes (BraTS) or 2D slices
+LAYOUTS: tuple[str, ...] = ("volumes", "slices")
+
+
+class Source(Protocol):
+    """What a source module provides (module-level names; a module is used as the object).
+
+    Attributes:
+        NAME: the ``--format`` name, equal to the module's name.
+        LAYOUT: ``"volumes"`` or ``"slices"`` (:data:`LAYOUTS`): which store layout, and which
+            strategy of each stage (crop/uncrop of volumes vs per-slice resize), it takes.
+        CONVENTION: the label convention of its masks (volume sources: per case, see
+            ``CaseFiles.convention``; slice sources: one of :data:`CONVENTIONS`).
+        DESCRIPTION: what a folder of this source looks like (for detection errors).
+    """
+
+    NAME: str
+    LAYOUT: str
+    CONVENTION: str
+    DESCRIPTION: str
+
+    def detect(self, root: Path) -> Path | None:
+        """A file under ``root`` that shows the folder holds this source, or None."""
+
+    def find_cases(self, root: Path, require_labels: bool = True) -> list[Any]:
+        """The cases/patients under ``root`` (paths only; ``SliceFiles`` for slice sources).
+
+        Raises DataError naming the file or folder at the first bad one."""
+
+    def load_case(self, files: Any) -> Any:
+        """One case in memory (``SliceCase`` for slice sources); DataError naming the file."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,11 @@ logging.getLogger("nibabel.global").setLevel(logging.CRITICAL)
 
 #: the largest input file read (bytes on disk): BraTS files are 1-10 MiB; anything past this is
 #: refused before reading (an unbounded read would exhaust memory)
+NAME = "brats"
+LAYOUT = "volumes"
+#: the convention of BraTS 2018–2021 names; BraTS 2023 names carry ``brats2023`` (per case)
+CONVENTION = "brats2018"
+DESCRIPTION = "BraTS case folders (<case>_flair.nii.gz, … or <case>-t2f.nii.gz, …)"
 MAX_INPUT_BYTES = 4 * 2**30
 
 #: ``sizeof_hdr`` of a NIfTI-2 header, little and big endian (NIfTI-1 has 348)
@@ -358,3 +363,12 @@ def header_to_hex(header: Any) -> str:
 def header_from_hex(text: str) -> Any:
     """Inverse of :func:`header_to_hex`: a ``Nifti1Header``."""
     return nib.Nifti1Header(binaryblock=bytes.fromhex(text))
+
+
+def detect(root: Path) -> Path | None:
+    """A NIfTI file at most two folders below ``root`` (BraTS roots nest ``HGG/<case>/``)."""
+    for pattern in ("*.nii.gz", "*.nii", "*/*.nii.gz", "*/*.nii", "*/*/*.nii.gz", "*/*/*.nii"):
+        hit = next(iter(Path(root).glob(pattern)), None)
+        if hit is not None:
+            return hit
+    return None

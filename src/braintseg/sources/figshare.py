@@ -27,6 +27,8 @@ from braintseg.sources.base import SliceCase, SliceFiles, check_mask
 
 NAME = "figshare"
 CONVENTION = "tumour_type"
+LAYOUT = "slices"
+DESCRIPTION = "figshare MATLAB v7.3 slices (<n>.mat with the struct cjdata)"
 CHANNELS: tuple[str, ...] = ("t1ce",)
 STRUCT = "cjdata"
 FIELDS: tuple[str, ...] = ("image", "tumorMask", "label", "PID")

@@ -27,6 +27,8 @@ from braintseg.sources.base import SliceCase, SliceFiles, check_mask, numeric_or
 
 NAME = "lgg"
 CONVENTION = "binary"
+LAYOUT = "slices"
+DESCRIPTION = "LGG patient folders (<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif)"
 CHANNELS: tuple[str, ...] = ("pre_contrast", "flair", "post_contrast")
 SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png")
 _SLICE = re.compile(r"^(?P<stem>.+_\d+)(?P<mask>_mask)?$")

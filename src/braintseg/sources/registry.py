@@ -1,47 +1,37 @@
-"""Which input format a folder holds: a small registry, detection by layout, ``--format`` to force.
+"""Which source a folder holds: every module of :mod:`braintseg.sources` that is not a helper
+is a source named after its module (``brats``, ``lgg``, ``figshare``, …), found without importing
+it; detection asks each one; ``--format`` forces one.
 
-Formats: ``brats`` (NIfTI case folders, :mod:`braintseg.sources.brats`), ``lgg`` (LGG kaggle_3m
-TIFF/PNG patient folders, :mod:`braintseg.sources.lgg`) and ``figshare`` (MATLAB v7.3 ``.mat``
-slices, :mod:`braintseg.sources.figshare`).  A new slice source adds one reader module with
-``NAME``, ``CONVENTION``, ``detect(root)``, ``find_cases(root, require_labels)`` and
-``load_case(files)``, and one line in :data:`SLICE_READERS`.
+A new source is one module beside the others implementing :class:`braintseg.sources.base.Source`
+(and its test): nothing else lists it.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
+import braintseg.sources as _package
 from braintseg.errors import ConfigError, DataError
 
-#: slice formats → reader module
-SLICE_READERS: dict[str, str] = {
-    "lgg": "braintseg.sources.lgg",
-    "figshare": "braintseg.sources.figshare",
-}
-FORMATS: tuple[str, ...] = ("brats", *SLICE_READERS)
-DESCRIPTIONS: dict[str, str] = {
-    "brats": "BraTS case folders (<case>_flair.nii.gz, … or <case>-t2f.nii.gz, …)",
-    "lgg": "LGG patient folders (<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif)",
-    "figshare": "figshare MATLAB v7.3 slices (<n>.mat with the struct cjdata)",
-}
+if TYPE_CHECKING:  # the CLI imports this module for --format's choices: no numpy here
+    from braintseg.sources.base import Source
+
+#: modules of the package that are not sources
+HELPERS: frozenset[str] = frozenset({"base", "registry", "synthetic"})
+#: source names, sorted, ``brats`` first (the default when nothing else matches)
+FORMATS: tuple[str, ...] = tuple(sorted(
+    (m.name for m in pkgutil.iter_modules(_package.__path__) if m.name not in HELPERS),
+    key=lambda name: (name != "brats", name)))
 
 
-def reader(name: str) -> ModuleType:
-    """The reader module of slice format ``name``; ConfigError for an unknown one."""
-    if name not in SLICE_READERS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)} for slice data; "
-                          f"received {name!r}")
-    return importlib.import_module(SLICE_READERS[name])
-
-
-def _detect_brats(root: Path) -> Path | None:
-    for pattern in ("*.nii.gz", "*.nii", "*/*.nii.gz", "*/*.nii", "*/*/*.nii.gz", "*/*/*.nii"):
-        hit = next(iter(root.glob(pattern)), None)
-        if hit is not None:
-            return hit
-    return None
+def source(name: str) -> Source:
+    """The source module ``name``; ConfigError naming the known ones for any other."""
+    if name not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; received {name!r}")
+    return cast("Source", importlib.import_module(f"braintseg.sources.{name}"))
 
 
 def detect_format(root: Path, forced: str | None = None) -> str:
@@ -59,26 +49,21 @@ def detect_format(root: Path, forced: str | None = None) -> str:
     """
     root = Path(root)
     if forced is not None:
-        if forced not in FORMATS:
-            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; "
-                              f"received {forced!r}")
+        source(forced)  # ConfigError for an unknown name
         return forced
     if not root.exists():
         raise DataError(f"input {root} does not exist")
     if not root.is_dir():
         raise DataError(f"input {root} is not a folder")
     found: dict[str, Path] = {}
-    hit = _detect_brats(root)
-    if hit is not None:
-        found["brats"] = hit
-    for name in SLICE_READERS:
-        hit = reader(name).detect(root)
+    for name in FORMATS:
+        hit = source(name).detect(root)
         if hit is not None:
             found[name] = hit
     if not found:
         raise DataError(f"no BraTS cases found under {root} (nor any other input format it "
                         "matches); expected one of: "
-                        + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
+                        + "; ".join(f"{k}: {source(k).DESCRIPTION}" for k in FORMATS))
     if len(found) > 1:
         raise DataError(f"{root} mixes input formats ("
                         + ", ".join(f"{k}: {p}" for k, p in found.items())
