@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from braintseg.preparation.prepare import KILL_POINTS
+from braintseg.preparation.output import KILL_POINTS
 from braintseg.sources.synthetic import write_case
 from braintseg.store.read import open_store
 

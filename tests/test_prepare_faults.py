@@ -16,7 +16,8 @@ import pytest
 
 from braintseg.config import load_config
 from braintseg.errors import DataError
-from braintseg.preparation.prepare import prepare_case, run_prepare
+from braintseg.preparation.prepare import run_prepare
+from braintseg.preparation.volumes import prepare_case
 from braintseg.sources import brats as nifti
 from braintseg.sources.brats import find_cases
 from braintseg.sources.synthetic import write_case
@@ -76,7 +77,7 @@ def test_unexpected_worker_error_is_one_line(tmp_path: Path, monkeypatch: pytest
     def boom(_: object) -> None:
         raise RuntimeError("something odd\nsecond line")
 
-    monkeypatch.setattr("braintseg.preparation.prepare.load_case", boom)
+    monkeypatch.setattr("braintseg.preparation.volumes.load_case", boom)
     cfg = load_config(None, ["model.levels=2"])
     with pytest.raises(DataError, match=r"^case Brats18_T_0_1: cannot prepare the files in "
                                         r".*Brats18_T_0_1 \(RuntimeError: something odd\)$"):
@@ -85,19 +86,20 @@ def test_unexpected_worker_error_is_one_line(tmp_path: Path, monkeypatch: pytest
 
 DYING_WORKER = """\
 import os, signal, sys
-import braintseg.preparation.prepare as prep
+import braintseg.preparation.volumes as vol
 from braintseg.config import load_config
 from braintseg.errors import DataError
+from braintseg.preparation.prepare import run_prepare
 
-real = prep.load_case
+real = vol.load_case
 def load_case(files):  # the worker reading this case is killed, as by the OOM killer
     if files.case_id == "Brats18_T_1_1":
         os.kill(os.getpid(), signal.SIGKILL)
     return real(files)
-prep.load_case = load_case  # forked workers inherit it
+vol.load_case = load_case  # forked workers inherit it
 try:
-    prep.run_prepare(load_config(None, ["data.crop=auto", "model.levels=2", "data.n_folds=2"]),
-                     sys.argv[1], sys.argv[2], workers=2)
+    run_prepare(load_config(None, ["data.crop=auto", "model.levels=2", "data.n_folds=2"]),
+                sys.argv[1], sys.argv[2], workers=2)
 except DataError as exc:
     print(exc)
 """

@@ -88,7 +88,7 @@ def _check_grid(case_id: str, shape: Sequence[int], box: Box, where: str) -> Non
 
 
 def _load_nifti(files: Any, root: Path, box: Box, data: DataConfig) -> CaseInput:
-    from braintseg.preparation.prepare import (
+    from braintseg.preparation.volumes import (
         prepare_case,  # the very function prepare uses per case
     )
 

@@ -1,13 +1,16 @@
-"""``braintseg prepare`` for 2D slice data sets (LGG kaggle_3m TIFFs, figshare ``.mat``).
+"""The ``slices`` layout of ``prepare``: 2D slice data sets (LGG kaggle_3m TIFFs, figshare
+``.mat``) → one slice store.
 
-Flow: the format's reader finds patients (:mod:`braintseg.sources.registry`) → fold feasibility is
-checked before any heavy work → worker processes decode one patient each, bring its slices to
-the store size (integer pixel repeat, :func:`braintseg.sources.base.to_stack`) and normalise per
-patient and channel (z-score over nonzero pixels after the percentile clip, the BraTS rule with
-the patient's stack of slices as the volume) → the parent appends patients in id order to a
-slice store (:mod:`braintseg.store.slice_writer`) → patient-level folds, stratified by
-grade (LGG) or majority tumour type (figshare), or taken from ``--folds-from cvind.mat`` or
-``--validation-cases FILE`` → rename into place; sidecars as for BraTS.
+Flow (inside the stage, :mod:`braintseg.preparation.layout`): the format's reader finds
+patients (:mod:`braintseg.sources.registry`) → fold feasibility is checked before any heavy work
+→ worker processes decode one patient each, bring its slices to the store size (integer pixel
+repeat, :func:`braintseg.sources.base.to_stack`) and normalise per patient and channel (z-score
+over nonzero pixels after the percentile clip, the BraTS rule with the patient's stack of slices
+as the volume) → the parent appends patients in id order to a slice store
+(:mod:`braintseg.store.slice_writer`: ``/images (N, H, W, C)``, ``/labels (N, H, W)`` uint8) →
+patient-level folds, stratified by grade (LGG) or majority tumour type (figshare), or taken from
+``--folds-from cvind.mat`` or ``--validation-cases FILE`` → sidecars
+(:mod:`braintseg.preparation.output`) → rename into place.
 """
 
 from __future__ import annotations
@@ -28,19 +31,17 @@ from braintseg.data.folds import Folds, make_folds
 from braintseg.data.preprocess import apply_normalization, normalization_stats
 from braintseg.errors import ConfigError, DataError
 from braintseg.log import progress
-from braintseg.preparation.prepare import (
+from braintseg.preparation.layout import Job
+from braintseg.preparation.output import (
     Failure,
-    _kept_store,
-    _output_folder,
-    _sidecar_texts,
     input_fingerprint,
-    sidecar,
+    sidecar_texts,
     write_sidecars,
 )
 from braintseg.sources.base import SliceCase, SliceFiles, to_stack
 from braintseg.sources.registry import source
 from braintseg.store.slice_writer import PreparedSlices, SliceStoreWriter
-from braintseg.workers import imap_bounded, loader_pool
+from braintseg.workers import imap_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -181,108 +182,114 @@ def _store_size(cases: list[SliceFiles]) -> tuple[int, int]:
     return int(first.images[0].shape[0]), int(first.images[0].shape[1])
 
 
-def scan(cfg: Config, root: Path, fmt: str, options: dict[str, Any]
-         ) -> tuple[list[SliceFiles], list[Failure], str]:
-    """``(patients, [(patient, problem)], input fingerprint)``; readers without
-    ``scan_cases`` raise on the first bad patient instead of listing it."""
-    rd = source(fmt)
-    if hasattr(rd, "scan_cases"):
-        cases, problems = rd.scan_cases(root, options["require_labels"])
-    else:
-        cases, problems = rd.find_cases(root, options["require_labels"]), []
-    extra = [root / "data.csv",
-             *(Path(options[k]) for k in ("folds_from", "validation_cases") if options[k])]
-    return cases, problems, input_fingerprint(cfg, root, cases, problems, options, extra)
+def input_files(case: SliceFiles) -> list[tuple[str, str, Path]]:
+    """``[(patient id, key, path), ...]``: every slice image, then every mask."""
+    masks = case.masks or ()
+    return ([(case.case_id, f"image {s}", p)
+             for s, p in zip(case.slice_ids, case.images, strict=True)]
+            + [(case.case_id, f"mask {s}", p) for s, p in zip(case.slice_ids, masks, strict=True)])
 
 
-def run_prepare_slices(cfg: Config, input_dir: Path, output: Path, fmt: str, *,
-                       workers: int | None = None, overwrite: bool = False,
-                       skip_invalid: bool = False, require_labels: bool = True,
-                       folds_from: Path | None = None,
-                       validation_cases: Path | None = None) -> Path:
-    """Prepare a slice store from ``input_dir`` in format ``fmt`` (``lgg`` or ``figshare``).
+class SliceLayout:
+    """``prepare`` of a 2D slice data set (the :class:`braintseg.preparation.layout.Layout` of
+    ``slices``); ``job.fmt`` is ``lgg`` or ``figshare``."""
 
-    Called by :func:`.prepare.run_prepare` after the output checks.  An existing
-    store made from the same input files, options and config is kept (as for BraTS); any other
-    needs ``overwrite``.  Returns the store path; DataError/ConfigError name the file, patient
-    or key.
-    """
-    root, output = Path(input_dir), Path(output)
-    options = {"format": fmt, "skip_invalid": skip_invalid, "require_labels": require_labels,
-               "folds_from": str(folds_from) if folds_from else None,
-               "validation_cases": str(validation_cases) if validation_cases else None}
-    cases, problems, fingerprint = scan(cfg, root, fmt, options)
-    if output.exists() and not overwrite:
-        if _kept_store(output, fingerprint):
-            return output
-        raise DataError(f"store {output} already exists; use --overwrite to replace it")
-    failures: list[Failure] = []
-    for pid, msg in problems:
-        if not skip_invalid:
-            raise DataError(msg)
-        logger.warning("skipping patient %s: %s", pid, msg)
-        failures.append((pid, msg))
-    if not cases:
-        raise DataError(f"no patients found under {root} (format {fmt})"
-                        + (" that could be used" if failures else ""))
-    labelled = all(c.masks is not None for c in cases)
-    if labelled:  # fold feasibility, before any heavy work
-        make_slice_folds(cfg, cases, folds_from, validation_cases)
-    size = _store_size(cases)
-    levels = 2 ** cfg.model.levels
-    if size[0] % levels or size[1] % levels:
-        raise ConfigError(f"slices of {root} are {size[0]}x{size[1]}; model.levels="
-                          f"{cfg.model.levels} needs both divisible by {levels}")
-    workers = max(1, min(workers or os.cpu_count() or 1, len(cases)))
-    fn = functools.partial(prepare_patient, root=root, size=size, data=cfg.data,
-                           dtype=cfg.store.dtype, skip=skip_invalid)
-    start = time.perf_counter()
-    n_channels = 3 if fmt == "lgg" else 1
-    with loader_pool(workers) as pool, _output_folder(output):  # pool first: no HDF5 file open
-        path, writer, folds = _write(cfg, root, output, fmt, cases, fn, pool, n_channels, size,
-                                     labelled, failures, folds_from, validation_cases,
-                                     fingerprint)
-    if failures:
-        logger.warning("skipped %d invalid patient(s); see %s", len(failures),
-                       sidecar(output, ".skipped.txt"))
-    elapsed = time.perf_counter() - start
-    logger.info("wrote %s: %d patients, %d slices of %dx%d, %.1f s%s", path,
-                len(writer.case_ids), writer.n_slices, size[0], size[1], elapsed,
-                f", {len(folds.folds)} folds" if folds else "")
-    return path
+    NOUN = "patient"
 
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.cases: list[SliceFiles] = []
+        self.problems: list[Failure] = []
+        self.size = (0, 0)
+        self.writer: SliceStoreWriter | None = None
+        self.folds: Folds | None = None
 
-def _write(cfg: Config, root: Path, output: Path, fmt: str, cases: list[SliceFiles], fn: Any,
-           pool: Any, n_channels: int, size: tuple[int, int], labelled: bool,
-           failures: list[Failure], folds_from: Path | None, validation_cases: Path | None,
-           fingerprint: str) -> tuple[Path, SliceStoreWriter, Folds | None]:
-    writer = SliceStoreWriter(output, size, n_channels, cfg.store.compression,
-                              cfg.store.complevel, cfg.store.dtype,
-                              expected_slices=sum(len(c.slice_ids) for c in cases))
-    results = imap_bounded(fn, cases, *pool, describe=lambda f: f"patient {f.case_id}")
-    with writer, contextlib.closing(results):
-        for res in progress(results, len(cases), "prepare", "patient"):
-            if isinstance(res, PreparedSlices):
-                if res.images.shape[-1] != n_channels:
-                    raise DataError(f"case {res.case_id}: {res.images.shape[-1]} channels; "
-                                    f"expected {n_channels} for {fmt}")
-                writer.append(res)
-            else:
-                logger.warning("skipping %s", res[1])
-                failures.append(res)
-        if not writer.case_ids:
-            raise DataError(f"no valid patients left to prepare under {root}")
-        kept = [c for c in cases if c.case_id in set(writer.case_ids)]
-        folds = make_slice_folds(cfg, kept, folds_from, validation_cases) if labelled else None
-        if folds is None:
-            logger.warning("store has patients without masks: no folds (inference-only store)")
-        info = {"format": fmt, "convention": cases[0].convention,
-                "channels": list(writer.metas[0]["channels"]), "resize_rule": RESIZE_RULE,
-                "config": to_dict(cfg), "source_root": str(root.resolve()),
-                "folds_source": str(folds_from or validation_cases or "make_folds"),
-                "braintseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "input_fingerprint": fingerprint}
-        texts = _sidecar_texts(cfg, folds, failures)
-        info["sidecars"] = texts
-        path = writer.finish(folds, info, before_rename=lambda: write_sidecars(output, texts))
-    return path, writer, folds
+    def scan(self) -> str:
+        """Find the patients (readers without ``scan_cases`` raise on the first bad patient
+        instead of listing it); the input fingerprint (the patient table and the folds or
+        validation file count as inputs)."""
+        job = self.job
+        options = {"format": job.fmt, "skip_invalid": job.skip_invalid,
+                   "require_labels": job.require_labels,
+                   "folds_from": str(job.folds_from) if job.folds_from else None,
+                   "validation_cases": str(job.validation_cases) if job.validation_cases else None}
+        rd = source(job.fmt)
+        if hasattr(rd, "scan_cases"):
+            self.cases, self.problems = rd.scan_cases(job.root, job.require_labels)
+        else:
+            self.cases, self.problems = rd.find_cases(job.root, job.require_labels), []
+        extra = [job.root / "data.csv",
+                 *(Path(options[k]) for k in ("folds_from", "validation_cases") if options[k])]
+        files = [f for c in self.cases for f in input_files(c)]
+        return input_fingerprint(job.cfg, job.root, files, self.problems, options, extra)
+
+    def check(self) -> list[Failure]:
+        """Scan problems → failures (or the first raises); some patient left; folds possible;
+        the store's slice size divisible by ``2**model.levels``."""
+        job, cases = self.job, self.cases
+        failures: list[Failure] = []
+        for pid, msg in self.problems:
+            if not job.skip_invalid:
+                raise DataError(msg)
+            logger.warning("skipping patient %s: %s", pid, msg)
+            failures.append((pid, msg))
+        if not cases:
+            raise DataError(f"no patients found under {job.root} (format {job.fmt})"
+                            + (" that could be used" if failures else ""))
+        if all(c.masks is not None for c in cases):  # fold feasibility, before any heavy work
+            make_slice_folds(job.cfg, cases, job.folds_from, job.validation_cases)
+        size = self.size = _store_size(cases)
+        levels = 2 ** job.cfg.model.levels
+        if size[0] % levels or size[1] % levels:
+            raise ConfigError(f"slices of {job.root} are {size[0]}x{size[1]}; model.levels="
+                              f"{job.cfg.model.levels} needs both divisible by {levels}")
+        return failures
+
+    def write_store(self, pool: Any, failures: list[Failure], fingerprint: str) -> Path:
+        """Patients through the workers into the slice store; folds; sidecars; rename."""
+        job, cases, cfg, root, fmt = self.job, self.cases, self.job.cfg, self.job.root, self.job.fmt
+        n_channels = 3 if fmt == "lgg" else 1
+        fn = functools.partial(prepare_patient, root=root, size=self.size, data=cfg.data,
+                               dtype=cfg.store.dtype, skip=job.skip_invalid)
+        writer = self.writer = SliceStoreWriter(
+            job.output, self.size, n_channels, cfg.store.compression, cfg.store.complevel,
+            cfg.store.dtype, expected_slices=sum(len(c.slice_ids) for c in cases))
+        results = imap_bounded(fn, cases, *pool, describe=lambda f: f"patient {f.case_id}")
+        with writer, contextlib.closing(results):
+            for res in progress(results, len(cases), "prepare", "patient"):
+                if isinstance(res, PreparedSlices):
+                    if res.images.shape[-1] != n_channels:
+                        raise DataError(f"case {res.case_id}: {res.images.shape[-1]} channels; "
+                                        f"expected {n_channels} for {fmt}")
+                    writer.append(res)
+                else:
+                    logger.warning("skipping %s", res[1])
+                    failures.append(res)
+            if not writer.case_ids:
+                raise DataError(f"no valid patients left to prepare under {root}")
+            kept = [c for c in cases if c.case_id in set(writer.case_ids)]
+            labelled = all(c.masks is not None for c in cases)
+            folds = (make_slice_folds(cfg, kept, job.folds_from, job.validation_cases)
+                     if labelled else None)
+            if folds is None:
+                logger.warning("store has patients without masks: no folds (inference-only store)")
+            info = {"format": fmt, "convention": cases[0].convention,
+                    "channels": list(writer.metas[0]["channels"]), "resize_rule": RESIZE_RULE,
+                    "config": to_dict(cfg), "source_root": str(root.resolve()),
+                    "folds_source": str(job.folds_from or job.validation_cases or "make_folds"),
+                    "braintseg_version": __version__,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "input_fingerprint": fingerprint}
+            texts = sidecar_texts(cfg, folds, failures)
+            info["sidecars"] = texts
+            path = writer.finish(folds, info,
+                                 before_rename=lambda: write_sidecars(job.output, texts))
+        self.folds = folds
+        return path
+
+    def summary(self, elapsed: float, workers: int) -> str:
+        """``<n> patients, <s> slices of <H>x<W>, <s> s[, <k> folds]``."""
+        assert self.writer is not None  # noqa: S101 - called after write_store
+        folds = f", {len(self.folds.folds)} folds" if self.folds else ""
+        return (f"{len(self.writer.case_ids)} patients, {self.writer.n_slices} slices of "
+                f"{self.size[0]}x{self.size[1]}, {elapsed:.1f} s{folds}")
