@@ -366,9 +366,11 @@ def header_from_hex(text: str) -> Any:
 
 
 def detect(root: Path) -> Path | None:
-    """A NIfTI file at most two folders below ``root`` (BraTS roots nest ``HGG/<case>/``)."""
+    """A BraTS-named NIfTI file (``<case>_flair.nii.gz``, ``<case>-t2f.nii.gz``, …) at most two
+    folders below ``root`` (BraTS roots nest ``HGG/<case>/``); other NIfTI names (BRATS 2013
+    slices ``<case>_FLAIR_slice<k>.nii.gz``) are left to the other sources."""
     for pattern in ("*.nii.gz", "*.nii", "*/*.nii.gz", "*/*.nii", "*/*/*.nii.gz", "*/*/*.nii"):
-        hit = next(iter(Path(root).glob(pattern)), None)
+        hit = next((p for p in Path(root).glob(pattern) if _match(p.name)), None)
         if hit is not None:
             return hit
     return None
