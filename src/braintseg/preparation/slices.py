@@ -237,7 +237,7 @@ def run_prepare_slices(cfg: Config, input_dir: Path, output: Path, fmt: str, *,
     fn = functools.partial(prepare_patient, root=root, size=size, data=cfg.data,
                            dtype=cfg.store.dtype, skip=skip_invalid)
     start = time.perf_counter()
-    n_channels = 3 if fmt == "lgg" else 1
+    n_channels = len(source(fmt).CHANNELS)  # type: ignore[attr-defined]
     with loader_pool(workers) as pool, _output_folder(output):  # pool first: no HDF5 file open
         path, writer, folds = _write(cfg, root, output, fmt, cases, fn, pool, n_channels, size,
                                      labelled, failures, folds_from, validation_cases,
