@@ -214,3 +214,21 @@ def test_prepare_real_slices(tmp_path: Path) -> None:
     _prepare(root, tmp_path / "real.h5")
     counts, shape, channels = _tumour_pixels(tmp_path / "real.h5")
     assert counts == REAL_TUMOUR and shape == CANVAS and channels == 4
+
+
+def test_evaluate_and_report_take_the_source(root: Path, tmp_path: Path) -> None:
+    import tifffile
+
+    pred = tmp_path / "pred"
+    for files in find_cases(root):  # perfect predictions, as predict writes them (canvas size)
+        (pred / files.case_id).mkdir(parents=True)
+        for sid, mask in zip(files.slice_ids, load_case(files).masks, strict=True):
+            tifffile.imwrite(pred / files.case_id / f"{sid}_mask.tif", mask * np.uint8(255))
+    result = CliRunner().invoke(cli, ["evaluate", "-p", str(pred), "-t", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "3 patients, 4 slices" in result.output and "pooled Dice 100.00 %" in result.output
+    result = CliRunner().invoke(cli, ["report", str(pred), "-t", str(root),
+                                      "-o", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*_montage.png")) == [
+        f"{c}_montage.png" for c in sorted(CASES)]
