@@ -248,7 +248,7 @@ class SliceLayout:
     def write_store(self, pool: Any, failures: list[Failure], fingerprint: str) -> Path:
         """Patients through the workers into the slice store; folds; sidecars; rename."""
         job, cases, cfg, root, fmt = self.job, self.cases, self.job.cfg, self.job.root, self.job.fmt
-        n_channels = 3 if fmt == "lgg" else 1
+        n_channels = len(source(fmt).CHANNELS)
         fn = functools.partial(prepare_patient, root=root, size=self.size, data=cfg.data,
                                dtype=cfg.store.dtype, skip=job.skip_invalid)
         writer = self.writer = SliceStoreWriter(

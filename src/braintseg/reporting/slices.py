@@ -1,9 +1,10 @@
 """``braintseg report PRED_DIR -t TRUTH`` for 2D slice predictions (no keras).
 
 Per patient ``<patient>_montage.png``: its slices with tumour (in truth or prediction; up to
-:data:`MAX_SLICES`, evenly chosen) on the FLAIR channel (LGG channel 1; the only channel of
-figshare), truth contour green, prediction contour red.  ``roc.png``: the slice-level ROC curve
-of the slice score (from ``metrics.json`` when ``evaluate`` ran, else computed here).
+:data:`MAX_SLICES`, evenly chosen) on the FLAIR channel (the channel named ``flair``: LGG
+channel 1, BRATS 2013 channel 0; else the first, figshare's only one), truth contour green,
+prediction contour red.  ``roc.png``: the slice-level ROC curve of the slice score (from
+``metrics.json`` when ``evaluate`` ran, else computed here).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ MAX_SLICES = 12
 COLUMNS = 6
 
 
-def _flair(image: np.ndarray) -> np.ndarray:
-    return image[..., 1] if image.ndim == 3 and image.shape[-1] == 3 else image.reshape(
-        image.shape[:2])
+def _flair(image: np.ndarray, channels: tuple[str, ...]) -> np.ndarray:
+    """The FLAIR channel of ``image (H, W, C)`` (named in ``channels``), else its first."""
+    return image[..., channels.index("flair") if "flair" in channels else 0]
 
 
 def plot_patient(case: Any, preds: dict[str, Path], out: Path, dice: float | None) -> Path:
@@ -46,7 +47,7 @@ def plot_patient(case: Any, preds: dict[str, Path], out: Path, dice: float | Non
     fig.suptitle(f"{title}: truth green, prediction red", fontsize=9)
     for j, k in enumerate(show):
         ax = fig.add_subplot(rows, cols, j + 1)
-        img = _flair(np.asarray(case.images[k], np.float32))
+        img = _flair(np.asarray(case.images[k], np.float32), case.channels)
         ax.imshow(img, cmap="gray", interpolation="nearest")
         if masks[k].any():
             ax.contour(masks[k] > 0, levels=[0.5], colors=["#00e000"], linewidths=0.8)

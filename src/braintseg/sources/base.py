@@ -57,12 +57,14 @@ class Source(Protocol):
         CONVENTION: the label convention of its masks (volume sources: per case, see
             ``CaseFiles.convention``; slice sources: one of :data:`CONVENTIONS`).
         DESCRIPTION: what a folder of this source looks like (for detection errors).
+        CHANNELS: the image channels, in the order of the arrays' last axis.
     """
 
     NAME: str
     LAYOUT: str
     CONVENTION: str
     DESCRIPTION: str
+    CHANNELS: tuple[str, ...]
 
     def detect(self, root: Path) -> Path | None:
         """A file under ``root`` that shows the folder holds this source, or None."""

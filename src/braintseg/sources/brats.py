@@ -47,6 +47,7 @@ NAME = "brats"
 LAYOUT = "volumes"
 #: the convention of BraTS 2018–2021 names; BraTS 2023 names carry ``brats2023`` (per case)
 CONVENTION = "brats2018"
+CHANNELS: tuple[str, ...] = MODALITIES
 DESCRIPTION = "BraTS case folders (<case>_flair.nii.gz, … or <case>-t2f.nii.gz, …)"
 MAX_INPUT_BYTES = 4 * 2**30
 
@@ -366,9 +367,11 @@ def header_from_hex(text: str) -> Any:
 
 
 def detect(root: Path) -> Path | None:
-    """A NIfTI file at most two folders below ``root`` (BraTS roots nest ``HGG/<case>/``)."""
+    """A BraTS-named NIfTI file (``<case>_flair.nii.gz``, ``<case>-t2f.nii.gz``, …) at most two
+    folders below ``root`` (BraTS roots nest ``HGG/<case>/``); other NIfTI names (BRATS 2013
+    slices ``<case>_FLAIR_slice<k>.nii.gz``) are left to the other sources."""
     for pattern in ("*.nii.gz", "*.nii", "*/*.nii.gz", "*/*.nii", "*/*/*.nii.gz", "*/*/*.nii"):
-        hit = next(iter(Path(root).glob(pattern)), None)
+        hit = next((p for p in Path(root).glob(pattern) if _match(p.name)), None)
         if hit is not None:
             return hit
     return None
