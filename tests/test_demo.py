@@ -17,18 +17,19 @@ from matplotlib.image import imread
 
 from braintseg.cli import cli
 from braintseg.config import REGIONS, load_config, to_dict
-from braintseg.demos.demo import (
+from braintseg.demos.brats import (
+    BRATS,
     CPU_CONFIG,
+    DEFAULT_OUTPUT,
     EXPECTED_DICE,
     GPU_CONFIG,
     HOLDOUT,
-    _clear_output,
     demo_config,
-    dice_text,
-    outside_text,
-    run_demo,
     sample_data_dir,
 )
+from braintseg.demos.demo import demo_spec, format_result, run_demo
+from braintseg.demos.flow import DemoResult, clear_output, dice_text, outside_text
+from braintseg.errors import DataError
 from braintseg.store.read import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def test_overwrite_removes_only_the_demos_own_outputs(tmp_path):
     for name in ("store.h5", "store.folds.json", "demo.json", "notes.txt"):
         (tmp_path / name).write_text("old")
     (tmp_path / "mine").mkdir()
-    _clear_output(tmp_path, sorted(p.name for p in tmp_path.iterdir()))
+    clear_output(tmp_path, sorted(p.name for p in tmp_path.iterdir()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt"]
 
 
@@ -211,6 +212,32 @@ def test_dice_is_printed_beside_its_range_and_a_figure_outside_is_flagged():
     assert warning.startswith("warning: held-out Dice of TC, ET outside the range")
     assert "constraints.txt" in warning and "WT" not in warning
     assert dice_text(inside, {}) == "WT 0.800  TC 0.800  ET 0.800"
+
+
+def test_printed_lines_name_each_file_and_the_configuration(tmp_path):
+    out = tmp_path / "d"
+    result = DemoResult(out, out / "store.h5", out / "run", [out / "predictions" / "c.nii.gz"],
+                        out / "predictions" / "metrics.csv", [out / "pictures" / "a.png"],
+                        {"wt": 0.8, "tc": 0.8, "et": 0.8}, HOLDOUT, {}, "gpu",
+                        {"prepare": 1.2, "train": 30.4, "total": 31.6})
+    assert format_result(result).splitlines() == [
+        "braintseg demo finished in 32 s (gpu configuration; steps: prepare 1 s, train 30 s)",
+        f"  store        {out / 'store.h5'}",
+        f"  run          {out / 'run'}  (model.keras, history.csv, config.yaml)",
+        f"  prediction   {out / 'predictions' / 'c.nii.gz'}",
+        f"  metrics      {out / 'predictions' / 'metrics.csv'}",
+        f"  picture      {out / 'pictures' / 'a.png'}",
+        f"  summary      {out / 'demo.json'}",
+        f"held-out case {HOLDOUT} (never trained on, nothing chosen on it): Dice "
+        "WT 0.800  TC 0.800  ET 0.800"]
+    assert demo_spec("brats") is BRATS and BRATS.default_output == DEFAULT_OUTPUT
+
+
+def test_missing_holdout_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "data" / "other").mkdir(parents=True)
+    with pytest.raises(DataError, match=f"no case folder '{HOLDOUT}' to hold out"):
+        run_demo(tmp_path / "out", data_dir=tmp_path / "data", gpu=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_tiny_demo_pictures_decode(tiny_demo):

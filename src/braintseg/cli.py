@@ -327,18 +327,11 @@ def demo(out_dir: Path | None, overwrite: bool, epochs: int | None,
     and the held-out Dice per region beside the range a correct install reaches.
     """
     with user_errors():
-        from braintseg.demos.demo import DEFAULT_OUTPUT, format_result, run_demo
+        from braintseg.demos.demo import format_result, run_demo
 
-        if dataset == "lgg":
-            from braintseg.demos.lgg import DEFAULT_LGG_OUTPUT, format_lgg_result, run_demo_lgg
-
-            click.echo(format_lgg_result(run_demo_lgg(
-                out_dir or DEFAULT_LGG_OUTPUT, overwrite=overwrite, epochs=epochs,
-                overrides=overrides)))
-            return
-        result = run_demo(out_dir or DEFAULT_OUTPUT, overwrite=overwrite, epochs=epochs,
-                          overrides=overrides)
-        click.echo(format_result(result))
+        result = run_demo(out_dir, dataset=dataset, overwrite=overwrite, epochs=epochs,
+                          overrides=overrides)  # out_dir None: the data set's default folder
+        click.echo(format_result(result, dataset))
 
 
 @cli.command()
