@@ -1,4 +1,4 @@
-"""``braintseg evaluate``: BraTS metrics of predicted label volumes against ground truth.
+"""BraTS scoring for ``evaluate`` (the ``volumes`` strategy): label volumes against ground truth.
 
 Pure numpy/scipy/nibabel (never imports Keras), so it runs anywhere.
 
@@ -11,20 +11,20 @@ Pure numpy/scipy/nibabel (never imports Keras), so it runs anywhere.
   {0,1,2,3} (ET = 3, BraTS 2023+).  Regions: WT = NCR+ED+ET, TC = NCR+ET, ET.
 * Per case and region: Dice, HD95 (mm, voxel spacing of the truth header), sensitivity,
   specificity, predicted/true volume in voxels and ml.  Empty masks (BraTS convention): both
-  empty → Dice 1, HD95 0; exactly one empty → Dice 0, HD95 :data:`HD95_EMPTY`.  A truth case
-  without a prediction is a failure (status ``missing``: Dice 0, HD95 :data:`HD95_EMPTY`,
-  sensitivity and specificity 0), never dropped; but predictions and truth that share no case
-  id at all are an error (wrong folders, or ``-p``/``-t`` swapped).
+  empty → Dice 1, HD95 0; exactly one empty → Dice 0, HD95
+  :data:`~braintseg.scoring.regions.HD95_EMPTY`.  A truth case without a prediction is a failure
+  (status ``missing``: Dice 0, HD95 ``HD95_EMPTY``, sensitivity and specificity 0), never
+  dropped; but predictions and truth that share no case id at all are an error (wrong folders,
+  or ``-p``/``-t`` swapped).
 
-Outputs (temporary name, then rename): the per-case CSV (default ``PRED_DIR/metrics.csv``),
-``<stem>_summary.csv`` and ``<stem>.json`` beside it (mean, std, median, 25th/75th percentile per
-metric and region; the JSON also holds the per-case rows).
+Strategy functions (called by :func:`braintseg.scoring.evaluate.run_evaluate`): :func:`plan`
+(find predictions and truth, select cases and shard), :func:`score`, :func:`write` (the per-case
+CSV, ``<stem>_summary.csv`` and ``<stem>.json`` beside it: mean, std, median, 25th/75th
+percentile per metric and region; the JSON also holds the per-case rows), :func:`format_summary`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -36,30 +36,28 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from braintseg.atomic import atomic_write_text
 from braintseg.errors import DataError
 from braintseg.log import progress
+from braintseg.scoring.output import csv_text, file_paths, write_texts
 from braintseg.scoring.regions import (
-    HD95_EMPTY,
-    METRICS,
     REGIONS,
-    dice,
-    hd95,
     missing_metrics,
     nonzero_box,
     region_mask,
     region_metrics,
     summarize,
 )
-from braintseg.training.distribute import shard_items, shard_suffix
+from braintseg.training.distribute import shard_items
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "HD95_EMPTY", "METRICS", "REGIONS", "Labels", "dice", "evaluate_case", "find_predictions",
-    "format_summary", "hd95", "read_labels", "region_metrics", "run_evaluate", "summarize",
-    "to_internal_auto", "truth_sources",
+    "SHARDED", "Job", "Labels", "evaluate_case", "find_predictions",
+    "format_summary", "plan", "read_labels", "result", "score", "to_internal_auto",
+    "truth_sources", "write",
 ]
+#: ``evaluate --shard K/N`` scores every N-th truth case (:func:`plan`)
+SHARDED = True
 NII = (".nii.gz", ".nii")
 SEG_SUFFIXES = ("_seg", "-seg")
 
@@ -236,39 +234,26 @@ def evaluate_case(case_id: str, pred: Labels | None, truth: Labels) -> dict[str,
     return row
 
 
-def run_evaluate(
-    pred_dir: Path, truth: Path, output: Path | None = None, cases: Sequence[str] | None = None,
-    shard: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """Score every truth case (or only ``cases``) against the predictions in ``pred_dir``.
+@dataclass
+class Job:
+    """What :func:`plan` found: ``preds`` (case → label file), ``sources`` (case → truth loader,
+    the cases to score), ``extra`` (predictions without truth, warned about when scoring)."""
 
-    Args:
-        pred_dir: folder of ``<case>.nii.gz`` label files (either label convention).
-        truth: folder of BraTS case folders or of ``<case>.nii.gz`` label files, or a store;
-            2D slice folders and stores go to
-            :func:`braintseg.scoring.slices.run_evaluate_slices`.
-        output: per-case CSV (default ``pred_dir/metrics.csv``); ``<stem>_summary.csv`` and
-            ``<stem>.json`` are written beside it.
-        cases: evaluate only these truth case ids (default: all truth cases).
-        shard: ``(K, N)``: only truth cases ``K, K+N, …`` (sorted ids); the outputs get
-            ``.shard-K-of-N`` before their suffix; :func:`merge_shards` joins them.
+    pred_dir: Path
+    truth: Path
+    preds: dict[str, Path]
+    sources: dict[str, Callable[[], Labels]]
+    extra: list[str]
 
-    Returns:
-        ``{"n_cases", "n_scored", "n_missing", "missing", "unmatched_predictions", "pred_dir",
-        "truth", "files": {"per_case", "summary_csv", "json"},
-        "summary": {metric: {region: {stat}}}, "cases": [per-case rows]}``.
+
+def plan(pred_dir: Path, truth: Path, cases: Sequence[str] | None,
+         shard: tuple[int, int] | None) -> Job:
+    """Predictions and truth cases to score: every truth case, or only ``cases``; of those, only
+    cases ``K, K+N, …`` (sorted ids) for ``shard = (K, N)``.
 
     Raises:
-        DataError: missing folders, prediction and truth sharing no case id, unreadable files,
-            grids that differ, output not writable.
+        DataError: missing folders, unknown ``cases``, predictions and truth sharing no case id.
     """
-    pred_dir, truth = Path(pred_dir), Path(truth)
-    from braintseg.scoring.slices import is_slice_truth, run_evaluate_slices
-
-    if is_slice_truth(truth):  # 2D slice data sets: per-patient and per-slice figures
-        return run_evaluate_slices(pred_dir, truth, output,
-                                   list(cases) if cases is not None else None)
-    output = Path(output) if output is not None else pred_dir / "metrics.csv"
     preds = find_predictions(pred_dir)
     sources = truth_sources(truth)
     if cases is not None:
@@ -279,11 +264,16 @@ def run_evaluate(
     _check_overlap(preds, sources, pred_dir, truth)
     extra = sorted(set(preds) - set(sources)) if cases is None and shard is None else []
     sources = {c: sources[c] for c in shard_items(sorted(sources), shard)}
-    output = output.with_name(f"{_stem(output)}{shard_suffix(shard)}{output.suffix}")
-    _check_writable(output)
-    if extra:
+    return Job(pred_dir, truth, preds, sources, extra)
+
+
+def score(job: Job, output: Path) -> dict[str, Any]:
+    """Score the planned cases (a missing prediction is a failure); the result
+    :func:`braintseg.scoring.evaluate.run_evaluate` returns (``files`` named after ``output``)."""
+    pred_dir, truth, preds, sources = job.pred_dir, job.truth, job.preds, job.sources
+    if job.extra:
         logger.warning("%d predictions have no truth in %s and are not scored: %s",
-                       len(extra), truth, ", ".join(extra))
+                       len(job.extra), truth, ", ".join(job.extra))
     rows = []
     for case in progress(sorted(sources), total=len(sources), desc="evaluate", unit="case"):
         pred = read_labels(preds[case], case) if case in preds else None
@@ -295,59 +285,32 @@ def run_evaluate(
         logger.warning("scored %d of %d truth cases against a prediction; %d have none in %s and "
                        "count as failures", len(rows) - len(missing), len(rows), len(missing),
                        pred_dir)
-    summary = {
+    return result(rows, job.extra, str(pred_dir), str(truth), output)
+
+
+def result(rows: list[dict[str, Any]], extra: list[str], pred_dir: str, truth: str,
+           output: Path) -> dict[str, Any]:
+    """``{"n_cases", "n_scored", "n_missing", "missing", "unmatched_predictions", "pred_dir",
+    "truth", "files": {"per_case", "summary_csv", "json"}, "summary": {metric: {region:
+    {stat}}}, "cases": rows}`` of scored rows (:func:`evaluate_case`)."""
+    missing = [r["case"] for r in rows if r["status"] == "missing"]
+    return {
         "n_cases": len(rows), "n_scored": len(rows) - len(missing),
         "n_missing": len(missing), "missing": missing,
-        "unmatched_predictions": extra, "pred_dir": str(pred_dir), "truth": str(truth),
-        "files": _paths(output), "summary": summarize(rows) if rows else {}, "cases": rows,
+        "unmatched_predictions": extra, "pred_dir": pred_dir, "truth": truth,
+        "files": file_paths(output), "summary": summarize(rows) if rows else {}, "cases": rows,
     }
-    _write_outputs(summary, output)
-    return summary
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def merge_shards(output: Path) -> dict[str, Any]:
-    """Join the per-shard results ``<stem>.shard-K-of-N.json`` beside ``output`` into the files
-    an unsharded :func:`run_evaluate` writes (rows in case order, summary of all cases).
-
-    Raises:
-        DataError: no shard files, or shards missing or of different N (names them).
-    """
-    output = Path(output)
-    found = sorted(output.parent.glob(f"{_stem(output)}.shard-*-of-*.json"))
-    if not found:
-        raise DataError(f"no shard results {_stem(output)}.shard-K-of-N.json in {output.parent}; "
-                        "run evaluate --shard K/N first")
-    parts = [json.loads(p.read_text()) | {"_file": p.name} for p in found]
-    ns = {p["_file"].rsplit("-of-", 1)[1].split(".")[0] for p in parts}
-    names = {p["_file"] for p in parts}
-    n = int(next(iter(ns))) if len(ns) == 1 else 0
-    want = {f"{_stem(output)}.shard-{k}-of-{n}.json" for k in range(n)}
-    if len(ns) != 1 or names != want:
-        raise DataError(f"shard results in {output.parent} are incomplete or mixed: found "
-                        f"{sorted(names)}; expected {sorted(want) or 'one N'}")
-    rows = sorted((r for p in parts for r in p["cases"]), key=lambda r: r["case"])
-    missing = [r["case"] for r in rows if r["status"] == "missing"]
-    summary = {
-        "n_cases": len(rows), "n_scored": len(rows) - len(missing), "n_missing": len(missing),
-        "missing": missing, "unmatched_predictions": [], "pred_dir": parts[0]["pred_dir"],
-        "truth": parts[0]["truth"], "files": _paths(output),
-        "summary": summarize(rows) if rows else {}, "cases": rows,
-    }
-    _write_outputs(summary, output)
-    return summary
-
-
-def _stem(output: Path) -> str:
-    return output.name[: -len(output.suffix)] if output.suffix else output.name
-
-
-def _paths(output: Path) -> dict[str, str]:
-    stem = _stem(output)
-    return {"per_case": str(output), "summary_csv": str(output.with_name(f"{stem}_summary.csv")),
-            "json": str(output.with_name(f"{stem}.json"))}
+def write(job: Job | None, summary: dict[str, Any], output: Path) -> None:
+    """The per-case CSV ``output``, the summary CSV and the JSON (named in ``summary["files"]``);
+    ``job`` is not needed (None when :func:`braintseg.scoring.evaluate.merge_shards` writes)."""
+    files = summary["files"]
+    stats = [{"metric": m, "region": r, **s} for m, by_region in summary["summary"].items()
+             for r, s in by_region.items()]
+    write_texts({output: csv_text(summary["cases"]), Path(files["summary_csv"]): csv_text(stats),
+                 Path(files["json"]): json.dumps(summary, indent=1, allow_nan=True) + "\n"})
+    logger.info("wrote %s, %s and %s", output, files["summary_csv"], files["json"])
 
 
 def _check_overlap(preds: dict[str, Path], sources: dict[str, Any], pred_dir: Path,
@@ -364,42 +327,8 @@ def _check_overlap(preds: dict[str, Path], sources: dict[str, Any], pred_dir: Pa
     )
 
 
-def _check_writable(output: Path) -> None:
-    folder = output.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create output folder {folder} for {output.name}: "
-                        f"{exc.strerror}") from None
-    if output.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write metrics to {output}; expected a writable file path")
-
-
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _write_outputs(summary: dict[str, Any], output: Path) -> None:
-    files = summary["files"]
-    stats = [{"metric": m, "region": r, **s} for m, by_region in summary["summary"].items()
-             for r, s in by_region.items()]
-    atomic_write_text(output, _csv(summary["cases"]))
-    atomic_write_text(Path(files["summary_csv"]), _csv(stats))
-    atomic_write_text(Path(files["json"]), json.dumps(summary, indent=1, allow_nan=True) + "\n")
-    logger.info("wrote %s, %s and %s", output, files["summary_csv"], files["json"])
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """The table ``braintseg evaluate`` prints: mean ± std (median) per metric and region."""
-    if "dice_pooled" in summary.get("summary", {}):  # 2D slice data sets
-        from braintseg.scoring.slices import format_slice_summary
-
-        return format_slice_summary(summary)
     n, missing = summary["n_cases"], summary["missing"]
     head = (f"{n} case{'s' if n != 1 else ''} evaluated: {n - len(missing)} scored against a "
             f"prediction, {len(missing)} missing predictions"
