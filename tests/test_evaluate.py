@@ -90,8 +90,8 @@ def test_sensitivity_specificity_volumes_by_hand() -> None:
 
 def test_case_metrics_on_the_tumour_box_equal_whole_volume_metrics() -> None:
     # evaluate_case scores a crop around the tumour; every number must equal the whole-volume one
-    from braintseg.scoring.volumes import Labels, evaluate_case
     from braintseg.scoring.regions import region_mask
+    from braintseg.scoring.volumes import Labels, evaluate_case
 
     rng = np.random.default_rng(7)
     truth = np.zeros((30, 26, 22), np.uint8)

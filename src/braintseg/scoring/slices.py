@@ -199,7 +199,7 @@ def score(job: Job, output: Path | None = None) -> dict[str, Any]:
     slice_scores = np.array([s["score"] for s in slices], np.float64)
     pooled = dice(sum(s["intersection"] for s in slices), sum(s["truth_area"] for s in slices),
                   sum(s["predicted_area"] for s in slices))
-    summary = {
+    summary: dict[str, Any] = {
         "n_patients": len(patients), "n_scored": len(patients) - len(missing),
         "n_missing": len(missing), "missing": missing, "n_slices": len(slices),
         "dice_per_patient_mean": float(dices.mean()),
