@@ -15,15 +15,9 @@ from click.testing import CliRunner
 
 from braintseg.cli import cli
 from braintseg.errors import DataError
-from braintseg.scoring.evaluate import (
-    HD95_EMPTY,
-    find_predictions,
-    format_summary,
-    hd95,
-    run_evaluate,
-    to_internal_auto,
-)
-from braintseg.scoring.regions import dice, region_metrics
+from braintseg.scoring.evaluate import format_summary, run_evaluate
+from braintseg.scoring.regions import HD95_EMPTY, dice, hd95, region_metrics
+from braintseg.scoring.volumes import find_predictions, to_internal_auto
 from braintseg.sources.synthetic import write_case
 
 
@@ -96,8 +90,8 @@ def test_sensitivity_specificity_volumes_by_hand() -> None:
 
 def test_case_metrics_on_the_tumour_box_equal_whole_volume_metrics() -> None:
     # evaluate_case scores a crop around the tumour; every number must equal the whole-volume one
-    from braintseg.scoring.evaluate import Labels, evaluate_case
     from braintseg.scoring.regions import region_mask
+    from braintseg.scoring.volumes import Labels, evaluate_case
 
     rng = np.random.default_rng(7)
     truth = np.zeros((30, 26, 22), np.uint8)
@@ -226,7 +220,7 @@ def test_missing_prediction_counts_as_failure_and_files_are_written(flat) -> Non
 
 def test_partial_overlap_says_how_many_were_scored(flat, caplog) -> None:
     truth, pred, _ = flat
-    with caplog.at_level("WARNING", logger="braintseg.scoring.evaluate"):
+    with caplog.at_level("WARNING", logger="braintseg.scoring.volumes"):
         run_evaluate(pred, truth)
     assert "scored 2 of 3 truth cases against a prediction; 1 have none" in caplog.text
 

@@ -176,7 +176,7 @@ def test_train_predict_evaluate_with_head(lgg: tuple[Path, Path], tmp_path: Path
 
 
 def test_better_score() -> None:
-    from braintseg.scoring.slices import better_score
+    from braintseg.scoring.detection import better_score
 
     assert better_score({"auc": 0.8, "accuracy": 0.9}, {"auc": 0.9, "accuracy": 0.5}) == "head"
     assert better_score({"auc": 0.8, "accuracy": 0.9}, {"auc": 0.8, "accuracy": 0.5}) == "derived"
@@ -225,7 +225,7 @@ def test_evaluate_tumour_type_head_columns(tmp_path: Path) -> None:
     import tifffile
 
     from braintseg.inference.slices import HEAD_COLUMNS
-    from braintseg.scoring.slices import format_slice_summary, run_evaluate_slices
+    from braintseg.scoring.evaluate import format_summary, run_evaluate
 
     root = write_figshare(tmp_path / "fig", {"A1": [(1, 16, 1), (2, 16, 1)],
                                              "B2": [(3, 16, 2)], "C3": [(4, 16, 3)]})
@@ -242,12 +242,12 @@ def test_evaluate_tumour_type_head_columns(tmp_path: Path) -> None:
             lines.append(f"{cid},{sid},{cid}/{sid}_mask.tif,0.2,0,16,16,{','.join(scores)},"
                          f"{head_class[sid]}")
     (pred / "predictions.csv").write_text("\n".join(lines) + "\n")
-    result = run_evaluate_slices(pred, root)
+    result = run_evaluate(pred, root)
     t = result["summary"]["tumour_type_head"]
     assert t["n"] == 4 and t["accuracy"] == 0.75 and t["confusion"][0] == [1, 1, 0]
     assert t["per_class"]["meningioma"]["recall"] == 0.5
     assert "detection_head" not in result["summary"]  # no head_probability column
-    assert "tumour type (classification head): accuracy 75.00 %" in format_slice_summary(result)
+    assert "tumour type (classification head): accuracy 75.00 %" in format_summary(result)
 
 
 def test_head_probability_prior_correction() -> None:

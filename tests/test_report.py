@@ -170,8 +170,10 @@ def test_tumour_centre_is_the_slice_with_most_voxels() -> None:
 
 
 def _spy_figures(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The figures handed to save_png (which still writes them)."""
+    """The figures handed to save_png (which still writes them) by report (curves, show) and
+    its volume pictures (overlays)."""
     import braintseg.reporting.report as report
+    import braintseg.reporting.volumes as volumes
 
     figures: list = []
     real = report.save_png
@@ -181,6 +183,7 @@ def _spy_figures(monkeypatch: pytest.MonkeyPatch) -> list:
         return real(fig, path)
 
     monkeypatch.setattr(report, "save_png", spy)
+    monkeypatch.setattr(volumes, "save_png", spy)
     return figures
 
 

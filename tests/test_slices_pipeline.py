@@ -13,7 +13,7 @@ import tifffile
 from click.testing import CliRunner
 
 from braintseg.cli import cli
-from braintseg.scoring.slices import detection, dice, roc_auc, roc_points
+from braintseg.scoring.detection import detection, dice, roc_auc, roc_points
 from braintseg.sources.synthetic import write_lgg
 
 REPO = Path(__file__).resolve().parents[1]

@@ -288,7 +288,7 @@ def test_bundled_lgg_patients_decode_like_the_shared_copies() -> None:
 
 
 def test_evaluate_figshare_truth_folder_and_store(tmp_path: Path, cfg: Config) -> None:
-    from braintseg.scoring.slices import run_evaluate_slices
+    from braintseg.scoring.evaluate import run_evaluate
 
     root = write_figshare(tmp_path / "fig", {"A": [(1, 32, 1), (2, 32, 1)], "B": [(3, 16, 2)]})
     store = run_prepare(cfg.replace(data={"n_folds": 2}), root, tmp_path / "f.h5", workers=1)
@@ -300,7 +300,7 @@ def test_evaluate_figshare_truth_folder_and_store(tmp_path: Path, cfg: Config) -
             out = mask * 255 if n != 2 else np.zeros_like(mask)  # slice 2: tumour missed
             tifffile.imwrite(pred / pid / f"{n}_mask.tif", out.astype(np.uint8))
     for truth in (root, store):
-        result = run_evaluate_slices(pred, truth)
+        result = run_evaluate(pred, truth)
         by_case = {r["case"]: r for r in result["cases"]}
         assert by_case["B"]["dice"] == 1.0 and 0 < by_case["A"]["dice"] < 1
         d = result["summary"]["detection"]
@@ -325,9 +325,9 @@ def test_evaluate_figshare_truth_folder_and_store(tmp_path: Path, cfg: Config) -
         assert rows["B"]["status"] == "missing" and float(rows["B"]["dice"]) == 0.0
     (pred / "A" / "2_mask.tif").unlink()
     with pytest.raises(DataError, match=r"patient A: no prediction 2_mask.tif"):
-        run_evaluate_slices(pred, root)
+        run_evaluate(pred, root)
     shutil.rmtree(pred / "A")
     (pred / "Z").mkdir()
     tifffile.imwrite(pred / "Z" / "99_mask.tif", np.zeros((32, 32), np.uint8))
     with pytest.raises(DataError, match=r"no patient of .* has predictions"):
-        run_evaluate_slices(pred, root)
+        run_evaluate(pred, root)

@@ -1,1 +1,3 @@
-"""The ``report`` stage: learning curves, overlays and montages, ROC curves (PNG)."""
+"""The ``report`` stage: learning curves and ``show`` (:mod:`.report`, the entry), pictures of
+predictions per data layout (:mod:`.volumes`: overlays per case; :mod:`.slices`: montages per
+patient and ROC curves), drawing helpers (:mod:`.figures`)."""

@@ -1,12 +1,12 @@
-"""Pictures (PNG on a matplotlib Agg canvas; no Keras): training curves, overlays, quick looks.
+"""``braintseg report`` and ``braintseg show``: pictures (PNG on a matplotlib Agg canvas; no Keras).
 
-* ``braintseg report RUN_DIR``: loss and WT/TC/ET Dice per epoch from ``history.csv`` (training
-  solid, validation dashed) → ``training_curves.png``.
-* ``braintseg report PRED_DIR -t CASES``: per predicted case a montage of axial, coronal and
-  sagittal slices through the tumour centre (the slice with the most ground-truth WT voxels per
-  axis, or predicted WT without ground truth): FLAIR, T1ce, ground truth on FLAIR, prediction on
-  FLAIR; Dice per region in the title (``PRED_DIR/metrics.csv`` if present, else computed)
-  → ``<case>_overlay.png``.
+* ``braintseg report RUN_DIR``: loss and Dice per epoch from ``history.csv`` (WT/TC/ET for BraTS,
+  tumour for 2D slices; training solid, validation dashed) → ``training_curves.png``.
+* ``braintseg report PRED_DIR -t TRUTH``: pictures of the predictions, by the layout of the truth
+  (:func:`braintseg.scoring.evaluate.truth_layout`): BraTS case folders →
+  :func:`braintseg.reporting.volumes.plot_prediction_overlays` (a montage per case), a slice
+  folder (LGG, figshare, …) → :func:`braintseg.reporting.slices.plot_predictions` (a montage per
+  patient and the ROC curve).
 * ``braintseg show CASE_DIR``: the four modalities and the seg (if any) of one raw case.
 
 Label colours (ITK-SNAP's defaults for BraTS): NCR/NET red, edema green, ET yellow.  Volumes are
@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.errors import DataError
+from braintseg.reporting import slices
 from braintseg.reporting.figures import (
     REGION_COLOURS,
     figure,
@@ -37,6 +38,10 @@ from braintseg.reporting.figures import (
     to_display,
     tumour_centre,
 )
+from braintseg.reporting.volumes import plot_prediction_overlays
+
+__all__ = ["dice_columns", "plot_history", "plot_prediction_overlays", "read_history",
+           "run_report", "show_case"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,129 +113,37 @@ def _short(path: Path, limit: int = 70) -> str:
     return text if len(text) <= limit else "…" + text[len(text) - limit + 1:]
 
 
-# --------------------------------------------------------------------------- overlays
-
-
-def _volume(path: Path, case_id: str) -> tuple[NDArray[np.float32], NDArray[np.float64],
-                                               tuple[float, ...]]:
-    """``(data (X, Y, Z) float32, affine (4, 4), zooms)`` of one NIfTI file."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, np.float32)
-        return data, np.asarray(img.affine, np.float64), tuple(img.header.get_zooms()[:3])
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
-        raise DataError(f"case {case_id}: cannot read {path} ({type(exc).__name__})") from None
-
-
-def _metrics_dice(pred_dir: Path) -> dict[str, dict[str, float]]:
-    """``case → {region: dice}`` from ``pred_dir/metrics.csv`` (empty if absent/unreadable)."""
-    path = pred_dir / "metrics.csv"
-    try:
-        with open(path, newline="") as f:
-            return {r["case"]: {g: float(r[f"{g}_dice"]) for g in REGION_COLOURS}
-                    for r in csv.DictReader(f)}
-    except (OSError, KeyError, ValueError):
-        return {}
-
-
-def plot_case_overlay(case: Any, pred_path: Path, out: Path,
-                      dice: dict[str, float] | None = None) -> Path:
-    """Montage of one predicted case on its FLAIR/T1ce (see the module docstring).
-
-    Args:
-        case: the case's :class:`~braintseg.sources.brats.CaseFiles` (images, optional seg).
-        pred_path: the predicted label NIfTI (either label convention).
-        out: the PNG to write.
-        dice: Dice per region for the title; computed when None and a seg exists.
-    """
-    from braintseg.scoring.evaluate import read_labels
-    from braintseg.scoring.regions import dice as dice_of
-    from braintseg.scoring.regions import region_mask
-
-    cid = case.case_id
-    flair, affine, zooms = _volume(case.images["flair"], cid)
-    t1ce = _volume(case.images["t1ce"], cid)[0]
-    pred = read_labels(pred_path, cid).labels
-    truth = read_labels(case.seg, cid).labels if case.seg is not None else None
-    for name, arr in (("prediction", pred), ("ground truth", truth)):
-        if arr is not None and arr.shape != flair.shape:
-            raise DataError(f"case {cid}: {name} grid {arr.shape} differs from FLAIR grid "
-                            f"{flair.shape} ({case.images['flair']})")
-    shape = flair.shape
-    (flair, t1ce, pred, truth), spacing = to_display([flair, t1ce, pred, truth], affine, zooms)
-    centre = tumour_centre(region_mask(truth if truth is not None else pred, "wt"), flair.shape)
-    if dice is None and truth is not None:
-        dice = {g: dice_of(region_mask(pred, g), region_mask(truth, g)) for g in REGION_COLOURS}
-    columns: list[tuple[str, Any, Any]] = [("FLAIR", flair, None), ("T1ce", t1ce, None)]
-    if truth is not None:
-        columns.append(("ground truth", flair, truth))
-    columns.append(("prediction", flair, pred))
-    scores = ("Dice " + "  ".join(f"{g.upper()} {v:.3f}" for g, v in dice.items())
-              if dice else "no ground truth")
-    return save_png(montage(columns, spacing, centre, f"{cid}    {scores}",
-                            source_slices(affine, shape, centre)), out)
-
-
-def plot_prediction_overlays(pred_dir: Path, cases_dir: Path, out_dir: Path) -> list[Path]:
-    """``out_dir/<case>_overlay.png`` for every prediction in ``pred_dir`` with a case folder."""
-    from braintseg.scoring.evaluate import find_predictions
-    from braintseg.sources.brats import scan_cases
-
-    if not Path(cases_dir).is_dir():
-        raise DataError(f"--truth {cases_dir} must be a folder of BraTS case folders (the "
-                        "pictures need their FLAIR and T1ce images)")
-    preds = find_predictions(pred_dir)
-    found, problems = scan_cases(Path(cases_dir), require_labels=False)
-    by_id = {c.case_id: c for c in found}
-    skipped = sorted(set(preds) - set(by_id))
-    if skipped:
-        logger.warning("no case folder in %s for predictions %s; not drawn", cases_dir, skipped)
-        for msg in (m for c, m in problems if c in skipped):
-            logger.warning("%s", msg)
-    todo = sorted(set(preds) & set(by_id))
-    if not todo:
-        raise DataError(f"none of the {len(preds)} predictions in {pred_dir} has a case folder "
-                        f"in {cases_dir}")
-    dice = _metrics_dice(Path(pred_dir))
-    return [plot_case_overlay(by_id[c], preds[c], Path(out_dir) / f"{c}_overlay.png",
-                              dice.get(c)) for c in todo]
-
-
 # --------------------------------------------------------------------------- entry points
 
 
 def run_report(folder: Path, truth: Path | None = None, out_dir: Path | None = None
                ) -> list[Path]:
-    """``braintseg report``: curves for a run folder, overlays for a prediction folder.
+    """``braintseg report``: curves for a run folder, pictures for a prediction folder.
 
     Args:
         folder: a training run (has ``history.csv``/``config.yaml``; or its ``model.keras``)
-            or a prediction folder (``<case>.nii.gz`` label files).
-        truth: for a prediction folder, the BraTS case folders with the images (and segs).
+            or a prediction folder (``<case>.nii.gz`` label files, or ``*_mask.tif`` slices).
+        truth: for a prediction folder, the BraTS case folders with the images (and segs), or
+            the slice folder (LGG, figshare, …) with the images and masks.
         out_dir: where the PNGs go (default: ``folder``).
 
     Returns:
         The PNG files written.
     """
-    from braintseg.scoring.evaluate import find_predictions
+    from braintseg.scoring.evaluate import truth_layout
+    from braintseg.scoring.volumes import find_predictions
     from braintseg.training.runs import run_folder
 
     folder = run_folder(Path(folder))
     if not folder.is_dir():
         raise DataError(f"report: {folder} does not exist or is not a folder")
     out = Path(out_dir) if out_dir is not None else folder
-    is_run = (folder / "history.csv").is_file()
-    if not is_run and truth is not None:
-        from braintseg.scoring.slices import is_slice_truth
-
-        if is_slice_truth(Path(truth)):  # 2D slices: montages per patient + ROC curve
-            from braintseg.reporting.slices import run_report_slices
-
-            return run_report_slices(folder, Path(truth), out)
-    preds = {} if is_run else find_predictions(folder)
-    if is_run or (not preds and (folder / "config.yaml").is_file()):
+    if (folder / "history.csv").is_file():
+        return [plot_history(folder, out / "training_curves.png")]
+    if truth is not None and truth_layout(Path(truth)) == "slices":
+        return slices.plot_predictions(folder, Path(truth), out)  # montages per patient + ROC
+    preds = find_predictions(folder)
+    if not preds and (folder / "config.yaml").is_file():
         return [plot_history(folder, out / "training_curves.png")]
     if not preds:
         raise DataError(f"report: {folder} is neither a training run (history.csv, config.yaml) "

@@ -1,10 +1,12 @@
-"""``braintseg report PRED_DIR -t TRUTH`` for 2D slice predictions (no keras).
+"""Pictures of 2D slice predictions for ``report`` (the ``slices`` strategy; no Keras).
 
 Per patient ``<patient>_montage.png``: its slices with tumour (in truth or prediction; up to
 :data:`MAX_SLICES`, evenly chosen) on the FLAIR channel (the channel named ``flair``: LGG
 channel 1, BRATS 2013 channel 0; else the first, figshare's only one), truth contour green,
 prediction contour red.  ``roc.png``: the slice-level ROC curve of the slice score (from
-``metrics.json`` when ``evaluate`` ran, else computed here).
+``metrics.json`` when ``evaluate`` ran, else computed here by
+:func:`braintseg.scoring.evaluate.run_evaluate`, which writes ``metrics.*`` into the output
+folder).  :func:`plot_predictions` draws both.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from braintseg.errors import DataError
 from braintseg.reporting.figures import figure, save_png
 
+__all__ = ["plot_patient", "plot_predictions", "plot_roc"]
 MAX_SLICES = 12
 COLUMNS = 6
 
@@ -78,20 +81,25 @@ def plot_roc(roc: dict[str, list], auc: float | None, out: Path,
     return save_png(fig, out)
 
 
-def run_report_slices(pred_dir: Path, truth: Path, out_dir: Path) -> list[Path]:
-    """Montages per predicted patient and ``roc.png``; returns the PNGs written."""
-    from braintseg.scoring.slices import find_slice_predictions, run_evaluate_slices
+def plot_predictions(pred_dir: Path, truth: Path, out_dir: Path) -> list[Path]:
+    """Montages per predicted patient and ``roc.png``; returns the PNGs written.
+
+    Raises:
+        DataError: ``truth`` is not a folder (a store holds no images), or the scoring's errors.
+    """
+    from braintseg.scoring.evaluate import run_evaluate
+    from braintseg.scoring.slices import find_predictions
     from braintseg.sources.registry import detect_format, source
 
     pred_dir, truth, out_dir = Path(pred_dir), Path(truth), Path(out_dir)
     if not truth.is_dir():
         raise DataError(f"report: -t {truth} must be the slice folder (LGG patient folders or "
                         "figshare .mat files) with the images")
-    preds = find_slice_predictions(pred_dir)
+    preds = find_predictions(pred_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = pred_dir / "metrics.json"
     result = (json.loads(metrics.read_text()) if metrics.is_file()
-              else run_evaluate_slices(pred_dir, truth, out_dir / "metrics.csv"))
+              else run_evaluate(pred_dir, truth, out_dir / "metrics.csv"))
     dices = {r["case"]: r["dice"] for r in result.get("cases", [])}
     rd = source(detect_format(truth))
     written = []

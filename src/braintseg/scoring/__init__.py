@@ -1,3 +1,4 @@
-"""The ``evaluate`` stage: predictions against the truth (:mod:`.evaluate`); BraTS regions
-WT/TC/ET with HD95 (:mod:`.regions`), per-patient slice Dice and slice detection
-(:mod:`.slices`), tumour-type figures (:mod:`.classes`)."""
+"""The ``evaluate`` stage: predictions against the truth.  One flow (:mod:`.evaluate`) and a
+scoring per data layout: :mod:`.volumes` (BraTS regions WT/TC/ET with HD95, figures in
+:mod:`.regions`) and :mod:`.slices` (per-patient and pooled Dice, slice detection and ROC in
+:mod:`.detection`, tumour types in :mod:`.classes`); the files both write (:mod:`.output`)."""

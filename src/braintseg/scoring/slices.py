@@ -1,4 +1,5 @@
-"""``braintseg evaluate`` for 2D slice predictions (LGG, figshare): per patient and per slice.
+"""Slice scoring for ``evaluate`` (the ``slices`` strategy, LGG, figshare, …): per patient and
+per slice.
 
 Predictions: ``<slice id>_mask.tif`` files anywhere below ``PRED_DIR`` (as written by
 ``predict``; nonzero = tumour) and, when present, ``PRED_DIR/predictions.csv`` (slice scores).
@@ -18,7 +19,7 @@ Figures (stated conventions):
   positive = the predicted mask has any; accuracy, sensitivity (NaN without positive slices),
   specificity (NaN without negative slices), confusion matrix ``tp, fp, fn, tn``, and the ROC
   AUC of the slice score (``tumour_probability`` from ``predictions.csv``; the predicted area
-  when the CSV is absent), ties counted half (Mann-Whitney);
+  when the CSV is absent), ties counted half (Mann-Whitney) (:mod:`braintseg.scoring.detection`);
 * with a ``tumour`` classification head (``head_probability`` in ``predictions.csv``): the same
   detection figures for the head (**predicted positive = head probability > 0.5**, AUC of the
   head probability) as ``detection_head``, and ``detection_better``: ``head`` or ``derived``
@@ -28,55 +29,40 @@ Figures (stated conventions):
   per-class precision / recall / specificity / F1, macro means).  ``metrics_slices.csv`` carries
   ``truth_class`` and the head columns per slice.
 
-Writes ``metrics.csv`` (per patient), ``metrics_slices.csv`` (per slice) and ``metrics.json``
-(summary + ROC points) into ``PRED_DIR`` (or beside ``--output``).
+Strategy functions (called by :func:`braintseg.scoring.evaluate.run_evaluate`): :func:`plan`,
+:func:`score`, :func:`write` (``metrics.csv`` per patient, ``metrics_slices.csv`` per slice and
+``metrics.json``, summary + ROC points, in ``PRED_DIR`` or beside ``--output``),
+:func:`format_summary`.  ``--shard`` does not apply (:data:`SHARDED`).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
-import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from braintseg.atomic import atomic_write_text
 from braintseg.errors import DataError
 from braintseg.scoring.classes import type_figures
-from braintseg.scoring.evaluate import _check_writable
+from braintseg.scoring.detection import better_score, detection, dice, roc_points
+from braintseg.scoring.output import csv_text, nan_to_none, write_texts
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["MASK_SUFFIX", "SHARDED", "Job", "find_predictions", "format_summary", "plan",
+           "read_head", "read_pred", "read_scores", "score", "truth_patients", "write"]
 MASK_SUFFIX = "_mask.tif"
+#: ``evaluate --shard K/N`` is ignored for slice truth (every selected patient is scored)
+SHARDED = False
 
 
-def is_slice_truth(truth: Path) -> bool:
-    """True when ``truth`` is a slice store or a folder in a slice format."""
-    truth = Path(truth)
-    if truth.is_file():
-        try:
-            from braintseg.store.read import open_store
-
-            return open_store(truth).layout == "slices"
-        except DataError:
-            return False
-    if not truth.is_dir():
-        return False
-    from braintseg.sources.registry import detect_format
-
-    try:
-        return detect_format(truth) != "brats"
-    except DataError:
-        return False
-
-
-def find_slice_predictions(pred_dir: Path) -> dict[str, Path]:
+def find_predictions(pred_dir: Path) -> dict[str, Path]:
     """``{slice id: <slice id>_mask.tif}`` below ``pred_dir``."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -113,16 +99,6 @@ def read_head(pred_dir: Path) -> dict[str, dict[str, Any]]:
         return {r["slice"]: {k: t(r[c]) for c, k, t in cols} for r in rows} if cols else {}
     except ValueError as exc:
         raise DataError(f"{path}: head columns must hold numbers ({exc})") from None
-
-
-def better_score(derived: dict[str, Any], head: dict[str, Any]) -> str:
-    """``head``, ``derived`` or ``equal``: the higher AUC, then the higher accuracy."""
-    def key(d: dict[str, Any]) -> tuple[float, float]:
-        return tuple(-1.0 if d[k] is None or math.isnan(d[k]) else float(d[k])  # type: ignore[return-value]
-                     for k in ("auc", "accuracy"))
-
-    a, b = key(derived), key(head)
-    return "equal" if a == b else ("head" if b > a else "derived")
 
 
 def truth_patients(truth: Path) -> Iterator[tuple[str, list[str], Any, Any]]:
@@ -171,87 +147,95 @@ def read_pred(path: Path, shape: tuple[int, ...]) -> NDArray[np.bool_]:
     return pred > 0
 
 
-def dice(inter: int, truth: int, pred: int) -> float:
-    """``2 I / (|T| + |P|)``; 1 when both are empty."""
-    return 1.0 if truth + pred == 0 else 2.0 * inter / (truth + pred)
+@dataclass
+class Job:
+    """What :func:`plan` found: ``preds`` (slice id → predicted mask file) and the truth
+    patients to score (``cases``; None: all); :func:`score` fills ``slice_rows`` (one row per
+    scored slice, for :func:`write`)."""
+
+    pred_dir: Path
+    truth: Path
+    preds: dict[str, Path]
+    cases: Sequence[str] | None
+    slice_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def roc_auc(scores: NDArray[np.floating], positive: NDArray[np.bool_]) -> float:
-    """ROC AUC (Mann-Whitney U / (n+ n-), ties half); NaN without both classes."""
-    from scipy.stats import rankdata
-
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def roc_points(scores: NDArray[np.floating], positive: NDArray[np.bool_]) -> dict[str, list]:
-    """``{"fpr": [...], "tpr": [...]}`` over every distinct threshold (for the ROC figure)."""
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], positive[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1] if y.size else np.zeros(0, int)
-    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    return {"fpr": [0.0, *(fp / n_neg).tolist()], "tpr": [0.0, *(tp / n_pos).tolist()]}
-
-
-def detection(truth_pos: NDArray[np.bool_], pred_pos: NDArray[np.bool_],
-              scores: NDArray[np.floating]) -> dict[str, Any]:
-    """Slice-level detection figures (see the module docstring)."""
-    tp = int((truth_pos & pred_pos).sum())
-    tn = int((~truth_pos & ~pred_pos).sum())
-    fp = int((~truth_pos & pred_pos).sum())
-    fn = int((truth_pos & ~pred_pos).sum())
-    n = tp + tn + fp + fn
-
-    def ratio(a: int, b: int) -> float:
-        return a / b if b else math.nan
-
-    return {"accuracy": ratio(tp + tn, n), "sensitivity": ratio(tp, tp + fn),
-            "specificity": ratio(tn, tn + fp), "auc": roc_auc(scores, truth_pos),
-            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
-
-
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        fields = list(dict.fromkeys(k for row in rows for k in row))  # every row's keys, in order
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value
-
-
-def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
-                        cases: list[str] | None = None) -> dict[str, Any]:
-    """Score slice predictions against ``truth``; returns the summary dict (also written).
+def plan(pred_dir: Path, truth: Path, cases: Sequence[str] | None,
+         shard: tuple[int, int] | None = None) -> Job:
+    """The predicted slices below ``pred_dir``; ``shard`` is ignored (:data:`SHARDED`).
 
     Raises:
-        DataError: no predictions, a scored patient with a slice missing, sizes that differ,
-            unreadable files (each names the file).
+        DataError: ``pred_dir`` missing or holding no ``*_mask.tif`` predictions.
     """
-    pred_dir, truth = Path(pred_dir), Path(truth)
-    output = Path(output) if output is not None else pred_dir / "metrics.csv"
-    preds = find_slice_predictions(pred_dir)
+    preds = find_predictions(pred_dir)
     if not preds:
         raise DataError(f"{pred_dir} holds no *{MASK_SUFFIX} predictions")
-    _check_writable(output)
+    return Job(pred_dir, truth, preds, cases)
+
+
+def score(job: Job, output: Path | None = None) -> dict[str, Any]:
+    """Score the slice predictions against the truth (``output`` is not used): ``{"summary",
+    "roc", "pred_dir", "truth", "cases": per-patient rows, ["roc_head"]}``; the per-slice rows
+    go to ``job.slice_rows``.
+
+    Raises:
+        DataError: a scored patient with a slice missing, sizes that differ, unreadable files
+            (each names the file), no patient with a prediction.
+    """
+    pred_dir, truth = job.pred_dir, job.truth
     scores_csv = read_scores(pred_dir)
     head_csv = read_head(pred_dir)
+    patients, slices = _score_patients(job, scores_csv, head_csv)
+    missing = [p["case"] for p in patients if p["status"] == "missing"]
+    if not slices:
+        raise DataError(f"no patient of {truth} has predictions in {pred_dir}")
+    if missing:
+        logger.warning("scored %d of %d truth patients against a prediction; %d have none in %s "
+                       "and count as failures", len(patients) - len(missing), len(patients),
+                       len(missing), pred_dir)
+    dices = np.array([p["dice"] for p in patients])
+    tpos = np.array([s["truth_area"] > 0 for s in slices])
+    ppos = np.array([s["predicted_area"] > 0 for s in slices])
+    slice_scores = np.array([s["score"] for s in slices], np.float64)
+    pooled = dice(sum(s["intersection"] for s in slices), sum(s["truth_area"] for s in slices),
+                  sum(s["predicted_area"] for s in slices))
+    summary: dict[str, Any] = {
+        "n_patients": len(patients), "n_scored": len(patients) - len(missing),
+        "n_missing": len(missing), "missing": missing, "n_slices": len(slices),
+        "dice_per_patient_mean": float(dices.mean()),
+        "dice_per_patient_median": float(np.median(dices)),
+        "dice_pooled": pooled,
+        "detection": detection(tpos, ppos, slice_scores),
+        "score": "tumour_probability (predictions.csv)" if scores_csv else "predicted_area",
+        "conventions": "patient/pooled Dice 1 when truth and prediction are empty; slice "
+                       "positive = any tumour pixel",
+    }
+    result = {"summary": nan_to_none(summary), "roc": roc_points(slice_scores, tpos),
+              "pred_dir": str(pred_dir), "truth": str(truth), "cases": patients}
+    if any(sl["truth_class"] > 0 for sl in slices) and all("head_class" in sl for sl in slices):
+        summary["tumour_type_head"] = type_figures(
+            np.array([sl["truth_class"] for sl in slices]),
+            np.array([sl["head_class"] for sl in slices]))
+        result["summary"] = nan_to_none(summary)
+    if head_csv and all("head_score" in sl for sl in slices):
+        hscore = np.array([sl["head_score"] for sl in slices], np.float64)
+        summary["detection_head"] = detection(tpos, hscore > 0.5, hscore)
+        summary["detection_better"] = better_score(summary["detection"],
+                                                   summary["detection_head"])
+        summary["score_head"] = "head_probability (predictions.csv), positive when > 0.5"
+        result["summary"] = nan_to_none(summary)
+        result["roc_head"] = roc_points(hscore, tpos)
+    job.slice_rows = slices
+    return result
+
+
+def _score_patients(job: Job, scores_csv: dict[str, float], head_csv: dict[str, dict[str, Any]]
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-patient rows (truth order; a patient without any predicted slice is ``missing``) and
+    per-slice rows of the scored patients."""
+    pred_dir, preds, cases = job.pred_dir, job.preds, job.cases
     patients, slices = [], []
-    for cid, slice_ids, masks, classes in truth_patients(truth):
+    for cid, slice_ids, masks, classes in truth_patients(job.truth):
         if cases is not None and cid not in cases:
             continue
         if not isinstance(masks, list):
@@ -279,52 +263,18 @@ def run_evaluate_slices(pred_dir: Path, truth: Path, output: Path | None = None,
         patients.append({"case": cid, "status": "ok", "n_slices": len(slice_ids),
                          "dice": dice(inter, t_sum, p_sum), "truth_pixels": t_sum,
                          "predicted_pixels": p_sum, "intersection": inter})
-    missing = [p["case"] for p in patients if p["status"] == "missing"]
-    if not slices:
-        raise DataError(f"no patient of {truth} has predictions in {pred_dir}")
-    if missing:
-        logger.warning("scored %d of %d truth patients against a prediction; %d have none in %s "
-                       "and count as failures", len(patients) - len(missing), len(patients),
-                       len(missing), pred_dir)
-    dices = np.array([p["dice"] for p in patients])
-    tpos = np.array([s["truth_area"] > 0 for s in slices])
-    ppos = np.array([s["predicted_area"] > 0 for s in slices])
-    score = np.array([s["score"] for s in slices], np.float64)
-    pooled = dice(sum(s["intersection"] for s in slices), sum(s["truth_area"] for s in slices),
-                  sum(s["predicted_area"] for s in slices))
-    summary = {
-        "n_patients": len(patients), "n_scored": len(patients) - len(missing),
-        "n_missing": len(missing), "missing": missing, "n_slices": len(slices),
-        "dice_per_patient_mean": float(dices.mean()),
-        "dice_per_patient_median": float(np.median(dices)),
-        "dice_pooled": pooled,
-        "detection": detection(tpos, ppos, score),
-        "score": "tumour_probability (predictions.csv)" if scores_csv else "predicted_area",
-        "conventions": "patient/pooled Dice 1 when truth and prediction are empty; slice "
-                       "positive = any tumour pixel",
-    }
-    result = {"summary": _nan_to_none(summary), "roc": roc_points(score, tpos),
-              "pred_dir": str(pred_dir), "truth": str(truth), "cases": patients}
-    if any(sl["truth_class"] > 0 for sl in slices) and all("head_class" in sl for sl in slices):
-        summary["tumour_type_head"] = type_figures(
-            np.array([sl["truth_class"] for sl in slices]),
-            np.array([sl["head_class"] for sl in slices]))
-        result["summary"] = _nan_to_none(summary)
-    if head_csv and all("head_score" in sl for sl in slices):
-        hscore = np.array([sl["head_score"] for sl in slices], np.float64)
-        summary["detection_head"] = detection(tpos, hscore > 0.5, hscore)
-        summary["detection_better"] = better_score(summary["detection"],
-                                                   summary["detection_head"])
-        summary["score_head"] = "head_probability (predictions.csv), positive when > 0.5"
-        result["summary"] = _nan_to_none(summary)
-        result["roc_head"] = roc_points(hscore, tpos)
-    atomic_write_text(output, _csv_text(patients))
-    atomic_write_text(output.with_name(f"{output.stem}_slices.csv"), _csv_text(slices))
-    atomic_write_text(output.with_name(f"{output.stem}.json"), json.dumps(result, indent=1))
-    return result
+    return patients, slices
 
 
-def format_slice_summary(result: dict[str, Any]) -> str:
+def write(job: Job, result: dict[str, Any], output: Path) -> None:
+    """``output`` (per patient), ``<stem>_slices.csv`` (per slice: ``job.slice_rows``) and
+    ``<stem>.json`` (``result``)."""
+    write_texts({output: csv_text(result["cases"]),
+                 output.with_name(f"{output.stem}_slices.csv"): csv_text(job.slice_rows),
+                 output.with_name(f"{output.stem}.json"): json.dumps(result, indent=1)})
+
+
+def format_summary(result: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     s = result["summary"]
     d = s["detection"]
