@@ -103,7 +103,7 @@ def _kill_chain(store: Path, run: Path, kills: list[str]) -> None:
 def test_kill_points_are_known() -> None:
     for name in KILL_POINTS:
         assert name.replace("-", "").isalpha()
-    source = (REPO / "src" / "braintseg").glob("*.py")
+    source = (REPO / "src" / "braintseg").rglob("*.py")
     used = {p for f in source for p in KILL_POINTS if f'kill_point("{p}")' in f.read_text()}
     assert used == set(KILL_POINTS)
 
