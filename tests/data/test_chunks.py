@@ -78,7 +78,7 @@ def test_unsupported_filters_return_none_and_the_store_reads_through_hdf5(tmp_pa
         w.finish(None, {"crop_box": [0, 16, 0, 16, 0, 16]})
     s = open_store(store)
     np.testing.assert_array_equal(s.read_case(0)[0], images)
-    assert s._readers() is None
+    assert s.direct_readers() is None
     s.close()
 
 
@@ -170,10 +170,10 @@ def test_store_reads_equal_with_and_without_direct_reads(
     cfg = load_config(None, [f"store.dtype={dtype}"], base=smoke_cfg)
     path = run_prepare(cfg, synthetic_root, tmp_path / "s.h5", workers=1)
     direct = open_store(path)
-    assert direct._readers() is not None
+    assert direct.direct_readers() is not None
     monkeypatch.setenv("BRAINTSEG_DIRECT_READS", "0")
     hdf5 = open_store(path)
-    assert hdf5._readers() is None
+    assert hdf5.direct_readers() is None
     for i in range(direct.n_cases):
         # twice: a chunk's first read goes through HDF5 (checksum), the second is direct
         for _ in range(2):
@@ -187,7 +187,7 @@ def test_store_reads_equal_with_and_without_direct_reads(
                                     hdf5.read_slices(i, view, start, stop), strict=True):
                         assert a.flags.c_contiguous and a.dtype == b.dtype
                         np.testing.assert_array_equal(a, b)
-    assert all(r._verified.all() for r in direct._chunked)  # the second reads were direct
+    assert all(r.all_verified for r in direct.direct_readers())  # the second reads were direct
     direct.close()
     hdf5.close()
 
@@ -201,7 +201,7 @@ def test_slice_store_reads_equal_with_and_without_direct_reads(
     cfg = load_config(None, ["store.compression=blosc:lz4", "data.n_folds=3"])
     path = run_prepare(cfg, tmp_path / "lgg", tmp_path / "s.h5", workers=1)
     direct = open_store(path)
-    assert direct._readers() is not None
+    assert direct.direct_readers() is not None
     monkeypatch.setenv("BRAINTSEG_DIRECT_READS", "0")
     hdf5 = open_store(path)
     for i in range(direct.n_cases):
@@ -211,6 +211,6 @@ def test_slice_store_reads_equal_with_and_without_direct_reads(
             for a, b in zip(direct.read_slices(i, "slice", 2, 5),
                             hdf5.read_slices(i, "slice", 2, 5), strict=True):
                 np.testing.assert_array_equal(a, b)
-    assert all(r._verified.all() for r in direct._chunked)
+    assert all(r.all_verified for r in direct.direct_readers())
     direct.close()
     hdf5.close()

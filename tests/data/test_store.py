@@ -90,7 +90,7 @@ def test_pickles_as_path_and_reopens(synthetic_store: Path) -> None:
     store = open_store(synthetic_store)
     first = store.read_slices(0, "sagittal", 0, 4)[0]
     clone = pickle.loads(pickle.dumps(store))
-    assert clone._h is None and clone.case_ids == store.case_ids
+    assert not clone.is_open and clone.case_ids == store.case_ids
     np.testing.assert_array_equal(clone.read_slices(0, "sagittal", 0, 4)[0], first)
     assert len(pickle.dumps(store)) < 500
 

@@ -267,8 +267,8 @@ def test_damaged_slice_chunk_is_refused_by_the_direct_reader(tmp_path: Path) -> 
     _patch(path, offset + size // 2, bytes([byte ^ 0x08]))
     s = open_store(path)
     direct = os.environ.get("BRAINTSEG_DIRECT_READS") != "0"
-    assert (s._readers() is not None) == direct
-    assert not direct or s._chunked[0].self_verifies
+    assert (s.direct_readers() is not None) == direct
+    assert not direct or s.direct_readers()[0].self_verifies
     expected = DIRECT_WHY if direct else "HDF5ExtError"
     with pytest.raises(DataError, match=rf"^store .*s\.h5: case {victim} cannot be read "
                        rf"\({expected}\); damaged: re-run prepare$"):

@@ -8,7 +8,7 @@ bytes, Blosc decompression (a context per call, the GIL released) straight into 
 one transposing copy into the box's layout.  Nothing is shared but read-only arrays and a file
 descriptor used only with ``pread``, so several threads read at once — HDF5 itself stays
 single-threaded (every HDF5 call of the package is under
-:data:`braintseg.store.read.HDF5_LOCK`), which is the design's "one reader" rule: parallel HDF5
+:data:`braintseg.store.arrays.HDF5_LOCK`), which is the design's "one reader" rule: parallel HDF5
 access is what crashed the pipeline we replace.
 
 Checksums: a chunk's Fletcher-32 is verified once per process, the first time the chunk is
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from braintseg.store.codec import _WIDE  # a trailing axis moved as one wide element
+from braintseg.store.codec import WIDE  # a trailing axis moved as one wide element
 
 try:
     import blosc2
@@ -225,6 +225,11 @@ class ChunkReader:
         """Chunks in the dataset's grid (the length of the verified-chunk table)."""
         return len(self._offset)
 
+    @property
+    def all_verified(self) -> bool:
+        """Every chunk's checksum was verified in this process (later reads are direct)."""
+        return bool(self._verified.all())
+
     def share_verified(self, table: NDArray[np.uint8]) -> None:
         """Keep the verified-chunk table in ``table`` (uint8, one byte per chunk, e.g. shared
         memory that sibling readers of the same file use too, so a chunk verified by one is
@@ -268,7 +273,7 @@ class ChunkReader:
         elif list(out.shape) != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous {self.dtype} {shape}; received "
                              f"{out.dtype} {list(out.shape)}")
-        wide = _WIDE.get(chunks[-1] * self.dtype.itemsize)
+        wide = WIDE.get(chunks[-1] * self.dtype.itemsize)
         if not (order[-1] == n - 1 and counts[-1] == 1 and box[-1].start == 0
                 and box[-1].stop == chunks[-1]):
             wide = None

@@ -29,7 +29,7 @@ from braintseg.errors import DataError
 
 INT16_MIN, INT16_MAX = -32768, 32767
 #: element type that moves all channels of one voxel at once, by bytes per voxel
-_WIDE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.complex128}
+WIDE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.complex128}
 
 
 def int16_bounds(stat: dict[str, Any]) -> tuple[int, int] | None:
@@ -189,7 +189,7 @@ def move_to_front(a: NDArray[Any], axis: int) -> NDArray[Any]:
     if axis == 0:
         return np.ascontiguousarray(a)
     a = np.ascontiguousarray(a)
-    wide = _WIDE.get(a.shape[-1] * a.itemsize)
+    wide = WIDE.get(a.shape[-1] * a.itemsize)
     if wide is None:
         return np.ascontiguousarray(np.moveaxis(a, axis, 0))
     moved = np.ascontiguousarray(np.moveaxis(a.view(wide)[..., 0], axis, 0))

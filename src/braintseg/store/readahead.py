@@ -1,7 +1,7 @@
 """Stream-mode block read-ahead: store reads in the epoch's order on a few threads.
 
 The HDF5 file keeps one reader: every HDF5 call still happens under
-:data:`braintseg.store.read.HDF5_LOCK`, so at most one thread is inside HDF5 at a time.  What
+:data:`braintseg.store.arrays.HDF5_LOCK`, so at most one thread is inside HDF5 at a time.  What
 runs in parallel is the rest of a block read — the transpose of a block into slice-first order
 (and the int16 decoding) after the locked read, numpy releasing the GIL — and the batch
 thread's gather, so the locked decompression is the only serial part.

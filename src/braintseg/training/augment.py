@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from braintseg.config import SEG_OUTPUT
+from braintseg.store.codec import WIDE  # a pixel's channels as one wide element
 
 
 @dataclass(frozen=True)
@@ -150,14 +151,11 @@ def gather_flipped(src: NDArray[Any], index: NDArray[np.int64], draws: Draws | N
     return out
 
 
-_WIDE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.complex128}
-
-
 def pixels(a: NDArray[Any]) -> NDArray[Any]:
     """``a (..., H, W, C)`` C-contiguous viewed as ``(..., H, W)`` of one C-byte element per
     pixel when a numpy type that wide exists (else ``a``): a reversed-W copy then moves whole
     pixels (about 3x faster than 4 float16 at a time).  Bytes are copied, never converted."""
-    wide = _WIDE.get(a.shape[-1] * a.itemsize) if a.ndim >= 4 else None
+    wide = WIDE.get(a.shape[-1] * a.itemsize) if a.ndim >= 4 else None
     if wide is None or not a.flags.c_contiguous:
         return a
     return a.view(wide)[..., 0]

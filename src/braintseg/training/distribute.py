@@ -1,4 +1,6 @@
-"""One training on several devices and processes (``train.distribution``); all of it lives here.
+"""One training on several devices and processes (``train.distribution``); all of it is reached
+through this module (its parts: :mod:`.devices`, devices and global-batch reductions per backend;
+:mod:`.shards`, the ``--shard K/N`` work split of predict/evaluate).
 
 Engines (no home-made one):
 
@@ -45,6 +47,21 @@ from typing import Any
 
 from braintseg.config import Config, to_dict
 from braintseg.errors import ConfigError, DataError
+from braintseg.training.devices import (  # noqa: F401 - re-exported: import them from here
+    batch_mean,
+    batch_sum,
+    describe_devices,
+    jax_devices,
+    keras_backend,
+    list_devices,
+    sync_batchnorm,
+    tf_devices,
+)
+from braintseg.training.shards import (  # noqa: F401 - re-exported: import them from here
+    parse_shard,
+    shard_items,
+    shard_suffix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,80 +121,9 @@ class Launch:
                               f"{self.process_id}")
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"K/N"`` (``predict/evaluate --shard``, 0 <= K < N) → ``(K, N)``; None stays None.
-
-    Raises:
-        ConfigError: anything else, naming the value.
-    """
-    if text is None:
-        return None
-    k, sep, n = text.partition("/")
-    if not (sep and k.strip().isdigit() and n.strip().isdigit()) or not 0 <= int(k) < int(n):
-        raise ConfigError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4); received {text!r}")
-    return int(k), int(n)
-
-
-def shard_items(items: list[Any], shard: tuple[int, int] | None) -> list[Any]:
-    """Items ``K, K+N, K+2N, …`` of ``items`` (in their given, deterministic order): the shards
-    of ``N`` are disjoint and together hold every item once."""
-    if shard is None:
-        return list(items)
-    k, n = shard
-    return list(items[k::n])
-
-
-def shard_suffix(shard: tuple[int, int] | None) -> str:
-    """``".shard-K-of-N"`` for the per-shard files (empty without a shard)."""
-    return "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
-
-
 def _in_slurm_step() -> bool:
     """Inside an ``srun`` step of more than one task (JAX finds the coordinator itself)."""
     return int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1
-
-
-def _backend() -> str:
-    import keras
-
-    return keras.backend.backend()
-
-
-def _tf_devices() -> list[str]:
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-
-
-def _jax_devices() -> list[Any]:
-    import jax
-
-    gpus = [d for d in jax.devices() if d.platform != "cpu"]
-    return gpus or jax.devices()
-
-
-def list_devices() -> list[str]:
-    """The devices ``train.distribution: data_parallel`` would use in this process (all
-    processes' devices on JAX once ``jax.distributed`` is initialised)."""
-    backend = _backend()
-    if backend == "jax":
-        return [str(d) for d in _jax_devices()]
-    if backend == "tensorflow":
-        return _tf_devices()
-    import torch
-
-    n = torch.cuda.device_count()
-    return [f"cuda:{i}" for i in range(n)] or ["cpu"]
-
-
-def describe_devices() -> str:
-    """One line for ``braintseg info``; never raises."""
-    try:
-        devs = list_devices()
-        return f"{len(devs)}: " + ", ".join(devs)
-    except Exception as exc:  # noqa: BLE001 - info must never fail
-        return f"unknown ({type(exc).__name__}: {exc})"
 
 
 @dataclass
@@ -191,6 +137,7 @@ class Session:
         shard: ``(process_id, n_processes)``: this process reads rows
             ``[k*B/n, (k+1)*B/n)`` of each global batch of ``B`` rows.
         drop_remainder: the last, incomplete batch of an epoch is dropped (more than 1 device).
+        client: the coordination service's client of a multi-process job (JAX), else None.
     """
 
     mode: str = "none"
@@ -199,7 +146,7 @@ class Session:
     process_id: int = 0
     strategy: Any = None
     peer_timeout_s: float = 600.0
-    _client: Any = None
+    client: Any = None
     _calls: int = 0
     _scratch: Path | None = None
 
@@ -258,7 +205,7 @@ class Session:
             ConfigError: a process holds another value, names the process and ``what``.
             DataError: a process failed before this point, or did not reach it in time.
         """
-        if self._client is None:
+        if self.client is None:
             return
         digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode())
         mine = digest.hexdigest()[:16]
@@ -276,11 +223,11 @@ class Session:
         Raises:
             DataError: a peer did not arrive within ``peer_timeout_s`` (dead or hung).
         """
-        if self._client is None:
+        if self.client is None:
             return flag
         self._calls += 1
         base = f"braintseg/stop/{self._calls}"
-        client = self._client
+        client = self.client
         if flag:
             client.key_value_set(f"{base}/{self.process_id}", "1")
         try:
@@ -293,7 +240,7 @@ class Session:
         return bool(client.key_value_dir_get(f"{base}/"))
 
     def _gather(self, name: str, value: str) -> list[str]:
-        client = self._client
+        client = self.client
         client.key_value_set(f"braintseg/{name}/{self.process_id}", value)
         deadline = time.monotonic() + self.peer_timeout_s
         while True:
@@ -311,10 +258,11 @@ class Session:
                                 f"{self.peer_timeout_s:.0f} s")
             time.sleep(0.05)
 
-    def _publish_failure(self, exc: BaseException) -> None:
-        if self._client is not None:
+    def publish_failure(self, exc: BaseException) -> None:
+        """Tell the other processes that this one failed (their waits then stop)."""
+        if self.client is not None:
             with contextlib.suppress(Exception):
-                self._client.key_value_set(f"braintseg/failed/{self.process_id}",
+                self.client.key_value_set(f"braintseg/failed/{self.process_id}",
                                            _first_line(exc) or type(exc).__name__)
 
     def close(self) -> None:
@@ -387,7 +335,7 @@ def session(cfg: Config, launch: Launch | None = None) -> Iterator[Session]:
     if mode == "none" and not multi:  # nothing to set up (and no Keras import yet)
         yield Session()
         return
-    backend = _backend()
+    backend = keras_backend()
     if multi and (mode == "none" or backend != "jax"):
         raise ConfigError(
             "several processes train one model only with train.distribution=data_parallel on "
@@ -408,7 +356,7 @@ def session(cfg: Config, launch: Launch | None = None) -> Iterator[Session]:
                     dist.process_id, dist.n_processes)
         yield dist
     except BaseException as exc:
-        dist._publish_failure(exc)
+        dist.publish_failure(exc)
         raise
     finally:
         dist.close()
@@ -424,7 +372,7 @@ def _start(dist: Session, backend: str) -> Any:
         import jax
         import keras
 
-        devices = _jax_devices()
+        devices = jax_devices()
         previous = keras.distribution.distribution()
         # each process's SliceDataset already reads only its rows: no tf.data auto-sharding
         keras.distribution.set_distribution(
@@ -434,62 +382,14 @@ def _start(dist: Session, backend: str) -> Any:
         if dist.n_processes > 1:
             from jax._src import distributed
 
-            dist._client = distributed.global_state.client
+            dist.client = distributed.global_state.client
         return previous
     if backend == "tensorflow":
         import tensorflow as tf
 
-        devices = _tf_devices()
+        devices = tf_devices()
         dist.strategy = tf.distribute.MirroredStrategy(devices=devices)
         dist.n_devices = dist.strategy.num_replicas_in_sync
         return None
     raise ConfigError(f"train.distribution=data_parallel needs the JAX or TensorFlow backend; "
                       f"received {backend}")
-
-
-def batch_mean(x: Any, axis: tuple[int, ...]) -> Any:
-    """``mean(x, axis)`` over the global batch: under a TF ``MirroredStrategy`` the replicas'
-    means are averaged (equal local batches), so a batch statistic (the Dice sums) equals the
-    one-device value.  Elsewhere (JAX's one program, one device) it is ``keras.ops.mean``."""
-    from keras import ops
-
-    return _all_reduce(ops.mean(x, axis=axis), "MEAN")
-
-
-def batch_sum(x: Any, axis: tuple[int, ...]) -> Any:
-    """``sum(x, axis)`` over the global batch (see :func:`batch_mean`)."""
-    from keras import ops
-
-    return _all_reduce(ops.sum(x, axis=axis), "SUM")
-
-
-def _all_reduce(local: Any, op: str) -> Any:
-    if _backend() != "tensorflow":
-        return local
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return local
-    return ctx.all_reduce(getattr(tf.distribute.ReduceOp, op), local)
-
-
-def sync_batchnorm(model: Any) -> None:
-    """Under a TF strategy: BatchNormalization statistics over the global batch (Keras'
-    ``synchronized``), as the JAX program and one device compute them.  The saved config keeps
-    ``synchronized: False``: Keras refuses that flag on the other backends."""
-    import keras
-
-    for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
-            layer.synchronized = True
-            layer.get_config = _unsynchronized_config(layer)
-
-
-def _unsynchronized_config(layer: Any) -> Any:
-    cls_get_config = type(layer).get_config
-
-    def get_config() -> dict[str, Any]:
-        return {**cls_get_config(layer), "synchronized": False}
-
-    return get_config

@@ -9,9 +9,12 @@ the model's training step applies them on the device
 (:func:`~braintseg.training.augment.install_device_affine`).
 
 Batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``: the epoch's *plan* (which slice
-goes to which position) is drawn from ``np.random.default_rng([seed, e])`` and augmentation from
-``[seed, e, i]``.  So a batch read ahead by the reader thread equals one read directly when Keras
-asks out of order, and a resumed run sees the same batches as an uninterrupted one.
+goes to which position, :mod:`braintseg.training.plan`) is drawn from
+``np.random.default_rng([seed, e])`` and augmentation from ``[seed, e, i]``.  So a batch read
+ahead by the reader thread (:mod:`braintseg.training.prefetch`) equals one read directly when
+Keras asks out of order, and a resumed run sees the same batches as an uninterrupted one.
+:meth:`SliceDataset.batch_ids` names the slices of a batch; :meth:`SliceDataset.batch_targets`
+is the hook of a subclass with other targets.
 
 Modes (``cache``):
 
@@ -27,7 +30,7 @@ Modes (``cache``):
 Keras 3 calls ``__getitem__(0), (1), …`` in order from one thread when ``workers=1`` and
 ``use_multiprocessing=False`` (``fit(shuffle=False)``); the reader thread runs ``prefetch``
 batches ahead of that index, so reading and decompression overlap the accelerator step.  Every
-HDF5 call goes through :data:`braintseg.store.read.HDF5_LOCK`, so a training and a validation
+HDF5 call goes through :data:`braintseg.store.arrays.HDF5_LOCK`, so a training and a validation
 dataset in one process never touch HDF5 at the same time.
 """
 
@@ -35,10 +38,8 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +50,7 @@ from numpy.typing import NDArray
 from braintseg.errors import ConfigError, DataError
 from braintseg.malloc import keep_freed_memory
 from braintseg.store.blockprocs import BlockProcesses, processes_unavailable
-from braintseg.store.read import CHUNK_EDGE, LABEL_CHUNK_SCALE, SliceStore
+from braintseg.store.read import SliceStore
 from braintseg.store.readahead import BlockReadAhead
 from braintseg.training.augment import (
     Augmenter,
@@ -59,13 +60,14 @@ from braintseg.training.augment import (
     gather_flipped,
     pixels,
 )
+from braintseg.training.plan import STREAM_BLOCK, EpochPlans, Plan
+from braintseg.training.prefetch import BatchReader, Blocks, SyncBlocks
 
 logger = logging.getLogger(__name__)
 
 Cache = Literal["auto", "ram", "stream"]
 _STORES: dict[tuple[str, int], SliceStore] = {}
 _STORES_LOCK = threading.Lock()
-_EMPTY: NDArray[np.int64] = np.zeros(0, np.int64)
 
 
 #: share of the available memory that ``cache: auto`` may fill (training and validation each
@@ -126,96 +128,6 @@ def release_store(path: Path) -> None:
         store = _STORES.pop((str(Path(path).resolve()), os.getpid()), None)
     if store is not None:
         store.close()
-
-
-#: slices per stream block: the depth of a label chunk (two image chunks), so each label chunk
-#: is decoded once per epoch, not twice (+28 % stream slices/s: scripts/bench_train.py)
-STREAM_BLOCK = LABEL_CHUNK_SCALE * CHUNK_EDGE
-
-@dataclass(frozen=True)
-class _Plan:
-    """Where every position of an epoch comes from.
-
-    RAM: ``source[p]`` is a row of the cache.  Stream: ``source[p]`` is a block index and
-    ``offset[p]`` the slice within it; ``window[b]`` is the window that reads block ``b``.
-    """
-
-    source: NDArray[np.int64]
-    offset: NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
-    window: NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
-
-
-class _SyncBlocks:
-    """Blocks read when first asked for, on the asking thread (RAM mode, direct reads)."""
-
-    def __init__(self, read: Callable[[int], Any]) -> None:
-        self._read, self._blocks = read, {}  # type: ignore[var-annotated]
-
-    def get(self, b: int) -> Any:
-        if b not in self._blocks:
-            self._blocks[b] = self._read(b)
-        return self._blocks[b]
-
-    def drop(self, blocks: list[int]) -> None:
-        for b in blocks:
-            self._blocks.pop(b, None)
-
-    def held(self) -> list[int]:
-        return list(self._blocks)
-
-    def close(self) -> None:
-        self._blocks.clear()
-
-
-_Blocks = _SyncBlocks | BlockReadAhead[Any]
-
-
-class _Reader:
-    """A thread that makes batches ``start, start+1, …`` of one epoch into a bounded queue."""
-
-    def __init__(self, ds: SliceDataset, epoch: int, start: int, depth: int) -> None:
-        self.epoch, self.next = epoch, start
-        self.queue: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=depth)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ds,), daemon=True,
-                                       name="braintseg-reader")
-        self.thread.start()
-
-    def _run(self, ds: SliceDataset) -> None:
-        blocks = ds._block_source(self.epoch, self.next)
-        try:
-            for i in range(self.next, len(ds)):
-                try:
-                    item: Any = ds._make_batch(self.epoch, i, blocks)
-                except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                    item = exc
-                while not self.stop_event.is_set():
-                    try:
-                        self.queue.put((i, item), timeout=0.05)
-                        break
-                    except queue.Full:
-                        continue
-                if self.stop_event.is_set() or isinstance(item, BaseException):
-                    return
-        finally:
-            blocks.close()
-
-    def get(self) -> Any:
-        while True:
-            try:
-                i, item = self.queue.get(timeout=1.0)
-            except queue.Empty:
-                if not self.thread.is_alive():
-                    raise RuntimeError("the slice reader thread stopped unexpectedly") from None
-                continue
-            self.next = i + 1
-            if isinstance(item, BaseException):
-                raise item
-            return item
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join()
 
 
 class SliceDataset(keras.utils.PyDataset):
@@ -299,15 +211,13 @@ class SliceDataset(keras.utils.PyDataset):
         self.mode = self._choose_mode(cache, cache_max_gb)
         self.epoch = 0
         self._lock = threading.RLock()  # consumer state (reader, epoch)
-        self._plan_lock = threading.Lock()  # the epoch plan (also used by the reader thread)
-        self._plan: tuple[int, _Plan] | None = None
-        self._reader: _Reader | None = None
+        #: the epoch plans (:mod:`braintseg.training.plan`; also used by the reader thread)
+        self.plans = EpochPlans(
+            self.case_len, self.tumour, stream=self.mode == "stream", batch_size=batch_size,
+            shuffle=shuffle, seed=seed, oversampling=tumour_oversampling, block=block_slices,
+            buffer_blocks=buffer_blocks, shard=shard)
+        self._reader: BatchReader | None = None
         self._closed = False
-        self._blocks = [(k, s, min(s + self.block, n))
-                        for k, n in enumerate(self.case_len.tolist())
-                        for s in range(0, n, self.block)]
-        self._block_base = np.array([self.case_base[k] + s for k, s, _ in self._blocks], np.int64)
-        self._block_len = np.array([e - s for _, s, e in self._blocks])
         if self.mode == "ram":
             self._load_ram()
 
@@ -351,7 +261,8 @@ class SliceDataset(keras.utils.PyDataset):
             r = self._reader
             if r is None or r.epoch != self.epoch or r.next != i:
                 self._stop_reader()
-                r = self._reader = _Reader(self, self.epoch, i, self.prefetch)
+                r = self._reader = BatchReader(self._block_source, self._make_batch, len(self),
+                                               self.epoch, i, self.prefetch)
             return r.get()
 
     def on_epoch_end(self) -> None:
@@ -382,20 +293,32 @@ class SliceDataset(keras.utils.PyDataset):
     # -- batches
     def batch(self, epoch: int, i: int) -> Any:
         """Batch ``i`` of ``epoch`` read directly (no reader thread)."""
-        blocks = _SyncBlocks(self._read_block)
+        blocks = SyncBlocks(self._read_block)
         try:
             return self._make_batch(epoch, i, blocks)
         finally:
             blocks.close()
 
-    def _block_source(self, epoch: int, start: int) -> _Blocks:
+    def batch_ids(self, epoch: int, i: int) -> NDArray[np.int64]:
+        """Which slices fill batch ``i`` of ``epoch``: their positions (int64, in row order)
+        among all slices of the dataset, numbered ``0 .. n_slices - 1`` with the cases in
+        ``case_ids`` order and the slices of a case in order (case ``k``'s slices start at
+        ``case_base[k]``).  Only the rows this process reads (``shard``), after tumour
+        oversampling, in either cache mode: the rows :meth:`batch` returns."""
+        return self.plans.positions(epoch, i)
+
+    def batch_targets(self, epoch: int, i: int, labels: NDArray[np.uint8]) -> Any:
+        """The targets of batch ``i`` of ``epoch`` given its label maps ``(B, H, W)`` uint8
+        (after the flips): the label maps themselves.  A hook for subclasses whose model has
+        more outputs (:class:`~braintseg.training.head_targets.HeadSliceDataset`)."""
+        return labels
+
+    def _block_source(self, epoch: int, start: int) -> Blocks:
         """Stream mode: blocks of ``epoch`` from batch ``start`` on, read ahead in the order of
         first use on ``read_threads`` threads (see :mod:`braintseg.store.readahead`)."""
         if self.mode != "stream":
-            return _SyncBlocks(self._read_block)
-        src = self._plan_for(epoch).source[start * self.batch_size:]
-        _, first = np.unique(src, return_index=True)
-        order = src[np.sort(first)].tolist()
+            return SyncBlocks(self._read_block)
+        order = self.plans.block_order(epoch, start)
         procs = self._block_processes()
         if procs is not None:
             return BlockReadAhead(self._proc_reader(procs), order, self.buffer_blocks,
@@ -422,36 +345,33 @@ class SliceDataset(keras.utils.PyDataset):
 
     def _proc_reader(self, procs: BlockProcesses) -> Callable[[int], Any]:
         def read(b: int) -> Any:
-            k, s0, s1 = self._blocks[b]
+            k, s0, s1 = self.plans.blocks[b]
             return procs.read(self.rows[k], self.view, s0, s1)
         return read
 
     def _read_block(self, b: int) -> tuple[NDArray[Any], NDArray[np.uint8]]:
-        k, s0, s1 = self._blocks[b]
+        k, s0, s1 = self.plans.blocks[b]
         return self.store.read_slices(self.rows[k], self.view, s0, s1)
 
-    def _make_batch(self, epoch: int, i: int, blocks: _Blocks) -> Any:
-        plan = self._plan_for(epoch)
-        p0, p1 = i * self.batch_size, min((i + 1) * self.batch_size, self.n_slices)
-        k, n = self.shard
-        skip = k * self.batch_size // n
+    def _make_batch(self, epoch: int, i: int, blocks: Blocks) -> Any:
+        plan = self.plans.plan(epoch)
+        size, p0, p1, skip = self.plans.span(i)
         draws = None
         if self.augment is not None:  # the global batch's draws; this process keeps its rows
-            draws = self.augment.draw(np.random.default_rng([self.seed, epoch, i, 1]), p1 - p0)
-        p0, p1 = p0 + skip, max(p0 + skip, min(p0 + skip + self.batch_size // n, p1))
-        if draws is not None:
+            draws = self.augment.draw(np.random.default_rng([self.seed, epoch, i, 1]), size)
             draws = draws.rows(skip, skip + p1 - p0)
         if self.mode == "ram":
             rows = plan.source[p0:p1]
             x, y = gather_flipped(self._x, rows, draws), gather_flipped(self._y, rows, draws)
         else:
             x, y = self._gather_stream(plan, p0, p1, blocks, draws)
+        targets = self.batch_targets(epoch, i, y)
         if draws is not None and self.augment is not None and self.augment.geometric:
-            return (x, device_transforms(draws, *self.input_shape[:2])), y
-        return x, y
+            return (x, device_transforms(draws, *self.input_shape[:2])), targets
+        return x, targets
 
     def _gather_stream(
-        self, plan: _Plan, p0: int, p1: int, blocks: _Blocks, draws: Draws | None,
+        self, plan: Plan, p0: int, p1: int, blocks: Blocks, draws: Draws | None,
     ) -> tuple[NDArray[np.float16], NDArray[np.uint8]]:
         src, off = plan.source[p0:p1], plan.offset[p0:p1]
         first_window = plan.window[src].min()
@@ -466,43 +386,3 @@ class SliceDataset(keras.utils.PyDataset):
             bx, by = blocks.get(b)  # a tuple, or a SharedBlock (worker processes)
             px[j], y[j] = pixels(bx)[o, ::sh, ::sw], by[o, ::sh, ::sw]  # one copy, flips in
         return x, y
-
-    def _plan_for(self, epoch: int) -> _Plan:
-        with self._plan_lock:
-            if self._plan is None or self._plan[0] != epoch:
-                rng = np.random.default_rng([self.seed, epoch])
-                plan = self._ram_plan(rng) if self.mode == "ram" else self._stream_plan(rng)
-                self._plan = (epoch, plan)
-            return self._plan[1]
-
-    def _oversample(self, order: NDArray[np.int64], tumour: NDArray[np.bool_],
-                    rng: np.random.Generator) -> NDArray[np.int64]:
-        """Replace each position by a random tumour position (among ``order``) with p."""
-        if not (self.shuffle and self.oversampling > 0 and tumour.any()):
-            return order
-        pool = np.flatnonzero(tumour)
-        mask = rng.random(order.size) < self.oversampling
-        order = order.copy()
-        order[mask] = rng.choice(pool, int(mask.sum()))
-        return order
-
-    def _ram_plan(self, rng: np.random.Generator) -> _Plan:
-        order = rng.permutation(self.n_slices) if self.shuffle else np.arange(self.n_slices)
-        return _Plan(self._oversample(order, self.tumour, rng))
-
-    def _stream_plan(self, rng: np.random.Generator) -> _Plan:
-        n_blocks = len(self._blocks)
-        block_order = rng.permutation(n_blocks) if self.shuffle else np.arange(n_blocks)
-        sources, offsets = [], []
-        window = np.empty(n_blocks, np.int64)
-        for w, start in enumerate(range(0, n_blocks, self.buffer_blocks)):
-            members = block_order[start:start + self.buffer_blocks]
-            window[members] = w
-            src = np.repeat(members, self._block_len[members])
-            off = np.concatenate([np.arange(n) for n in self._block_len[members]])
-            ids = self._block_base[src] + off
-            local = rng.permutation(src.size) if self.shuffle else np.arange(src.size)
-            local = self._oversample(local, self.tumour[ids], rng)
-            sources.append(src[local])
-            offsets.append(off[local])
-        return _Plan(np.concatenate(sources), np.concatenate(offsets), window)

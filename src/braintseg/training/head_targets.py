@@ -5,7 +5,8 @@
 rotation/zoom): ``y`` the uint8 label maps ``(B, H, W)`` as before, ``t`` the head's targets
 (:func:`head_targets`).  ``tumour`` targets come from ``y`` itself (after the flips, which do not
 change them); ``tumour_type`` targets are the store's per-slice classes (``slice_class``) of the
-slices the batch holds, found from the epoch's plan.
+slices the batch holds (:meth:`~braintseg.training.generator.SliceDataset.batch_ids`); the
+targets come through the dataset's public hook ``batch_targets``.
 """
 
 from __future__ import annotations
@@ -65,20 +66,8 @@ class HeadSliceDataset(SliceDataset):
                                 "type 1-3; model.classification_head: tumour_type needs a "
                                 "tumour_type store (figshare); use tumour")
 
-    def batch_ids(self, epoch: int, i: int) -> NDArray[np.int64]:
-        """Positions (0 .. n_slices − 1, cases in ``case_ids`` order) of the rows of batch
-        ``i`` of ``epoch`` that this process reads (the same rows as ``_make_batch``)."""
-        plan = self._plan_for(epoch)
-        size = self.batch_size
-        p0, p1 = i * size, min((i + 1) * size, self.n_slices)
-        k, n = self.shard
-        skip = k * size // n
-        p0, p1 = p0 + skip, max(p0 + skip, min(p0 + skip + size // n, p1))
-        if self.mode == "ram":
-            return plan.source[p0:p1]
-        return self._block_base[plan.source[p0:p1]] + plan.offset[p0:p1]
-
-    def _make_batch(self, epoch: int, i: int, blocks: Any) -> Any:
-        x, y = super()._make_batch(epoch, i, blocks)
+    def batch_targets(self, epoch: int, i: int, labels: NDArray[np.uint8]) -> Any:
+        """``{"probabilities": labels, "classification": the head's targets}`` of batch ``i``
+        of ``epoch`` (``tumour_type``: the classes of the slices :meth:`batch_ids` names)."""
         classes = None if self.classes is None else self.classes[self.batch_ids(epoch, i)]
-        return x, {SEG_OUTPUT: y, HEAD_OUTPUT: head_targets(self.head, y, classes)}
+        return {SEG_OUTPUT: labels, HEAD_OUTPUT: head_targets(self.head, labels, classes)}
