@@ -115,10 +115,10 @@ def test_geometry_and_convention_of_2023_case(runs, cases, tmp_path) -> None:
 
 def test_label_conventions_with_an_et_model(runs, cases, tmp_path, monkeypatch) -> None:
     """A model biased to ET everywhere: ET is 3 in the 2023 case and 4 in the 2018 case."""
-    import braintseg.inference.predict
+    import braintseg.inference.volumes
     from braintseg.inference.predict import run_predict
 
-    monkeypatch.setattr(braintseg.inference.predict.os, "cpu_count",
+    monkeypatch.setattr(braintseg.inference.volumes.os, "cpu_count",
                         lambda: 16)  # 2 cases read at once
     run_predict([runs["et"]], cases, tmp_path)
     x0, x1, y0, y1, z0, z1 = BOX
