@@ -71,13 +71,13 @@ class ConstantModel:
 
 def use_constant_model() -> None:
     """Patch predict so that every run's network is :class:`ConstantModel` (TTA: no flips)."""
-    import braintseg.inference.predict as predict
+    import braintseg.inference.volumes as volumes
     from braintseg.inference.ensemble import SlicePredictor
 
     def predictors(runs: list[Any], batch_size: int, tta: bool) -> list[Any]:
         return [SlicePredictor(ConstantModel(), run.view, batch_size) for run in runs]
 
-    predict._predictors = predictors  # type: ignore[assignment]
+    volumes.predictors = predictors  # type: ignore[assignment]
 
 
 def make_runs(root: Path, views: tuple[str, ...], sets: list[str]) -> dict[str, Path]:
@@ -156,11 +156,12 @@ def time_stages(runs: list[Path], root: Path, case: str, tta: bool, out: Path,
     """One case stage by stage (after a warm-up of the same case)."""
     from braintseg.inference.cases import plan_cases
     from braintseg.inference.ensemble import ensemble_volume, probabilities_to_labels
-    from braintseg.inference.predict import _predictors, _write_case
     from braintseg.inference.runs import read_run
+    from braintseg.inference.volumes import predictors as make_predictors
+    from braintseg.inference.volumes import write_case
 
     infos = [read_run(r) for r in runs]
-    predictors = _predictors(infos, batch_size, tta)
+    predictors = make_predictors(infos, batch_size, tta)
     plan = plan_cases(root, infos[0].crop_box, 4, infos[0].cfg.data, [case], None)[0]
     out.mkdir(parents=True, exist_ok=True)
     ensemble_volume(predictors, plan.load().images)  # warm-up (compilation)
@@ -170,7 +171,7 @@ def time_stages(runs: list[Path], root: Path, case: str, tta: bool, out: Path,
     probs = ensemble_volume(predictors, loaded.images)
     labels = probabilities_to_labels(probs, "classes")
     t2 = time.perf_counter()
-    _write_case(loaded, labels, None, out / f"{case}.nii.gz", "classes")
+    write_case(loaded, labels, None, out / f"{case}.nii.gz", "classes")
     t3 = time.perf_counter()
     return {"load_normalise_s": round(t1 - t0, 3), "predict_s": round(t2 - t1, 3),
             "write_s": round(t3 - t2, 3)}

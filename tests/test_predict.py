@@ -115,10 +115,10 @@ def test_geometry_and_convention_of_2023_case(runs, cases, tmp_path) -> None:
 
 def test_label_conventions_with_an_et_model(runs, cases, tmp_path, monkeypatch) -> None:
     """A model biased to ET everywhere: ET is 3 in the 2023 case and 4 in the 2018 case."""
-    import braintseg.inference.predict
+    import braintseg.inference.volumes
     from braintseg.inference.predict import run_predict
 
-    monkeypatch.setattr(braintseg.inference.predict.os, "cpu_count",
+    monkeypatch.setattr(braintseg.inference.volumes.os, "cpu_count",
                         lambda: 16)  # 2 cases read at once
     run_predict([runs["et"]], cases, tmp_path)
     x0, x1, y0, y1, z0, z1 = BOX
@@ -463,3 +463,28 @@ def test_every_option_has_a_help_text(command: str) -> None:
     assert params and all(p.help for p in params), [p.name for p in params if not p.help]
     text = CliRunner().invoke(cli, [command, "--help"]).output
     assert "-o, --output" in text and ("-p, --predictions" in text or command == "predict")
+
+
+def test_every_source_writes_predictions_back(tmp_path: Path) -> None:
+    """Source.write_prediction: BraTS NIfTI in the source convention, slice sources mask TIFFs."""
+    import tifffile
+
+    from braintseg.sources.brats import probability_path
+    from braintseg.sources.registry import FORMATS, source
+
+    assert all(callable(getattr(source(name), "write_prediction", None)) for name in FORMATS)
+    header = nib.Nifti1Header()
+    geometry = type("G", (), {"header": header, "affine": OBLIQUE, "convention": "brats2018"})
+    labels = np.array([0, 1, 2, 3], np.uint8).reshape(1, 2, 2)
+    probs = np.ones((1, 2, 2, 4), np.float32) / 4
+    target = tmp_path / "c.nii.gz"
+    assert source("brats").write_prediction(target, labels, probs, geometry) == [target]
+    assert _read(target)[0].ravel().tolist() == [0, 1, 2, 4]
+    assert _read(probability_path(target))[0].shape == (1, 2, 2, 4)
+    masks = [np.array([[0, 1]], np.uint8), np.zeros((2, 2), np.uint8)]
+    tumour = [np.array([[0.2, 0.9]], np.float32), np.zeros((2, 2), np.float32)]
+    for name in ("lgg", "figshare"):
+        files = source(name).write_prediction(tmp_path / name, masks, tumour, ["a_1", "a_2"])
+        assert [p.name for p in files] == ["a_1_mask.tif", "a_2_mask.tif"]
+        assert tifffile.imread(files[0]).tolist() == [[0, 255]]
+        assert tifffile.imread(tmp_path / name / "a_1_prob.tif").dtype == np.float32

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from braintseg.cli import cli
 from braintseg.data.ids import check_id, child
 from braintseg.errors import DataError
-from braintseg.inference.slices import _write_patient
+from braintseg.inference.slices import write_patient
 from braintseg.sources.brats import scan_cases
+from braintseg.sources.registry import source
 from braintseg.sources.synthetic import write_case, write_figshare, write_lgg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,10 +70,10 @@ def test_slice_writer_refuses_to_leave_the_output_folder(tmp_path: Path) -> None
     probs = np.zeros((1, 4, 4, 2), np.float32)
     sizes = np.array([[4, 4]], np.int32)
     with pytest.raises(DataError, match="would leave the folder"):
-        _write_patient(out, "../../X", ["1"], probs, sizes, False)
+        write_patient(source("lgg"), out, "../../X", ["1"], probs, sizes, False)
     with pytest.raises(DataError, match="would leave the folder"):
-        _write_patient(out, "P", ["../1"], probs, sizes, False)
+        write_patient(source("lgg"), out, "P", ["../1"], probs, sizes, False)
     assert not (tmp_path / "X").exists() and sorted(p.name for p in tmp_path.rglob("*")) == [
         "P", "deep", "out"]
-    rows, files = _write_patient(out, "P", ["7"], probs, sizes, False)
+    rows, files = write_patient(source("lgg"), out, "P", ["7"], probs, sizes, False)
     assert files == [out / "P" / "7_mask.tif"] and files[0].is_file()

@@ -40,6 +40,8 @@ class CaseInput:
         affine: ``(4, 4)`` float64 source voxel-to-world.  header: source ``Nifti1Header``.
         convention: ``brats2018`` ({0,1,2,4}) or ``brats2023`` ({0,1,2,3}).
         seconds: time spent reading and normalising.
+        format: the source that writes the prediction back
+            (:meth:`braintseg.sources.base.Source.write_prediction`; ``brats``).
     """
 
     case_id: str
@@ -50,6 +52,7 @@ class CaseInput:
     header: Any
     convention: str
     seconds: float
+    format: str = "brats"
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def _load_store(store: Any, index: int, box: Box) -> CaseInput:
     return CaseInput(store.case_ids[index], np.ascontiguousarray(images, np.float16), box,
                      tuple(meta["original_shape"]), np.asarray(meta["affine"], np.float64),
                      header_from_hex(meta["header_hex"]), meta["convention"],
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, str(meta.get("format", "brats")))
 
 
 def store_plans(path: Path, box: Box, n_channels: int, cases: list[str] | None,

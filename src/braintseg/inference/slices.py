@@ -1,4 +1,4 @@
-"""``braintseg predict`` for runs trained on a 2D slice store (LGG, figshare).
+"""Predict's strategy for runs trained on a 2D slice store (LGG, figshare): patients → masks.
 
 Input: a folder in a slice format (patients are found and normalised exactly as ``prepare``
 does, with the run's ``data`` section), or a slice store (``--fold`` / ``--cases`` select
@@ -7,6 +7,10 @@ patients).  Output, per patient, in ``OUT/<patient>/``:
 * ``<slice id>_mask.tif``: uint8 0/255, the slice's own size (``<patient>_<n>_mask.tif`` for
   LGG, ``<n>_mask.tif`` for figshare);
 * with ``--probabilities``: ``<slice id>_prob.tif`` float32 tumour probability ``(h, w)``;
+
+written by the patient's source (:meth:`braintseg.sources.base.Source.write_prediction`: the
+store's per-patient ``format``, or the folder's detected format) from the probabilities brought
+back to each slice's own size (:func:`braintseg.sources.base.from_store_size`),
 
 and ``OUT/predictions.csv`` (one row per slice: ``case, slice, file, tumour_probability`` = the
 largest tumour probability of the slice (the slice-level score), ``predicted_area`` = tumour
@@ -22,43 +26,57 @@ its argmax class 1–3).
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from braintseg import __version__
-from braintseg.atomic import atomic_write
-from braintseg.config import to_dict
+from braintseg.config import PredictConfig, to_dict
 from braintseg.data.ids import child
 from braintseg.errors import ConfigError, DataError
-from braintseg.inference.runs import RunInfo, check_ensemble, load_model, read_run
-from braintseg.inference.writing import prepare_out_dir, write_text, write_yaml
+from braintseg.inference.runs import RunInfo, load_model
+from braintseg.inference.writing import csv_text
 from braintseg.log import progress
+from braintseg.sources.base import Source, from_store_size
+from braintseg.sources.registry import detect_format, source
 
-logger = logging.getLogger(__name__)
-
-CSV_NAME = "predictions.csv"
-CONFIG_NAME = "predict_config.yaml"
 CSV_COLUMNS = ("case", "slice", "file", "tumour_probability", "predicted_area", "height",
                "width")
 #: extra columns of each classification head
 HEAD_COLUMNS: dict[str, tuple[str, ...]] = {
     "none": (), "tumour": ("head_probability",),
     "tumour_type": ("head_meningioma", "head_glioma", "head_pituitary", "head_class")}
-#: (case id, slice ids, normalised float16 slices (S, H, W, C), source sizes (S, 2))
-Patient = tuple[str, list[str], NDArray[np.float16], NDArray[np.int32]]
 
 
-def write_tif(path: Path, data: NDArray[Any]) -> Path:
-    """One 2D TIFF (tifffile), atomically."""
-    import tifffile
+class Patient(NamedTuple):
+    """One patient ready for the network.
 
-    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data))
+    Attributes:
+        case_id: patient id.  slice_ids: source name of every slice, in order.
+        images: normalised ``(S, H, W, C)`` float16 slices at the store's slice size.
+        sizes: ``(S, 2)`` int32 each slice's own ``(h, w)``.
+        format: the source that writes the prediction back (``lgg``, ``figshare``, …).
+    """
+
+    case_id: str
+    slice_ids: list[str]
+    images: NDArray[np.float16]
+    sizes: NDArray[np.int32]
+    format: str
+
+
+@dataclass(frozen=True)
+class PatientPlan:
+    """A patient found (nothing read yet); ``load()`` reads and normalises it."""
+
+    case_id: str
+    load: Callable[[], Patient]
 
 
 def _select(ids: list[str], cases: list[str] | None, where: str) -> list[str]:
@@ -71,8 +89,8 @@ def _select(ids: list[str], cases: list[str] | None, where: str) -> list[str]:
 
 
 def store_patients(path: Path, cases: list[str] | None, fold: int | None
-                   ) -> tuple[list[str], Iterator[Patient]]:
-    """Patients of a slice store (normalised already)."""
+                   ) -> tuple[list[PatientPlan], Callable[[], None]]:
+    """Patients of a slice store (normalised already) and the store's ``close``."""
     from braintseg.store.read import open_store
 
     store = open_store(path)
@@ -81,21 +99,20 @@ def store_patients(path: Path, cases: list[str] | None, fold: int | None
     ids = store.fold_cases(fold)[1] if fold is not None else store.case_ids
     ids = _select(list(ids), cases, str(path))
 
-    def gen() -> Iterator[Patient]:
-        with store:
-            for cid in ids:
-                i = store.index_of(cid)
-                images, _ = store.read_view(i, "slice")
-                yield (cid, list(store.case_meta(i)["slice_ids"]),
-                       np.asarray(images, np.float16), store.slice_sizes(i))
-    return ids, gen()
+    def load(cid: str) -> Patient:
+        i = store.index_of(cid)
+        images, _ = store.read_view(i, "slice")
+        meta = store.case_meta(i)
+        fmt = meta.get("format") or store.header.get("format") or "lgg"
+        return Patient(cid, list(meta["slice_ids"]), np.asarray(images, np.float16),
+                       store.slice_sizes(i), str(fmt))
+    return [PatientPlan(c, partial(load, c)) for c in ids], store.close
 
 
 def folder_patients(root: Path, run: RunInfo, cases: list[str] | None, fmt: str | None
-                    ) -> tuple[list[str], Iterator[Patient]]:
+                    ) -> list[PatientPlan]:
     """Patients of a slice-format folder, normalised as ``prepare`` does."""
     from braintseg.preparation.slices import normalise_case
-    from braintseg.sources.registry import detect_format, source
 
     name = detect_format(root, fmt)
     if name == "brats":
@@ -105,15 +122,15 @@ def folder_patients(root: Path, run: RunInfo, cases: list[str] | None, fmt: str 
     ids = _select(sorted(found), cases, str(root))
     size = (run.input_shape[0], run.input_shape[1])
 
-    def gen() -> Iterator[Patient]:
-        for cid in ids:
-            case = rd.load_case(found[cid])
-            images, _, shapes, _ = normalise_case(case, size, run.cfg.data, "float16")
-            if images.shape[-1] != run.n_channels:
-                raise DataError(f"case {cid}: {images.shape[-1]} channels; the run expects "
-                                f"{run.n_channels}")
-            yield cid, list(found[cid].slice_ids), images, np.asarray(shapes, np.int32)
-    return ids, gen()
+    def load(cid: str) -> Patient:
+        case = rd.load_case(found[cid])
+        images, _, shapes, _ = normalise_case(case, size, run.cfg.data, "float16")
+        if images.shape[-1] != run.n_channels:
+            raise DataError(f"case {cid}: {images.shape[-1]} channels; the run expects "
+                            f"{run.n_channels}")
+        return Patient(cid, list(found[cid].slice_ids), images, np.asarray(shapes, np.int32),
+                       name)
+    return [PatientPlan(c, partial(load, c)) for c in ids]
 
 
 def prior_corrected(p: NDArray[np.float32], run: RunInfo) -> NDArray[np.float32]:
@@ -142,39 +159,29 @@ def head_columns(head: str, scores: NDArray[np.float32]) -> dict[str, str]:
     return {**cols, "head_class": str(int(np.argmax(scores)) + 1)}
 
 
-def _write_patient(out_dir: Path, cid: str, slice_ids: list[str], probs: NDArray[np.float32],
-                   sizes: NDArray[np.int32], probabilities: bool
-                   ) -> tuple[list[dict], list[Path]]:
-    from braintseg.sources.base import from_store_size
+def write_patient(writer: Source, out_dir: Path, cid: str, slice_ids: Sequence[str],
+                  probs: NDArray[np.float32], sizes: NDArray[np.int32], probabilities: bool
+                  ) -> tuple[list[dict[str, Any]], list[Path]]:
+    """One patient's ``probs (S, H, W, 2)`` at the store size → each slice's own size → mask
+    (argmax) written by ``writer`` into ``out_dir/<cid>``; ``(csv rows, mask files)``.
 
+    Raises:
+        DataError: ``cid`` or a slice id that would leave ``out_dir``.
+    """
     folder = child(out_dir, cid)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows, files = [], []
-    for k, sid in enumerate(slice_ids):
+    labels, tumours = [], []
+    for k in range(len(slice_ids)):
         p = from_store_size(probs[k], (int(sizes[k][0]), int(sizes[k][1])))
-        tumour = p[..., 1]
-        mask = (np.argmax(p, axis=-1) == 1).astype(np.uint8) * np.uint8(255)
-        path = write_tif(child(folder, f"{sid}_mask.tif"), mask)
-        files.append(path)
-        if probabilities:
-            write_tif(child(folder, f"{sid}_prob.tif"), tumour.astype(np.float32))
-        rows.append({"case": cid, "slice": sid, "file": f"{cid}/{path.name}",
-                     "tumour_probability": f"{float(tumour.max()):.6f}",
-                     "predicted_area": int((mask > 0).sum()), "height": mask.shape[0],
-                     "width": mask.shape[1]})
+        labels.append((np.argmax(p, axis=-1) == 1).astype(np.uint8))
+        tumours.append(p[..., 1])
+    files = writer.write_prediction(folder, labels, tumours if probabilities else None,
+                                    list(slice_ids))
+    rows = [{"case": cid, "slice": sid, "file": f"{cid}/{path.name}",
+             "tumour_probability": f"{float(tumour.max()):.6f}",
+             "predicted_area": int(np.count_nonzero(mask)), "height": mask.shape[0],
+             "width": mask.shape[1]}
+            for sid, path, mask, tumour in zip(slice_ids, files, labels, tumours, strict=True)]
     return rows, files
-
-
-def _csv(rows: Sequence[dict[str, Any]], head: str = "none") -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*CSV_COLUMNS, *HEAD_COLUMNS[head]],
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def _mean(predictors: list[Any], images: NDArray[np.float16]) -> NDArray[np.float32]:
@@ -185,61 +192,83 @@ def _mean(predictors: list[Any], images: NDArray[np.float16]) -> NDArray[np.floa
     return total / len(predictors) if len(predictors) > 1 else total
 
 
-def run_predict_slices(
-    run_dirs: list[Path], input_path: Path, out_dir: Path, *, overrides: Sequence[str] = (),
-    probabilities: bool = False, tta: bool = False, cases: list[str] | None = None,
-    fold: int | None = None, fmt: str | None = None,
-) -> list[Path]:
-    """Predict every selected patient with the ensemble of slice runs ``run_dirs``.
+class Slices:
+    """The slice layout's part of :func:`braintseg.inference.predict.run_predict`."""
 
-    Returns the mask files written.  Raises DataError/ConfigError (bad runs, inputs, case ids,
-    output folder) before anything is written.
-    """
-    from braintseg.inference.ensemble import SlicePredictor
-    from braintseg.inference.predict import predict_config
+    unit = "patient"
 
-    runs = [read_run(Path(p)) for p in run_dirs]
-    check_ensemble(runs)
-    if any(r.layout != "slices" for r in runs):
-        raise ConfigError("runs trained on BraTS volumes and on 2D slices cannot be mixed")
-    pcfg = predict_config(runs[0].cfg, overrides)
-    tta = tta or pcfg.tta
-    input_path, out_dir = Path(input_path), Path(out_dir)
-    if input_path.is_file():
-        ids, patients = store_patients(input_path, cases, fold)
-    else:
-        if fold is not None:
-            raise ConfigError("--fold selects a store's validation cases; the input is a folder")
-        ids, patients = folder_patients(input_path, runs[0], cases, fmt)
-    if not ids:
-        raise DataError(f"no patients to predict in {input_path}")
-    prepare_out_dir(out_dir)
-    write_yaml(out_dir / CONFIG_NAME, {
-        "braintseg_version": __version__, "input": str(input_path.resolve()),
-        "runs": [r.describe() for r in runs], "tta": tta, "probabilities": probabilities,
-        "predict": {"batch_size": pcfg.batch_size}, "data": to_dict(runs[0].cfg)["data"],
-        "n_cases": len(ids), "layout": "slices"})
-    from braintseg.model.head import split_head
+    def __init__(self, runs: list[RunInfo], pcfg: PredictConfig, tta: bool,
+                 probabilities: bool) -> None:
+        self.runs, self.pcfg, self.tta, self.probabilities = runs, pcfg, tta, probabilities
+        #: the classification head, the same in every run (check_ensemble)
+        self.head = runs[0].cfg.model.classification_head
+        self.predictors: list[Any] = []
+        self.heads: list[tuple[Any, RunInfo]] = []
+        self.start = time.perf_counter()
 
-    head = runs[0].cfg.model.classification_head  # the same in every run (check_ensemble)
-    models = [split_head(load_model(r)) for r in runs]
-    predictors = [SlicePredictor(seg, "axial", pcfg.batch_size, tta) for seg, _ in models]
-    heads = [(SlicePredictor(h, "axial", pcfg.batch_size), r)
-             for (_, h), r in zip(models, runs, strict=True) if h is not None]
-    rows: list[dict[str, Any]] = []
-    written: list[Path] = []
-    start = time.perf_counter()
-    for cid, slice_ids, images, sizes in progress(patients, len(ids), "predict", "patient"):
-        probs = _mean(predictors, images)
-        new_rows, files = _write_patient(out_dir, cid, slice_ids, probs, sizes, probabilities)
-        if heads:
-            scores = sum(prior_corrected(hp.predict_slices(images), r) if head == "tumour"
-                         else hp.predict_slices(images) for hp, r in heads) / len(heads)
-            for row, sc in zip(new_rows, scores, strict=True):
-                row.update(head_columns(head, sc))
-        rows += new_rows
-        written += files
-    write_text(out_dir / CSV_NAME, _csv(rows, head if heads else "none"))
-    logger.info("predicted %d slices of %d patients in %.1f s", len(rows), len(ids),
-                time.perf_counter() - start)
-    return written
+    def plan(self, input_path: Path, cases: list[str] | None, fold: int | None,
+             fmt: str | None) -> tuple[list[PatientPlan], Callable[[], None]]:
+        """Patients of a slice store (``--fold``/``--cases``) or a slice-format folder."""
+        close: Callable[[], None] = lambda: None  # noqa: E731
+        if input_path.is_file():
+            plans, close = store_patients(input_path, cases, fold)
+        else:
+            if fold is not None:
+                raise ConfigError("--fold selects a store's validation cases; the input is a "
+                                  "folder")
+            plans = folder_patients(input_path, self.runs[0], cases, fmt)
+        if not plans:
+            close()
+            raise DataError(f"no patients to predict in {input_path}")
+        return plans, close
+
+    def check(self, plans: list[PatientPlan], out_dir: Path) -> None:
+        """Nothing to check up front: ids are checked where they become paths."""
+
+    def load_models(self) -> None:
+        from braintseg.inference.ensemble import SlicePredictor
+        from braintseg.model.head import split_head
+
+        batch = self.pcfg.batch_size
+        models = [split_head(load_model(r)) for r in self.runs]
+        self.predictors = [SlicePredictor(seg, "axial", batch, self.tta) for seg, _ in models]
+        self.heads = [(SlicePredictor(h, "axial", batch), r)
+                      for (_, h), r in zip(models, self.runs, strict=True) if h is not None]
+
+    def record(self, input_path: Path, n_cases: int) -> dict[str, Any]:
+        """``predict_config.yaml``."""
+        return {
+            "braintseg_version": __version__, "input": str(input_path.resolve()),
+            "runs": [r.describe() for r in self.runs], "tta": self.tta,
+            "probabilities": self.probabilities,
+            "predict": {"batch_size": self.pcfg.batch_size},
+            "data": to_dict(self.runs[0].cfg)["data"], "n_cases": n_cases, "layout": "slices"}
+
+    def predict(self, plans: list[PatientPlan], out_dir: Path
+                ) -> tuple[list[dict[str, Any]], list[Path]]:
+        """Per patient: probabilities averaged over runs, masks written, head columns added."""
+        rows: list[dict[str, Any]] = []
+        written: list[Path] = []
+        self.start = time.perf_counter()
+        patients = (plan.load() for plan in plans)
+        for patient in progress(patients, len(plans), "predict", "patient"):
+            probs = _mean(self.predictors, patient.images)
+            new_rows, files = write_patient(source(patient.format), out_dir, patient.case_id,
+                                            patient.slice_ids, probs, patient.sizes,
+                                            self.probabilities)
+            if self.heads:
+                scores = sum(prior_corrected(hp.predict_slices(patient.images), r)
+                             if self.head == "tumour" else hp.predict_slices(patient.images)
+                             for hp, r in self.heads) / len(self.heads)
+                for row, sc in zip(new_rows, scores, strict=True):
+                    row.update(head_columns(self.head, sc))
+            rows += new_rows
+            written += files
+        return rows, written
+
+    def csv(self, rows: list[dict[str, Any]]) -> str:
+        return csv_text(rows, [*CSV_COLUMNS, *HEAD_COLUMNS[self.head if self.heads else "none"]])
+
+    def summary(self, rows: list[dict[str, Any]], n_items: int, out_dir: Path) -> str:
+        return (f"predicted {len(rows)} slices of {n_items} patients in "
+                f"{time.perf_counter() - self.start:.1f} s")

@@ -1,8 +1,7 @@
-"""Predict's outputs, each written atomically (temporary name beside the target, then rename).
-
-* ``<case>.nii.gz``: uint8 labels via :func:`braintseg.sources.brats.save_labels`;
-* ``<case>_prob.nii.gz``: ``(X, Y, Z, K)`` float32 probabilities (NIfTI-1 has no float16);
-* ``predictions.csv`` and ``predict_config.yaml`` in the output folder.
+"""Predict's output folder and its tables, each written atomically (temporary name beside the
+target, then rename): the folder's checks and clean-up after a failure, ``predictions.csv``
+text and ``predict_config.yaml``.  The predictions themselves are written by their source
+(:meth:`braintseg.sources.base.Source.write_prediction`).
 """
 
 from __future__ import annotations
@@ -14,18 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
 import yaml
-from numpy.typing import NDArray
 
-from braintseg.atomic import atomic_write, atomic_write_text
+from braintseg.atomic import atomic_write_text
 from braintseg.errors import DataError
-from braintseg.sources.brats import image_like
-
-#: predictions.csv columns; voxel counts use the internal labels (ET = 3 in both conventions)
-CSV_COLUMNS = ("case", "convention", "file", "seconds", "voxels_background", "voxels_ncr",
-               "voxels_edema", "voxels_et")
 
 
 def prepare_out_dir(out_dir: Path) -> list[Path]:
@@ -72,28 +63,18 @@ def remove_unused_out_dir(out_dir: Path, created: list[Path], own: tuple[str, ..
             return
 
 
-def save_probabilities(probs: NDArray[np.floating], reference_header: Any,
-                       affine: NDArray[np.float64], path: Path) -> Path:
-    """Write ``(X, Y, Z, K)`` probabilities as float32 NIfTI in the source geometry.
-
-    The source header is copied (pixdim, units, qform/sform and their codes); ``dim[4] = K``.
-    """
-    img = image_like(probs, np.float32, reference_header, affine)
-    return atomic_write(Path(path), lambda tmp: nib.save(img, str(tmp)))
-
-
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write_text(Path(path), text)
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """``predictions.csv`` with :data:`CSV_COLUMNS`, one row per case."""
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A CSV table of ``rows`` with the header ``columns`` (``\\n`` line ends)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:

@@ -29,6 +29,7 @@ is refused.  Predictions go back by averaging the probabilities over each repeat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +37,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from braintseg.atomic import atomic_write
+from braintseg.data.ids import child
 from braintseg.errors import DataError
 
 CONVENTIONS: tuple[str, ...] = ("binary", "tumour_type")
@@ -76,6 +79,31 @@ class Source(Protocol):
 
     def load_case(self, files: Any) -> Any:
         """One case in memory (``SliceCase`` for slice sources); DataError naming the file."""
+
+    def write_prediction(self, target: Path, labels: Any, probabilities: Any | None,
+                         geometry: Any) -> list[Path]:
+        """Write one case's prediction back in this source's own format and label convention.
+
+        Args:
+            target: volume sources: the label file (``<case>.nii.gz``); slice sources: the
+                patient's output folder (created if needed).
+            labels: internal labels in the source geometry: volumes ``(X, Y, Z)`` uint8
+                {0 background, 1 NCR/NET, 2 edema, 3 ET} on the source grid; slices one
+                ``(h_s, w_s)`` uint8 {0 background, 1 tumour} per slice, at its own size.
+            probabilities: None, or volumes ``(X, Y, Z, K)`` float32 (the network's classes or
+                regions); slices one ``(h_s, w_s)`` float32 tumour probability per slice.
+            geometry: volumes: an object with ``header`` (the source ``Nifti1Header``),
+                ``affine`` (``(4, 4)`` float64) and ``convention`` (predict passes its
+                ``CaseInput``); slices: the slice ids, in slice order.
+
+        Returns:
+            The label files written, in order (volumes: ``[target]``; slices: one mask per
+            slice); probabilities go beside them (``<name>_prob.nii.gz``,
+            ``<slice id>_prob.tif``).  Every file is written atomically.
+
+        Raises:
+            DataError: a slice id that would leave ``target``.
+        """
 
 
 @dataclass(frozen=True)
@@ -181,3 +209,31 @@ def from_store_size(probs: NDArray[np.floating], shape: tuple[int, int]) -> NDAr
     if f == 1:
         return np.asarray(probs, np.float32)
     return probs.reshape(h, f, w, f, -1).mean(axis=(1, 3), dtype=np.float32)
+
+
+def write_tif(path: Path, data: NDArray[Any]) -> Path:
+    """One 2D TIFF (tifffile), atomically."""
+    import tifffile
+
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data))
+
+
+def write_slice_prediction(folder: Path, labels: Sequence[NDArray[Any]],
+                           probabilities: Sequence[NDArray[Any]] | None,
+                           slice_ids: Sequence[str]) -> list[Path]:
+    """:meth:`Source.write_prediction` of the slice sources (LGG, figshare): in ``folder``
+    (created), per slice ``<slice id>_mask.tif`` (uint8 0/255, the slice's own size) and, with
+    ``probabilities``, ``<slice id>_prob.tif`` (float32 tumour probability ``(h, w)``).
+
+    Returns the mask files; DataError when a slice id would leave ``folder``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, sid in enumerate(slice_ids):
+        mask = (np.asarray(labels[k]) > 0).astype(np.uint8) * np.uint8(255)
+        files.append(write_tif(child(folder, f"{sid}_mask.tif"), mask))
+        if probabilities is not None:
+            write_tif(child(folder, f"{sid}_prob.tif"),
+                      np.asarray(probabilities[k]).astype(np.float32))
+    return files

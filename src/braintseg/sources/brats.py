@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from braintseg.atomic import atomic_write
 from braintseg.config import MODALITIES
 from braintseg.data.ids import check_id
-from braintseg.data.preprocess import to_internal
+from braintseg.data.preprocess import to_internal, to_source
 from braintseg.errors import DataError
 
 try:  # Intel ISA-L: gunzip about twice as fast as zlib (the largest cost of prepare)
@@ -375,3 +375,28 @@ def detect(root: Path) -> Path | None:
         if hit is not None:
             return hit
     return None
+
+
+def probability_path(label_path: Path) -> Path:
+    """``<name>_prob.nii.gz`` beside ``<name>.nii.gz`` (or ``.nii``)."""
+    name = label_path.name
+    ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii"  # the config checks the pattern
+    return label_path.with_name(f"{name[: len(name) - len(ext)]}_prob{ext}")
+
+
+def write_prediction(target: Path, labels: NDArray[Any], probabilities: NDArray[Any] | None,
+                     geometry: Any) -> list[Path]:
+    """A case's prediction as NIfTI in the source geometry (see
+    :meth:`braintseg.sources.base.Source.write_prediction`).
+
+    ``labels`` ``(X, Y, Z)`` internal {0,1,2,3} → ``target``: uint8 in ``geometry.convention``
+    (``brats2018`` {0,1,2,4}, ``brats2023`` {0,1,2,3}) with the source header and affine
+    (:func:`save_labels`); ``probabilities`` ``(X, Y, Z, K)`` → :func:`probability_path` as
+    float32 (NIfTI-1 has no float16) with the source header, ``dim[4] = K``.  Returns ``[target]``.
+    """
+    header, affine = geometry.header, geometry.affine
+    files = [save_labels(to_source(labels, geometry.convention), header, affine, Path(target))]
+    if probabilities is not None:
+        img = image_like(probabilities, np.float32, header, affine)
+        atomic_write(probability_path(Path(target)), lambda tmp: nib.save(img, str(tmp)))
+    return files

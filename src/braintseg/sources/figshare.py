@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from braintseg.data.folds import Folds
 from braintseg.data.ids import check_id
 from braintseg.errors import DataError
-from braintseg.sources.base import SliceCase, SliceFiles, check_mask
+from braintseg.sources.base import SliceCase, SliceFiles, check_mask, write_slice_prediction
 
 NAME = "figshare"
 CONVENTION = "tumour_type"
@@ -161,3 +161,12 @@ def folds_from_cvind(cases: list[SliceFiles], cvind: NDArray[np.int64], where: s
         folds[found[0] - 1].append(case.case_id)
     return Folds([sorted(f) for f in folds], [], n_folds, seed, 0.0,
                  {c.case_id: c.grade for c in cases})
+
+
+def write_prediction(target: Path, labels: Any, probabilities: Any | None,
+                     geometry: Any) -> list[Path]:
+    """A figshare patient's prediction as the data set's own mask files (see
+    :meth:`braintseg.sources.base.Source.write_prediction`): ``target/<slice id>_mask.tif``
+    per slice (uint8 0/255, ``geometry`` = the slice ids) and with probabilities
+    ``<slice id>_prob.tif`` (float32); returns the mask files."""
+    return write_slice_prediction(target, labels, probabilities, geometry)

@@ -23,7 +23,13 @@ from numpy.typing import NDArray
 
 from braintseg.data.ids import check_id
 from braintseg.errors import DataError
-from braintseg.sources.base import SliceCase, SliceFiles, check_mask, numeric_order
+from braintseg.sources.base import (
+    SliceCase,
+    SliceFiles,
+    check_mask,
+    numeric_order,
+    write_slice_prediction,
+)
 
 NAME = "lgg"
 CONVENTION = "binary"
@@ -202,3 +208,12 @@ def load_case(files: SliceFiles) -> SliceCase:
     names = CHANNELS if channels == 3 else ("flair",)
     return SliceCase(files, images, masks if files.masks is not None else None,
                      np.zeros(len(images), np.uint8), names)
+
+
+def write_prediction(target: Path, labels: Any, probabilities: Any | None,
+                     geometry: Any) -> list[Path]:
+    """A LGG patient's prediction as the data set's own mask files (see
+    :meth:`braintseg.sources.base.Source.write_prediction`): ``target/<slice id>_mask.tif``
+    per slice (uint8 0/255, ``geometry`` = the slice ids) and with probabilities
+    ``<slice id>_prob.tif`` (float32); returns the mask files."""
+    return write_slice_prediction(target, labels, probabilities, geometry)
