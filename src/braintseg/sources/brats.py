@@ -379,16 +379,13 @@ def detect(root: Path) -> Path | None:
 
 def probability_path(label_path: Path) -> Path:
     """``<name>_prob.nii.gz`` beside ``<name>.nii.gz`` (or ``.nii``)."""
-    name = label_path.name
-    ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii"  # the config checks the pattern
-    return label_path.with_name(f"{name[: len(name) - len(ext)]}_prob{ext}")
+    ext = ".nii.gz" if label_path.name.endswith(".nii.gz") else ".nii"  # config checks it
+    return label_path.with_name(f"{label_path.name[: -len(ext)]}_prob{ext}")
 
 
 def write_prediction(target: Path, labels: NDArray[Any], probabilities: NDArray[Any] | None,
                      geometry: Any) -> list[Path]:
-    """A case's prediction as NIfTI in the source geometry (see
-    :meth:`braintseg.sources.base.Source.write_prediction`).
-
+    """A case's prediction as NIfTI in the source geometry (:meth:`Source.write_prediction`):
     ``labels`` ``(X, Y, Z)`` internal {0,1,2,3} → ``target``: uint8 in ``geometry.convention``
     (``brats2018`` {0,1,2,4}, ``brats2023`` {0,1,2,3}) with the source header and affine
     (:func:`save_labels`); ``probabilities`` ``(X, Y, Z, K)`` → :func:`probability_path` as

@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from braintseg.config import MODALITIES
 from braintseg.data.ids import check_id
 from braintseg.errors import DataError
-from braintseg.sources.base import SliceCase, SliceFiles
+from braintseg.sources.base import SliceCase, SliceFiles, write_slice_prediction
 from braintseg.sources.brats import (
     check_input_file,
     header_from_hex,
@@ -287,3 +287,11 @@ def save_prediction(mask: NDArray[Any], meta: dict[str, Any], k: int, path: Path
     header = header_from_hex(meta["nifti_headers"][k])
     return save_labels(from_canvas(mask, tuple(size), tuple(offset)), header,
                        header.get_best_affine(), path)
+
+
+def write_prediction(target: Path, labels: Any, probabilities: Any | None,
+                     geometry: Any) -> list[Path]:
+    """A patient's prediction as mask TIFFs on the 240×240 canvas, as evaluate and report read
+    them (see :meth:`braintseg.sources.base.Source.write_prediction`; ``geometry`` = the slice
+    ids).  :func:`save_prediction` writes one back as NIfTI on the slice's own grid."""
+    return write_slice_prediction(target, labels, probabilities, geometry)
