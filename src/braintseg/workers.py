@@ -115,7 +115,10 @@ def loader_pool(workers: int) -> Iterator[tuple[Executor, int]]:
         pool.submit(int).result()  # fork every worker now, while no HDF5 file is open
         yield pool, workers
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except RuntimeError:  # interrupted before its manager thread started: nothing to join
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def imap_bounded(fn: Callable[[T], R], items: Sequence[T], pool: Executor, ahead: int,
