@@ -65,6 +65,7 @@ class ModelConfig:
     noise_stddev: float = 0.01
     output: Literal["classes", "regions", "binary"] = "classes"
     classification_head: Literal["none", "tumour", "tumour_type"] = "none"
+    downsample: int = 1
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,32 @@ def test_train_step_with_integer_labels_on_region_output():
 def test_shape_not_divisible_is_a_config_error():
     with pytest.raises(ConfigError, match=r"input shape \(32, 30, 4\).*received 32 x 30"):
         build_model(TINY, (32, 30, 4))
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet"])
+def test_downsample_works_at_a_lower_resolution_and_answers_at_the_input_size(name):
+    cfg = dataclasses.replace(TINY, name=name, output="binary")
+    full = build_model(cfg, (32, 32, 4))
+    half = build_model(dataclasses.replace(cfg, downsample=2), (32, 32, 4))
+    assert half.count_params() == full.count_params()  # same network, on 16 x 16 inside
+    assert half.get_layer("input_down").output.shape == (None, 16, 16, 4)
+    probs = keras.ops.convert_to_numpy(half(_images(2)))
+    assert probs.shape == (2, 32, 32, 2)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+    # on an image constant over 2 x 2 blocks, the logits inside are what the same weights
+    # give on the small image; the output is their bilinear upsampling
+    small = build_model(cfg, (16, 16, 4))
+    small.set_weights(half.get_weights())
+    x16 = _images(2)[:, :16, :16]
+    x32 = np.repeat(np.repeat(x16, 2, axis=1), 2, axis=2)
+    inner = keras.Model(half.input, half.get_layer("logits").output)
+    small_logits = keras.Model(small.input, small.get_layer("logits").output)
+    want = keras.ops.convert_to_numpy(small_logits(x16))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(inner(x32)), want, rtol=1e-4, atol=1e-4)
+    assert half.get_layer("logits_up").output.shape == (None, 32, 32, 2)
+
+def test_downsample_is_checked():
+    with pytest.raises(ConfigError, match="model.downsample must be 1, 2 or 4; received 3"):
+        build_model(dataclasses.replace(TINY, downsample=3), (96, 96, 4))
+    with pytest.raises(ConfigError, match=r"2\*\*model.levels x model.downsample = 8"):
+        build_model(dataclasses.replace(TINY, downsample=2), (36, 36, 4))

@@ -53,15 +53,17 @@ def _check(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> tuple[int, in
             "model.dropout must be in [0, 1) and model.noise_stddev >= 0; "
             f"received {cfg.dropout} and {cfg.noise_stddev}"
         )
+    if cfg.downsample not in (1, 2, 4):
+        raise ConfigError(f"model.downsample must be 1, 2 or 4; received {cfg.downsample!r}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"input shape must be (H, W, C) with positive sizes; received {shape}")
-    factor = 2**cfg.levels
+    factor = 2**cfg.levels * cfg.downsample
     if shape[0] % factor or shape[1] % factor:
         raise ConfigError(
-            f"input shape {shape}: height and width must be divisible by 2**model.levels = "
-            f"{factor} (model.levels={cfg.levels}); received {shape[0]} x {shape[1]} "
-            "(adjust data.crop)"
+            f"input shape {shape}: height and width must be divisible by 2**model.levels "
+            f"x model.downsample = {factor} (model.levels={cfg.levels}, model.downsample="
+            f"{cfg.downsample}); received {shape[0]} x {shape[1]} (adjust data.crop)"
         )
     return shape  # type: ignore[return-value]
 

@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 SE_RATIO = 8
 
 
-def output_head(x: keras.KerasTensor, output: str) -> keras.KerasTensor:
-    """1×1 conv to the output channels and a float32 softmax/sigmoid.
+def output_head(x: keras.KerasTensor, output: str, upsample: int = 1) -> keras.KerasTensor:
+    """1×1 conv to the output channels, ``upsample``× bilinear upsampling of the logits
+    (``model.downsample``), and a float32 softmax/sigmoid.
 
     Returns ``(B, H, W, 4)`` float32 softmax probabilities for ``output == "classes"``
     (background, NCR/NET, edema, ET), ``(B, H, W, 2)`` softmax (background, tumour) for
@@ -44,15 +45,21 @@ def output_head(x: keras.KerasTensor, output: str) -> keras.KerasTensor:
     n_out, activation = {"classes": (4, "softmax"), "binary": (2, "softmax")}.get(
         output, (3, "sigmoid"))
     x = keras.layers.Conv2D(n_out, 1, padding="same", name="logits")(x)
+    if upsample > 1:
+        x = keras.layers.UpSampling2D(upsample, interpolation="bilinear", name="logits_up")(x)
     return keras.layers.Activation(activation, dtype="float32", name="probabilities")(x)
 
 
 def input_stem(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> tuple:
-    """The model input ``(H, W, C)`` (float16 or float32 data) and its noisy version."""
+    """The model input ``(H, W, C)`` (float16 or float32 data) and its noisy version, averaged
+    over ``model.downsample``² pixel blocks when that is > 1 (the network then works on
+    ``(H/d, W/d)``; :func:`output_head` brings its logits back to ``(H, W)``)."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     if cfg.noise_stddev > 0:
         x = keras.layers.GaussianNoise(cfg.noise_stddev, name="input_noise")(x)
+    if cfg.downsample > 1:
+        x = keras.layers.AveragePooling2D(cfg.downsample, name="input_down")(x)
     return inputs, x
 
 
@@ -87,5 +94,5 @@ def build_attention_unet(cfg: ModelConfig, input_shape: tuple[int, int, int]) ->
         x = ResidualUnit(ch, projection=True, name=f"dec{i}", **unit)(x)
     x = make_norm(cfg.norm, cfg.start_channels, name="head_norm")(x)
     x = keras.layers.PReLU(shared_axes=[1, 2], name="head_prelu")(x)
-    outputs = output_head(x, cfg.output)
+    outputs = output_head(x, cfg.output, cfg.downsample)
     return keras.Model(inputs, outputs, name="attention_unet")

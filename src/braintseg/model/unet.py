@@ -62,4 +62,4 @@ def build_unet(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Mod
         x = keras.layers.Conv2D(ch, 2, padding="same", name=f"up{i}_conv")(x)
         x = keras.layers.Concatenate(axis=-1, name=f"concat{i}")([skips[i], x])
         x = _conv_block(x, ch, cfg, f"dec{i}")
-    return keras.Model(inputs, output_head(x, cfg.output), name="unet")
+    return keras.Model(inputs, output_head(x, cfg.output, cfg.downsample), name="unet")
