@@ -36,6 +36,29 @@ def test_keep_large_components_uses_26_connectivity() -> None:
     assert kept.sum() == 2
 
 
+def test_slice_masks_lose_small_8_connected_components(tmp_path) -> None:
+    import tifffile
+
+    from braintseg.inference.slices import write_patient
+    from braintseg.sources.registry import source
+
+    probs = np.zeros((1, 16, 16, 2), np.float32)
+    probs[..., 0] = 1.0
+    probs[0, 2:8, 2:8] = (0.1, 0.9)  # a 36-pixel tumour
+    probs[0, 12, 12] = probs[0, 13, 13] = (0.2, 0.8)  # 2 pixels touching by a corner
+    probs[0, 14, 2] = (0.3, 0.7)  # a lone pixel at the edge
+    sizes = np.array([[16, 16]], np.int32)
+    masks = {}
+    for min_size in (0, 2, 3):
+        rows, files = write_patient(source("lgg"), tmp_path / str(min_size), "P", ["1"], probs,
+                                    sizes, False, min_size)
+        masks[min_size] = tifffile.imread(files[0]) > 0
+        assert float(rows[0]["tumour_probability"]) == pytest.approx(0.9)
+    assert masks[0].sum() == 39 and masks[2].sum() == 38 and masks[3].sum() == 36
+    assert masks[2][12, 12] and masks[2][13, 13] and not masks[2][14, 2]
+    assert masks[3][2:8, 2:8].all()
+
+
 def test_small_components_removed_per_region_and_nested() -> None:
     v = _volume()
     out = remove_small_components(v, 10)

@@ -16,15 +16,14 @@ from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-#: 26-connectivity: voxels touching by a face, an edge or a corner are one component
-STRUCTURE = ndimage.generate_binary_structure(3, 3)
-
 
 def keep_large_components(mask: NDArray[np.bool_], min_size: int) -> NDArray[np.bool_]:
-    """``mask`` without its 26-connected components of fewer than ``min_size`` voxels."""
+    """``mask`` without its components of fewer than ``min_size`` voxels (26-connected in 3D,
+    8-connected for a 2D slice)."""
     if min_size <= 1 or not mask.any():
         return mask.copy()
-    components, n = ndimage.label(mask, structure=STRUCTURE)
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    components, n = ndimage.label(mask, structure=structure)
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     keep = sizes >= min_size
     keep[0] = False

@@ -16,7 +16,8 @@ and ``OUT/predictions.csv`` (one row per slice: ``case, slice, file, tumour_prob
 largest tumour probability of the slice (the slice-level score), ``predicted_area`` = tumour
 pixels of the mask, ``height, width``) and ``OUT/predict_config.yaml``.  Nothing is written
 beside the input.  Probabilities are averaged over the runs (and flips with TTA); the mask is
-the argmax (tumour probability > 0.5).  Runs with a classification head
+the argmax (tumour probability > 0.5), without its 8-connected components of fewer than
+``predict.min_component_size`` pixels (0: off).  Runs with a classification head
 (``model.classification_head``) add the head's scores, averaged over the runs (no TTA):
 ``head_probability`` (``tumour``: the head's tumour-present probability, corrected for the
 prior of the oversampled training batches, :func:`prior_corrected`) or
@@ -40,6 +41,7 @@ from braintseg import __version__
 from braintseg.config import PredictConfig, to_dict
 from braintseg.data.ids import child
 from braintseg.errors import ConfigError, DataError
+from braintseg.inference.postprocess import keep_large_components
 from braintseg.inference.runs import RunInfo, load_model
 from braintseg.inference.writing import csv_text
 from braintseg.log import progress
@@ -160,10 +162,12 @@ def head_columns(head: str, scores: NDArray[np.float32]) -> dict[str, str]:
 
 
 def write_patient(writer: Source, out_dir: Path, cid: str, slice_ids: Sequence[str],
-                  probs: NDArray[np.float32], sizes: NDArray[np.int32], probabilities: bool
-                  ) -> tuple[list[dict[str, Any]], list[Path]]:
+                  probs: NDArray[np.float32], sizes: NDArray[np.int32], probabilities: bool,
+                  min_component_size: int = 0) -> tuple[list[dict[str, Any]], list[Path]]:
     """One patient's ``probs (S, H, W, 2)`` at the store size → each slice's own size → mask
-    (argmax) written by ``writer`` into ``out_dir/<cid>``; ``(csv rows, mask files)``.
+    (argmax, without its 8-connected components of fewer than ``min_component_size`` pixels)
+    written by ``writer`` into ``out_dir/<cid>``; ``(csv rows, mask files)``.  The slice's
+    ``tumour_probability`` stays its largest tumour probability.
 
     Raises:
         DataError: ``cid`` or a slice id that would leave ``out_dir``.
@@ -172,7 +176,8 @@ def write_patient(writer: Source, out_dir: Path, cid: str, slice_ids: Sequence[s
     labels, tumours = [], []
     for k in range(len(slice_ids)):
         p = from_store_size(probs[k], (int(sizes[k][0]), int(sizes[k][1])))
-        labels.append((np.argmax(p, axis=-1) == 1).astype(np.uint8))
+        mask = keep_large_components(np.argmax(p, axis=-1) == 1, min_component_size)
+        labels.append(mask.astype(np.uint8))
         tumours.append(p[..., 1])
     files = writer.write_prediction(folder, labels, tumours if probabilities else None,
                                     list(slice_ids))
@@ -241,7 +246,8 @@ class Slices:
             "braintseg_version": __version__, "input": str(input_path.resolve()),
             "runs": [r.describe() for r in self.runs], "tta": self.tta,
             "probabilities": self.probabilities,
-            "predict": {"batch_size": self.pcfg.batch_size},
+            "predict": {"batch_size": self.pcfg.batch_size,
+                        "min_component_size": self.pcfg.min_component_size},
             "data": to_dict(self.runs[0].cfg)["data"], "n_cases": n_cases, "layout": "slices"}
 
     def predict(self, plans: list[PatientPlan], out_dir: Path
@@ -255,7 +261,8 @@ class Slices:
             probs = _mean(self.predictors, patient.images)
             new_rows, files = write_patient(source(patient.format), out_dir, patient.case_id,
                                             patient.slice_ids, probs, patient.sizes,
-                                            self.probabilities)
+                                            self.probabilities,
+                                            self.pcfg.min_component_size)
             if self.heads:
                 scores = sum(prior_corrected(hp.predict_slices(patient.images), r)
                              if self.head == "tumour" else hp.predict_slices(patient.images)
