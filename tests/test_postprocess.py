@@ -48,15 +48,17 @@ def test_slice_masks_lose_small_8_connected_components(tmp_path) -> None:
     probs[0, 12, 12] = probs[0, 13, 13] = (0.2, 0.8)  # 2 pixels touching by a corner
     probs[0, 14, 2] = (0.3, 0.7)  # a lone pixel at the edge
     sizes = np.array([[16, 16]], np.int32)
-    masks = {}
-    for min_size in (0, 2, 3):
+    masks, scores = {}, {}
+    for min_size in (0, 2, 3, 40):
         rows, files = write_patient(source("lgg"), tmp_path / str(min_size), "P", ["1"], probs,
                                     sizes, False, min_size)
         masks[min_size] = tifffile.imread(files[0]) > 0
-        assert float(rows[0]["tumour_probability"]) == pytest.approx(0.9)
+        scores[min_size] = float(rows[0]["tumour_probability"])
     assert masks[0].sum() == 39 and masks[2].sum() == 38 and masks[3].sum() == 36
     assert masks[2][12, 12] and masks[2][13, 13] and not masks[2][14, 2]
-    assert masks[3][2:8, 2:8].all()
+    assert masks[3][2:8, 2:8].all() and not masks[40].any()
+    # the slice score: the largest probability left; below 0.5 once nothing is left
+    assert scores[0] == scores[3] == pytest.approx(0.9) and scores[40] == 0.0
 
 
 def test_small_components_removed_per_region_and_nested() -> None:

@@ -17,7 +17,8 @@ largest tumour probability of the slice (the slice-level score), ``predicted_are
 pixels of the mask, ``height, width``) and ``OUT/predict_config.yaml``.  Nothing is written
 beside the input.  Probabilities are averaged over the runs (and flips with TTA); the mask is
 the argmax (tumour probability > 0.5), without its 8-connected components of fewer than
-``predict.min_component_size`` pixels (0: off).  Runs with a classification head
+``predict.min_component_size`` pixels (0: off; the removed pixels count as probability 0 in
+the slice score and the ``_prob.tif`` files).  Runs with a classification head
 (``model.classification_head``) add the head's scores, averaged over the runs (no TTA):
 ``head_probability`` (``tumour``: the head's tumour-present probability, corrected for the
 prior of the oversampled training batches, :func:`prior_corrected`) or
@@ -167,7 +168,8 @@ def write_patient(writer: Source, out_dir: Path, cid: str, slice_ids: Sequence[s
     """One patient's ``probs (S, H, W, 2)`` at the store size → each slice's own size → mask
     (argmax, without its 8-connected components of fewer than ``min_component_size`` pixels)
     written by ``writer`` into ``out_dir/<cid>``; ``(csv rows, mask files)``.  The slice's
-    ``tumour_probability`` stays its largest tumour probability.
+    ``tumour_probability`` is its largest tumour probability outside the removed components
+    (above 0.5 exactly when the mask is not empty).
 
     Raises:
         DataError: ``cid`` or a slice id that would leave ``out_dir``.
@@ -176,9 +178,10 @@ def write_patient(writer: Source, out_dir: Path, cid: str, slice_ids: Sequence[s
     labels, tumours = [], []
     for k in range(len(slice_ids)):
         p = from_store_size(probs[k], (int(sizes[k][0]), int(sizes[k][1])))
-        mask = keep_large_components(np.argmax(p, axis=-1) == 1, min_component_size)
+        raw = np.argmax(p, axis=-1) == 1
+        mask = keep_large_components(raw, min_component_size)
         labels.append(mask.astype(np.uint8))
-        tumours.append(p[..., 1])
+        tumours.append(np.where(raw & ~mask, 0.0, p[..., 1]).astype(np.float32))
     files = writer.write_prediction(folder, labels, tumours if probabilities else None,
                                     list(slice_ids))
     rows = [{"case": cid, "slice": sid, "file": f"{cid}/{path.name}",
