@@ -17,6 +17,11 @@ large float32 matrix product (numpy's BLAS, one thread, 2048x2048, per CPU-secon
 FLOPs per slice, the GEMM rate, the floor in slices/s, each measured rate and its share of the
 floor.  Random
 data: content does not change the speed.
+
+And what ``model.downsample`` costs in resolution (with ``-i LGG_ROOT``, default the shared
+copy when present): the per-patient Dice of each true mask against itself averaged over d x d
+blocks, upsampled bilinearly and thresholded at 0.5 (the best a network working at 1/d can do
+through the same resampling).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "lgg_kaggle_3m"
+sys.path.insert(0, str(REPO / "scripts"))
+from curve_lgg import cpu_model  # noqa: E402
 THREADS = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
            "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false "
@@ -105,6 +113,27 @@ def gemm_gflops() -> float:
     return best
 
 
+def resolution_ceiling(root: Path, d: int) -> tuple[float, float]:
+    """(mean, min) per-patient Dice of the masks under ROOT after d x d block means, bilinear
+    upsampling and the 0.5 threshold."""
+    import numpy as np
+    import tifffile
+    from scipy.ndimage import zoom
+
+    dices = []
+    for patient in sorted(p for p in root.iterdir() if p.is_dir()):
+        inter = total = 0
+        for path in patient.glob("*_mask.tif"):
+            y = tifffile.imread(path) > 0
+            h, w = y.shape
+            small = y.reshape(h // d, d, w // d, d).mean(axis=(1, 3))
+            back = zoom(small, d, order=1) > 0.5
+            inter += int((back & y).sum())
+            total += int(back.sum() + y.sum())
+        dices.append(2 * inter / total if total else 1.0)
+    return float(np.mean(dices)), float(np.min(dices))
+
+
 def spawn(backend: str, what: str, args: argparse.Namespace, d: int) -> Any:
     env = {**os.environ, **THREADS, "KERAS_BACKEND": backend}
     core = str(sorted(os.sched_getaffinity(0))[-1])
@@ -125,6 +154,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("-i", "--input", type=Path, default=SHARED)
     ap.add_argument("--child", choices=["rate", "flops"], default=None)
     args = ap.parse_args()
     if args.child == "rate":
@@ -152,8 +182,15 @@ def main() -> None:
                   f"({100 * share:.0f} % of the floor)", flush=True)
             rows.append({"downsample": d, "backend": backend, "gflop_per_slice": flops / 1e9,
                          "floor_slices_per_s": floor, **r, "share_of_floor": share})
-    result = {"gemm_gflops_one_core": gemm, "rows": rows, "batch": args.batch,
-              "config": str(args.config), "machine": platform.processor() or platform.machine(),
+    ceiling = {}
+    if args.input.is_dir():
+        for d in (int(v) for v in args.downsample.split(",")):
+            ceiling[d] = resolution_ceiling(args.input, d)
+            print(f"downsample {d}: the true masks resampled keep per-patient Dice mean "
+                  f"{100 * ceiling[d][0]:.1f} % (worst patient {100 * ceiling[d][1]:.1f} %)")
+    result = {"gemm_gflops_one_core": gemm, "rows": rows, "resolution_ceiling": ceiling,
+              "batch": args.batch,
+              "config": str(args.config), "machine": cpu_model(),
               "cpu_count": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     if args.json:
