@@ -6,9 +6,9 @@ Usage:
                                 [--label NAME] [--json docs/bench/lgg_curve.json]
                                 [--png docs/lgg_curve.png]
 
-Runs ``scripts/cv_lgg.py`` (prepare, then train / predict each fold on ONE CPU thread, then
-evaluate) once per ``--epochs`` value E (``--set train.epochs=E``), ``--jobs`` of them at a time
-(one thread each: give it the machine's cores), into ``OUT/e<E>`` (one OUT folder per series);
+Runs ``scripts/cv_lgg.py`` (prepare, then train / predict each fold on ONE CPU thread, ``--jobs``
+folds at a time: give it the machine's cores; then evaluate) once per ``--epochs`` value E
+(``--set train.epochs=E``), longest first, into ``OUT/e<E>`` (one OUT folder per series);
 an existing complete ``OUT/e<E>/cv_summary.json`` is reused, so a longer point can be added
 later.  Every point's x is what was *measured*: the training command's CPU seconds (user +
 system, start-up and compilation included) averaged over the folds, in minutes; its y the
@@ -29,7 +29,6 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def run_point(args: argparse.Namespace, epochs: int) -> dict[str, Any]:
     summary_path = out / "cv_summary.json"
     if not summary_path.is_file():
         cmd = [sys.executable, str(REPO / "scripts" / "cv_lgg.py"), "-i", str(args.input),
-               "-o", str(out), "-c", str(args.config), "--threads", "1",
+               "-o", str(out), "-c", str(args.config), "--threads", "1", "--jobs", str(args.jobs),
                *[a for kv in args.overrides for a in ("--set", kv)],
                "--set", f"train.epochs={epochs}"]
         out.mkdir(parents=True, exist_ok=True)
@@ -127,9 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     epochs = [int(e) for e in args.epochs.split(",")]
     load0, t0 = os.getloadavg(), time.perf_counter()
-    # longest first: the pool's last job is a short one, so the cores stay busy
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        points = list(pool.map(lambda e: run_point(args, e), sorted(epochs, reverse=True)))
+    points = [run_point(args, e) for e in sorted(epochs, reverse=True)]
     label = args.label or (args.config.stem + "".join(f" {kv}" for kv in args.overrides))
     series = {"label": label, "config": str(args.config.relative_to(REPO)
                                             if args.config.is_relative_to(REPO) else args.config),

@@ -2,8 +2,9 @@
 
 Usage:
     python scripts/cv_lgg.py [-i LGG_ROOT] [-o OUT_DIR] [-c configs/lgg_cv.yaml] [--set KEY=VALUE]
-                             [--run-folds 0,1] [--threads 1] [--reuse]
+                             [--run-folds 0,1] [--threads 1] [--jobs 2] [--reuse]
                              [--baseline OTHER_OUT_DIR] [--bench docs/bench/NAME.json]
+                             [--min-component-sizes 50,100,200]
 
 Runs the commands a user would (``braintseg prepare``, ``train --fold k``, ``predict --fold k``
 for each fold k of ``--run-folds``, default all ``--folds``), gathers every fold's predictions
@@ -14,9 +15,14 @@ slice-level detection accuracy / AUC (and the classification head's, when the co
 Prints the figures, the wall and CPU time per step and the load average (sampled after every
 command); writes ``OUT/cv_summary.json``.
 
+``--jobs N`` trains and predicts N folds at a time (each command's CPU seconds are its own).
 ``--threads N`` sets TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS / OMP_NUM_THREADS for the
 commands.  ``--reuse`` keeps an existing store, the folds whose ``pred_f<k>`` is complete and
 the finished runs (``run_f<k>/DONE``: predicted again when ``pred_f<k>`` is gone).
+``--min-component-sizes 50,100,...`` predicts every fold again with each
+``predict.min_component_size`` (small 8-connected components removed from each slice's mask,
+:mod:`braintseg.inference.slices`) into ``OUT/pred_mcs<N>_f<k>`` and scores them the same way:
+the figures per size go to ``cv_summary.json`` under ``min_component_size``.
 ``--baseline DIR`` (another output folder of this script, e.g. the run without ``--set``)
 scores DIR's predictions of the same folds too and writes both summaries and their per-patient
 pairs into the ``--bench`` JSON (a measured pair: same patients, same folds).
@@ -27,11 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,26 +49,24 @@ SHARED = next((p / "data" / "lgg_kaggle_3m" for p in (REPO.parent / "shared",
 LOADS: list[float] = []
 
 
-def child_cpu() -> float:
-    """CPU seconds (user + system) of every finished child process so far."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def braintseg(*args: str, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run one ``braintseg`` command; return its (wall, CPU) seconds; stop on failure."""
-    start, cpu = time.perf_counter(), child_cpu()
+    """Run one ``braintseg`` command; return its (wall, CPU) seconds; stop on failure.  The
+    CPU seconds (user + system) are the command's own (``os.wait4``), so commands may run side
+    by side (``--jobs``)."""
+    start = time.perf_counter()
     cmd = [sys.executable, "-m", "braintseg", "-q", *args]
     print("$ braintseg", " ".join(args), flush=True)
-    proc = subprocess.run(cmd, check=False, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
     LOADS.append(os.getloadavg()[0])
-    return time.perf_counter() - start, child_cpu() - cpu
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
-def gather(out: Path, folds: list[int], name: str) -> Path:
-    """Copy the predictions of ``folds`` (``OUT/pred_f<k>``) into ``OUT/<name>`` with one
+def gather(out: Path, folds: list[int], name: str, prefix: str = "pred_f") -> Path:
+    """Copy the predictions of ``folds`` (``OUT/<prefix><k>``) into ``OUT/<name>`` with one
     ``predictions.csv``; returns that folder."""
     gathered = out / name
     shutil.rmtree(gathered, ignore_errors=True)
@@ -70,7 +74,7 @@ def gather(out: Path, folds: list[int], name: str) -> Path:
     header: str | None = None
     lines: list[str] = []
     for k in folds:
-        pred = out / f"pred_f{k}"
+        pred = out / f"{prefix}{k}"
         for folder in (p for p in pred.iterdir() if p.is_dir()):
             shutil.copytree(folder, gathered / folder.name)
         rows = (pred / "predictions.csv").read_text().splitlines()
@@ -110,6 +114,24 @@ def describe(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def postprocessed(out: Path, folds: list[int], sizes: list[int], args: argparse.Namespace,
+                  env: dict[str, str]) -> dict[int, dict[str, Any]]:
+    """Every fold predicted again with each ``predict.min_component_size``, gathered, scored."""
+    result = {}
+    for n in sizes:
+        for k in folds:
+            pred = out / f"pred_mcs{n}_f{k}"
+            shutil.rmtree(pred, ignore_errors=True)
+            braintseg("predict", "-m", str(out / f"run_f{k}"), "-i", str(out / "lgg.h5"),
+                      "--fold", str(k), "-o", str(pred), "--set",
+                      f"predict.min_component_size={n}", env=env)
+        gathered = gather(out, folds, f"predictions_mcs{n}", prefix=f"pred_mcs{n}_f")
+        result[n] = evaluate(gathered, args.input, env)["summary"]
+        print(f"min_component_size {n}:")
+        print("\n".join(describe(result[n])))
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-i", "--input", type=Path, default=SHARED)
@@ -122,6 +144,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--baseline", type=Path, default=None)
     ap.add_argument("--bench", type=Path, default=None)
+    ap.add_argument("--min-component-sizes", default="")
+    ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args()
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
@@ -144,16 +168,19 @@ def main() -> None:
     if not (args.reuse and store.is_file()):
         step("prepare", "prepare", *common, "--set", f"data.n_folds={args.folds}", "-i",
              str(args.input), "-o", str(store), "--overwrite")
-    for k in folds:
+    def fold(k: int) -> None:
         run, pred = out / f"run_f{k}", out / f"pred_f{k}"
         if args.reuse and (pred / "predictions.csv").is_file():
-            continue
+            return
         if not (args.reuse and (run / "DONE").is_file()):
             step(f"train_f{k}", "train", *common, "-i", str(store), "--fold", str(k), "-o",
                  str(run), "--overwrite")
         shutil.rmtree(pred, ignore_errors=True)
         step(f"predict_f{k}", "predict", "-m", str(run), "-i", str(store), "--fold", str(k),
              "-o", str(pred))
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        list(pool.map(fold, folds))
     name = "predictions" if len(folds) == args.folds else "predictions_f" + "-".join(
         map(str, folds))
     result = evaluate(gather(out, folds, name), args.input, env)
@@ -167,6 +194,9 @@ def main() -> None:
                "config": str(args.config), "overrides": args.overrides,
                "threads": args.threads, "cpu_count": os.cpu_count(),
                "cases": result["cases"], "command": " ".join(sys.argv)}
+    sizes = [int(v) for v in args.min_component_sizes.split(",") if v]
+    if sizes:
+        summary["min_component_size"] = {0: s, **postprocessed(out, folds, sizes, args, env)}
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{s['n_patients']} patients, {s['n_slices']} slices, folds {folds} of {args.folds}, "
           f"{summary['total_seconds']:.0f} s wall, {summary['total_cpu_seconds']:.0f} s CPU "
