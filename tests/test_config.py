@@ -44,6 +44,8 @@ def test_smoke_config_loads():
         pytest.param("data.crop=[1,2,3,4]", "received 4 values", id="crop-4-values"),
         pytest.param("data.crop=[10,5,0,8,0,8]", "0 <= start < stop", id="crop-reversed"),
         pytest.param("data.n_folds=1", "data.n_folds must be >= 2", id="one-fold"),
+        pytest.param("model.downsample=3", "model.downsample must be 1, 2 or 4; received 3",
+                     id="downsample-3"),
         pytest.param("epochs=3", "unknown key 'epochs'", id="no-section"),
         pytest.param("train.epochs", "KEY=VALUE", id="no-equals"),
         pytest.param("predict.output_pattern=../{case}.nii.gz", "no '/'", id="pattern-escapes"),

@@ -245,6 +245,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.start_channels must be >= 1; received {m.start_channels}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1); received {m.dropout}")
+    if m.downsample not in (1, 2, 4):
+        raise ConfigError(f"model.downsample must be 1, 2 or 4; received {m.downsample!r}")
     for key in ("batch_size", "epochs", "prefetch"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1; received {getattr(t, key)}")

@@ -178,10 +178,14 @@ def write_patient(writer: Source, out_dir: Path, cid: str, slice_ids: Sequence[s
     labels, tumours = [], []
     for k in range(len(slice_ids)):
         p = from_store_size(probs[k], (int(sizes[k][0]), int(sizes[k][1])))
-        raw = np.argmax(p, axis=-1) == 1
-        mask = keep_large_components(raw, min_component_size)
+        mask = np.argmax(p, axis=-1) == 1
+        tumour = p[..., 1]
+        if min_component_size > 1:  # removed pixels no longer score the slice
+            kept = keep_large_components(mask, min_component_size)
+            tumour = np.where(mask & ~kept, np.float32(0), tumour)
+            mask = kept
         labels.append(mask.astype(np.uint8))
-        tumours.append(np.where(raw & ~mask, 0.0, p[..., 1]).astype(np.float32))
+        tumours.append(tumour)
     files = writer.write_prediction(folder, labels, tumours if probabilities else None,
                                     list(slice_ids))
     rows = [{"case": cid, "slice": sid, "file": f"{cid}/{path.name}",

@@ -73,7 +73,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Mo
 
     Args:
         cfg: the ``model`` config section.
-        input_shape: ``(H, W, C)``; H and W must be divisible by ``2 ** cfg.levels``.  C is the
+        input_shape: ``(H, W, C)``; H and W must be divisible by ``2 ** cfg.levels`` times
+            ``cfg.downsample``.  C is the
             number of modalities (FLAIR, T1, T1ce, T2 → 4).
 
     Returns:
