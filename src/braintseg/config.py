@@ -241,15 +241,18 @@ def validate(cfg: Config) -> Config:
                           f"received {[lo, hi]}")
     if not 1 <= m.levels <= 6:
         raise ConfigError(f"model.levels must be between 1 and 6; received {m.levels}")
-    if m.start_channels < 1:
-        raise ConfigError(f"model.start_channels must be >= 1; received {m.start_channels}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1); received {m.dropout}")
     if m.downsample not in (1, 2, 4):
         raise ConfigError(f"model.downsample must be 1, 2 or 4; received {m.downsample!r}")
-    for key in ("batch_size", "epochs", "prefetch"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1; received {getattr(t, key)}")
+    lowest = {"model.start_channels": (m.start_channels, 1), "train.epochs": (t.epochs, 1),
+              "train.batch_size": (t.batch_size, 1), "train.prefetch": (t.prefetch, 1),
+              "predict.batch_size": (cfg.predict.batch_size, 1),
+              "train.bn_recalibration": (t.bn_recalibration, 0),
+              "train.classification_weight": (t.classification_weight, 0)}
+    for key, (value, low) in lowest.items():
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}; received {value}")
     for key in ("steps_per_epoch", "validation_steps"):
         value = getattr(t, key)
         if value is not None and value < 1:
@@ -264,8 +267,6 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= t.tumour_oversampling <= 1.0:
         raise ConfigError("train.tumour_oversampling must be in [0, 1]; "
                           f"received {t.tumour_oversampling}")
-    if t.bn_recalibration < 0:
-        raise ConfigError(f"train.bn_recalibration must be >= 0; received {t.bn_recalibration}")
     if t.bn_recalibration and t.distribution != "none":
         raise ConfigError("train.bn_recalibration is for one-device runs; received "
                           f"{t.bn_recalibration} with train.distribution: {t.distribution} "
@@ -277,11 +278,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("model.classification_head needs model.output: binary (2D slice "
                           f"stores); received output {m.output!r} with head "
                           f"{m.classification_head!r}")
-    if t.classification_weight < 0:
-        raise ConfigError("train.classification_weight must be >= 0; "
-                          f"received {t.classification_weight}")
-    if cfg.predict.batch_size < 1:
-        raise ConfigError(f"predict.batch_size must be >= 1; received {cfg.predict.batch_size}")
     check_output_pattern(cfg.predict.output_pattern)
     return cfg
 
