@@ -7,12 +7,12 @@ Usage:
 
 Runs the commands a user would, each on ONE CPU thread: ``braintseg prepare`` of every case of
 BRATS_DIR (default: the 14 shared cases) into one store with ``--folds`` patient-level folds,
-then for each ``--epochs`` value E (``--set train.epochs=E``; the demo's 40 steps of 8 slices
-an epoch) and each fold k, ``--jobs`` folds at a time: ``train --fold k``, ``predict`` of the
-fold's validation cases from their NIfTI files (in their own geometry and label convention),
-and one ``evaluate`` of all cases' out-of-fold predictions.  Training validates on one batch
-an epoch (``train.validation_steps=1``; ``train.monitor: last`` never looks at it).  An
-existing complete ``OUT/e<E>/predictions/metrics.json`` is reused.  A point's x is the measured training CPU time
+then for each ``--epochs`` value E (``--set train.epochs=E``; the demo's 40 steps of 8 slices an
+epoch) and each fold k, ``--jobs`` folds at a time: ``train --fold k``, ``predict`` of the
+fold's validation cases from their NIfTI files (in their own geometry and label convention), and
+one ``evaluate`` of all cases' out-of-fold predictions. Training validates on one batch an epoch
+(``train.validation_steps=1``; ``train.monitor: last`` never looks at it). An existing complete
+``OUT/e<E>/predictions/metrics.json`` is reused. A point's x is the measured training CPU time
 (user + system, start-up and compilation included, ``os.wait4``) averaged over the folds, in
 minutes; its y the mean Dice over the cases of WT, TC and ET (BraTS regions).
 
